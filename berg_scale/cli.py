@@ -1,0 +1,69 @@
+"""The `berg-scale` command line.
+
+Each subcommand lives in its own module under `berg_scale.commands` and exposes
+`configure(parser)` and `run(args) -> int`. Command modules keep heavy imports
+(torch, ray) inside `run` so that `berg-scale --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from berg_scale import __version__
+from berg_scale.errors import BergScaleError
+
+# (command name, module under berg_scale.commands, one-line help)
+COMMANDS: list[tuple[str, str, str]] = [
+    ("demo", "demo", "run the whole pipeline on a synthetic BERG root and synthetic images"),
+    ("generate", "generate", "generate responses for sharded images from a run config"),
+    ("status", "status", "show done / failed / pending shards of an output"),
+    ("rnc", "rnc", "relational neural control over generated responses"),
+    ("make-shards", "make_shards", "pack a folder of images into WebDataset tar shards"),
+    ("synth-root", "synth_root", "write a synthetic BERG root with random weights"),
+    ("fetch-weights", "fetch_weights", "download the BERG weight files a run needs"),
+    ("plan", "plan", "estimate GPUs, output size and run time of a config"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="berg-scale",
+        description="Generate in silico brain responses with BERG encoding models at scale, "
+        "and search them with Relational Neural Control.",
+    )
+    parser.add_argument("--version", action="version", version=f"berg-scale {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name, help_text in COMMANDS:
+        try:
+            module = importlib.import_module(f"berg_scale.commands.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"berg_scale.commands.{module_name}":
+                raise
+            continue
+        command_parser = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.configure(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except BergScaleError as exc:
+        print(f"berg-scale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"berg-scale {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

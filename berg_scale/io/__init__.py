@@ -1,0 +1,1 @@
+"""Data in and out: stimulus shards, decoding, response shards, markers, results."""
