@@ -1,0 +1,329 @@
+"""Read the engine's response output for RNC: committed shards, needed columns, ok rows.
+
+This is the one place that knows the output layout (design.md section 5):
+`responses/<shard>.parquet`, `_done/<shard>.json` commit markers and `readouts.json`.
+Only shards with a marker are trusted, only the requested columns are read, and
+only rows with status "ok" count as images. Images are numbered 0..N-1 in the order
+(shard name, row), which makes selections reproducible and lets per-shard work be
+merged exactly.
+
+ROI unions: the paper's "FFA" is FFA-1 and FFA-2 joined. The univariate response of
+a union is the mean over the concatenated ncsnr-filtered voxels, which equals the
+voxel-count-weighted mean of the parts' `:mean` columns; the counts are the number
+of voxels with ncsnr above the threshold, taken from `readouts.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from berg_scale.errors import BergScaleError
+from berg_scale.io.storage import StorageOptions, filesystem_for
+
+DEFAULT_UNIONS: dict[str, tuple[str, ...]] = {"FFA": ("FFA-1", "FFA-2")}
+
+
+class ResponsesError(BergScaleError):
+    """The response output is missing, incomplete or inconsistent for an RNC study."""
+
+
+def response_column(model_id: str, subject: int, roi: str) -> str:
+    return f"{model_id}/sub-{subject:02d}/{roi}"
+
+
+def mean_column(model_id: str, subject: int, roi: str) -> str:
+    return f"{response_column(model_id, subject, roi)}:mean"
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    """Where each of the N images lives: shard name and row position (`index` column)."""
+
+    shards: tuple[str, ...]
+    offsets: np.ndarray  # int64, len(shards) + 1; images offsets[j]:offsets[j+1] are in shard j
+    positions: np.ndarray  # int32 (N,), the `index` column (position inside the input shard)
+
+    @property
+    def n_images(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, images: np.ndarray) -> tuple[list[str], np.ndarray]:
+        images = np.asarray(images, dtype=np.int64)
+        shard_ids = np.searchsorted(self.offsets, images, side="right") - 1
+        return [self.shards[j] for j in shard_ids], self.positions[images]
+
+
+@dataclass(frozen=True)
+class UnivariateResponses:
+    """u[s, r](i): the univariate (ROI-mean) response of every image, subject and ROI."""
+
+    images: ImageIndex
+    subjects: tuple[int, ...]
+    rois: tuple[str, ...]
+    values: np.ndarray  # float32 (N, S, R), C-contiguous
+
+    def roi_index(self, roi: str) -> int:
+        return self.rois.index(roi)
+
+
+@dataclass(frozen=True)
+class _Part:
+    column: str
+    weight: float
+
+
+class ResponseStore:
+    """An engine output folder or bucket prefix, opened for reading."""
+
+    def __init__(self, url: str, storage: StorageOptions | None = None) -> None:
+        self.url = url
+        self.fs, self.root = filesystem_for(url, storage)
+        self._readouts: dict | None = None
+        self._shards: tuple[str, ...] | None = None
+
+    # -- layout -------------------------------------------------------------------
+    def committed_shards(self) -> tuple[str, ...]:
+        """Shard names with a `_done` marker and a Parquet file, sorted."""
+        if self._shards is None:
+            done_dir = posixpath.join(self.root, "_done")
+            if not self.fs.exists(done_dir):
+                raise ResponsesError(
+                    f"no committed shards under {self.url!r} (missing _done/): "
+                    "point the study at a finished or partly finished generate output"
+                )
+            names = sorted(
+                posixpath.basename(p)[: -len(".json")]
+                for p in self.fs.ls(done_dir, detail=False)
+                if p.endswith(".json")
+            )
+            present = []
+            for name in names:
+                if self.fs.exists(self.parquet_path(name)):
+                    present.append(name)
+            if not present:
+                raise ResponsesError(f"no committed response shards under {self.url!r}")
+            self._shards = tuple(present)
+        return self._shards
+
+    def parquet_path(self, shard: str) -> str:
+        return posixpath.join(self.root, "responses", f"{shard}.parquet")
+
+    def readouts(self) -> dict:
+        """The `columns` mapping of `readouts.json` (coords such as voxel ncsnr)."""
+        if self._readouts is None:
+            path = posixpath.join(self.root, "readouts.json")
+            if not self.fs.exists(path):
+                raise ResponsesError(
+                    f"{self.url!r} has no readouts.json: it is written by `generate`; "
+                    "rerun or copy it next to responses/"
+                )
+            with self.fs.open(path, "rb") as handle:
+                try:
+                    data = json.load(handle)
+                except ValueError as exc:
+                    raise ResponsesError(f"readouts.json in {self.url!r} is not valid JSON: {exc}") from exc
+            if not isinstance(data, dict) or not isinstance(data.get("columns"), dict):
+                raise ResponsesError(f"readouts.json in {self.url!r} lacks a 'columns' mapping")
+            self._readouts = data["columns"]
+        return self._readouts
+
+    def dataset(self, shards: Sequence[str] | None = None) -> ds.Dataset:
+        shards = self.committed_shards() if shards is None else shards
+        return ds.dataset(
+            [self.parquet_path(s) for s in shards], filesystem=self.fs, format="parquet"
+        )
+
+    # -- voxel selection ----------------------------------------------------------
+    def ncsnr(self, column: str) -> np.ndarray:
+        entry = self.readouts().get(column) or self.readouts().get(f"{column}:mean")
+        coords = (entry or {}).get("coords") or {}
+        if "ncsnr" not in coords:
+            raise ResponsesError(
+                f"readouts.json has no ncsnr coords for {column!r}: the voxel filter "
+                "(ncsnr > threshold) needs them"
+            )
+        return np.asarray(coords["ncsnr"], dtype=np.float64)
+
+    def voxel_mask(self, column: str, threshold: float) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return self.ncsnr(column) > threshold
+
+    def _existing_columns(self) -> set[str]:
+        schema = self.dataset(self.committed_shards()[:1]).schema
+        return set(schema.names)
+
+    def _roi_parts(
+        self, model_id: str, subject: int, roi: str, unions: Mapping[str, Sequence[str]],
+        threshold: float, existing: set[str],
+    ) -> list[_Part]:
+        own = mean_column(model_id, subject, roi)
+        if own in existing:
+            return [_Part(own, 1.0)]
+        if roi not in unions:
+            raise ResponsesError(
+                f"column {own!r} is not in the responses: generate it, or define "
+                f"{roi!r} as a union of ROIs in the study config"
+            )
+        parts = []
+        for part in unions[roi]:
+            column = mean_column(model_id, subject, part)
+            if column not in existing:
+                raise ResponsesError(f"union {roi!r} needs column {column!r}, which is missing")
+            count = int(self.voxel_mask(response_column(model_id, subject, part), threshold).sum())
+            if count:
+                parts.append(_Part(column, float(count)))
+        if not parts:
+            raise ResponsesError(
+                f"no voxel of {roi!r} (subject {subject}) passes ncsnr > {threshold}"
+            )
+        return parts
+
+    # -- reading ------------------------------------------------------------------
+    def iter_shards(
+        self, columns: Sequence[str], shards: Sequence[str] | None = None
+    ) -> Iterator[tuple[str, pa.Table]]:
+        """(shard, table of ok rows with `index` plus `columns`), one committed shard at a time."""
+        shards = self.committed_shards() if shards is None else tuple(shards)
+        dataset = self.dataset(shards)
+        wanted = ["index", *dict.fromkeys(columns)]
+        missing = [c for c in wanted if c not in dataset.schema.names]
+        if missing:
+            raise ResponsesError(f"responses under {self.url!r} lack columns {missing}")
+        ok = pc.field("status") == "ok"
+        for shard, fragment in zip(shards, dataset.get_fragments()):
+            yield shard, fragment.to_table(columns=wanted, filter=ok)
+
+    def read_univariate(
+        self,
+        model_id: str,
+        subjects: Sequence[int],
+        rois: Sequence[str],
+        unions: Mapping[str, Sequence[str]] = DEFAULT_UNIONS,
+        threshold: float = 0.5,
+        shards: Sequence[str] | None = None,
+    ) -> UnivariateResponses:
+        """Read only the `:mean` columns needed (or the parts of ROI unions)."""
+        existing = self._existing_columns()
+        plan = {
+            (s, r): self._roi_parts(model_id, s, r, unions, threshold, existing)
+            for s in subjects
+            for r in rois
+        }
+        columns = sorted({p.column for parts in plan.values() for p in parts})
+        shard_names, counts, positions, blocks = [], [], [], []
+        for shard, table in self.iter_shards(columns, shards):
+            block = combine_univariate(table, subjects, rois, plan)
+            shard_names.append(shard)
+            counts.append(block.shape[0])
+            positions.append(table.column("index").to_numpy().astype(np.int32))
+            blocks.append(block)
+        values = np.concatenate(blocks) if blocks else np.empty((0, len(subjects), len(rois)), np.float32)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        images = ImageIndex(tuple(shard_names), offsets, np.concatenate(positions) if positions else np.empty(0, np.int32))
+        return UnivariateResponses(images, tuple(subjects), tuple(rois), np.ascontiguousarray(values))
+
+    def read_patterns(
+        self,
+        model_id: str,
+        subject: int,
+        roi: str,
+        unions: Mapping[str, Sequence[str]] = DEFAULT_UNIONS,
+        threshold: float = 0.5,
+    ) -> tuple[ImageIndex, np.ndarray]:
+        """Voxel patterns (N, V) float32 of one subject and ROI, ncsnr-filtered voxels only."""
+        existing = self._existing_columns()
+        own = response_column(model_id, subject, roi)
+        parts = [own] if own in existing else [response_column(model_id, subject, p) for p in unions.get(roi, ())]
+        if not parts or any(p not in existing for p in parts):
+            raise ResponsesError(
+                f"voxel column {own!r} (or the parts of its union) is not in the responses"
+            )
+        masks = [self.voxel_mask(p, threshold) for p in parts]
+        if not any(m.any() for m in masks):
+            raise ResponsesError(f"no voxel of {roi!r} (subject {subject}) passes ncsnr > {threshold}")
+        shard_names, counts, positions, blocks = [], [], [], []
+        for shard, table in self.iter_shards(parts):
+            pieces = []
+            for part, mask in zip(parts, masks):
+                matrix = fixed_size_list_to_numpy(table.column(part), part)
+                if matrix.shape[1] != mask.size:
+                    raise ResponsesError(
+                        f"column {part!r} has {matrix.shape[1]} voxels but readouts.json lists "
+                        f"{mask.size} ncsnr values"
+                    )
+                pieces.append(matrix[:, mask])
+            blocks.append(np.concatenate(pieces, axis=1))
+            shard_names.append(shard)
+            counts.append(table.num_rows)
+            positions.append(table.column("index").to_numpy().astype(np.int32))
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        images = ImageIndex(tuple(shard_names), offsets, np.concatenate(positions))
+        return images, np.concatenate(blocks)
+
+    def keys_for(self, images: ImageIndex, selected: np.ndarray) -> list[str]:
+        """WebDataset keys of selected images, reading the key column of their shards only."""
+        selected = np.asarray(selected, dtype=np.int64)
+        shards, positions = images.locate(selected)
+        keys: list[str] = [""] * selected.size
+        by_shard: dict[str, list[int]] = {}
+        for slot, shard in enumerate(shards):
+            by_shard.setdefault(shard, []).append(slot)
+        for shard, slots in by_shard.items():
+            table = self.dataset([shard]).to_table(columns=["index", "key"])
+            lookup = dict(zip(table.column("index").to_pylist(), table.column("key").to_pylist()))
+            for slot in slots:
+                keys[slot] = lookup.get(int(positions[slot]), "")
+        return keys
+
+
+def fixed_size_list_to_numpy(column: pa.ChunkedArray, name: str) -> np.ndarray:
+    """(rows, size) float32 view of a fixed-size-list (or fixed-shape tensor) column."""
+    chunks = []
+    for chunk in column.chunks:
+        if isinstance(chunk, pa.ExtensionArray):
+            chunk = chunk.storage
+        if not pa.types.is_fixed_size_list(chunk.type):
+            raise ResponsesError(f"column {name!r} is {chunk.type}, expected a fixed-size list")
+        size = chunk.type.list_size
+        flat = chunk.flatten().to_numpy(zero_copy_only=False)
+        chunks.append(flat.astype(np.float32, copy=False).reshape(-1, size))
+    if not chunks:
+        return np.empty((0, 0), np.float32)
+    return np.concatenate(chunks)
+
+
+def combine_univariate(
+    table: pa.Table,
+    subjects: Sequence[int],
+    rois: Sequence[str],
+    plan: Mapping[tuple[int, str], list[_Part]],
+) -> np.ndarray:
+    """(rows, S, R) float32 block; unions as voxel-count-weighted means of their parts."""
+    block = np.empty((table.num_rows, len(subjects), len(rois)), dtype=np.float32)
+    for si, subject in enumerate(subjects):
+        for ri, roi in enumerate(rois):
+            parts = plan[(subject, roi)]
+            if len(parts) == 1:
+                block[:, si, ri] = _scalar(table, parts[0].column)
+                continue
+            total = sum(p.weight for p in parts)
+            acc = np.zeros(table.num_rows, dtype=np.float64)
+            for part in parts:
+                acc += _scalar(table, part.column).astype(np.float64) * (part.weight / total)
+            block[:, si, ri] = acc
+    return block
+
+
+def _scalar(table: pa.Table, column: str) -> np.ndarray:
+    values = table.column(column).to_numpy()
+    if values.dtype.kind != "f":
+        values = values.astype(np.float32)
+    return values

@@ -1,0 +1,392 @@
+"""Univariate RNC (rnc.md section 1): baselines, four control conditions, folds, statistics.
+
+Everything works on u[s, r](i), the ROI-mean response of image i for subject s and
+ROI r, held as one (N, S, R) float32 array: memory is linear in N x readouts and no
+step is quadratic in N. Random batches are O(k) each (see `sampling`), and the
+permutation tests are O(k) per iteration because permuting all N images only matters
+through where the few controlling and baseline images land.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from berg_scale.rnc.sampling import sample_injection, sample_subsets
+from berg_scale.rnc.stats import benjamini_hochberg, binomial_tail, bootstrap_ci, pearson_r, permutation_p_value
+
+# condition name -> (sign for ROI 1, sign for ROI 2); +1 = "high", -1 = "low".
+# Every condition ranks by s1*U1 + s2*U2, descending, which is the published ranking
+# (U1+U2 desc, U1+U2 asc, U1-U2 desc, U1-U2 asc) with exact IEEE negation.
+CONDITIONS: dict[str, tuple[int, int]] = {
+    "high1-high2": (1, 1),
+    "low1-low2": (-1, -1),
+    "high1-low2": (1, -1),
+    "low1-high2": (-1, 1),
+}
+BASELINE_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Train subjects for selection, and the held-out subject (None for the all-subjects run)."""
+
+    train: tuple[int, ...]
+    heldout: int | None
+
+    @property
+    def label(self) -> str:
+        return "all" if self.heldout is None else f"sub-{self.heldout:02d}"
+
+    @property
+    def cv(self) -> int:
+        return 0 if self.heldout is None else 1
+
+
+def make_folds(subjects: Sequence[int], cross_validation: bool = True) -> list[Fold]:
+    """Leave-one-subject-out folds (cv=1) followed by the all-subjects run (cv=0)."""
+    subjects = tuple(subjects)
+    folds = []
+    if cross_validation and len(subjects) > 1:
+        folds = [Fold(tuple(s for s in subjects if s != h), h) for h in subjects]
+    folds.append(Fold(subjects, None))
+    return folds
+
+
+@dataclass(frozen=True)
+class UnivariateParams:
+    n_images: int = 25
+    margin: float = 0.04
+    baseline_batches: int = 1_000_000
+    baseline_batch_size: int = 25
+    n_bootstrap: int = 100_000
+    n_permutations: int = 100_000
+    alpha: float = 0.05
+    chance: float = 0.05
+    seed: int = 20200220
+
+
+# -- train averages -----------------------------------------------------------------
+def train_average(values: np.ndarray, subject_slots: Sequence[int], roi_slot: int) -> np.ndarray:
+    """U_r(i): plain mean over train subjects, accumulated in float64 in a fixed order.
+
+    The fixed elementwise order makes the result identical whether it is computed on
+    all images at once or one shard at a time, so distributed selection is exact.
+    """
+    acc = np.zeros(values.shape[0], dtype=np.float64)
+    for slot in subject_slots:
+        acc += values[:, slot, roi_slot]
+    return acc / len(subject_slots)
+
+
+# -- baseline ------------------------------------------------------------------------
+@dataclass
+class BaselineNull:
+    """Per-subject means of the same random batches for every subject and ROI.
+
+    Because averaging is linear, the train-average score of a batch for any fold is
+    the mean of these per-subject batch means over the fold's train subjects, so one
+    pass over the batches serves every fold and ROI (as the published code's reset
+    seed makes every ROI see the same batches).
+    """
+
+    batch_means: np.ndarray  # float32 (B, S, R)
+    n_images: int
+    batch_size: int
+    seed: int
+    chunk: int = BASELINE_CHUNK
+
+    def batch(self, b: int) -> np.ndarray:
+        chunk_id, row = divmod(int(b), self.chunk)
+        count = min(self.chunk, self.batch_means.shape[0] - chunk_id * self.chunk)
+        rng = np.random.default_rng([self.seed, chunk_id])
+        return sample_subsets(rng, self.n_images, self.batch_size, count)[row].astype(np.int64)
+
+
+def baseline_null(
+    values: np.ndarray, n_batches: int, batch_size: int, seed: int, chunk: int = BASELINE_CHUNK
+) -> BaselineNull:
+    """Score `n_batches` uniform random batches on every subject and ROI at once."""
+    n, s, r = values.shape
+    flat = values.reshape(n, s * r)
+    means = np.empty((n_batches, s * r), dtype=np.float32)
+    for chunk_id, start in enumerate(range(0, n_batches, chunk)):
+        count = min(chunk, n_batches - start)
+        rng = np.random.default_rng([seed, chunk_id])
+        batches = sample_subsets(rng, n, batch_size, count)
+        gathered = np.take(flat, batches.ravel(), axis=0).reshape(count, batch_size, s * r)
+        means[start : start + count] = gathered.sum(axis=1) / batch_size
+    return BaselineNull(means.reshape(n_batches, s, r), n, batch_size, seed, chunk)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    roi: str
+    fold: Fold
+    batch_index: int
+    images: np.ndarray
+    score_train: float  # beta_r: the train-average mean of the baseline batch
+    null_mean: float  # mean of the train null
+    score_test: float  # held-out subject's mean over the baseline images (NaN for cv=0)
+    null_train: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
+
+
+def choose_baseline(
+    null: BaselineNull, values: np.ndarray, subject_slots: Sequence[int], heldout_slot: int | None,
+    roi_slot: int, roi: str, fold: Fold,
+) -> Baseline:
+    """The batch whose train mean is closest to the mean of the train null (first on ties)."""
+    train_null = null.batch_means[:, list(subject_slots), roi_slot].astype(np.float64).mean(axis=1)
+    mu = float(train_null.mean())
+    b = int(np.argmin(np.abs(train_null - mu)))
+    images = null.batch(b)
+    test = float("nan")
+    if heldout_slot is not None:
+        test = float(values[images, heldout_slot, roi_slot].astype(np.float64).mean())
+    return Baseline(roi, fold, b, images, float(train_null[b]), mu, test, train_null)
+
+
+# -- selection -----------------------------------------------------------------------
+def top_k(score: np.ndarray, eligible: np.ndarray, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The first k eligible images by descending score, ties by ascending image number.
+
+    Returns (image numbers + offset, scores). Fewer than k come back when fewer are
+    eligible: there is no fallback.
+    """
+    candidates = np.flatnonzero(eligible)
+    if candidates.size > k:
+        cand_scores = score[candidates]
+        kth_best = -np.partition(-cand_scores, k - 1)[k - 1]
+        candidates = candidates[cand_scores >= kth_best]
+    order = np.lexsort((candidates, -score[candidates]))[:k]
+    chosen = candidates[order]
+    return chosen.astype(np.int64) + offset, score[chosen]
+
+
+def condition_scores(
+    u1: np.ndarray, u2: np.ndarray, beta1: float, beta2: float, condition: str, margin: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ranking score, eligibility) of every image for one control condition (rnc.md 1.3)."""
+    s1, s2 = CONDITIONS[condition]
+    score = s1 * u1 + s2 * u2
+    ok1 = u1 >= beta1 + margin if s1 > 0 else u1 <= beta1 - margin
+    ok2 = u2 >= beta2 + margin if s2 > 0 else u2 <= beta2 - margin
+    return score, ok1 & ok2
+
+
+def merge_top_k(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact global top-k from per-shard top-k lists (score desc, image number asc)."""
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0)
+    images = np.concatenate([p[0] for p in parts])
+    scores = np.concatenate([p[1] for p in parts])
+    order = np.lexsort((images, -scores))[:k]
+    return images[order], scores[order]
+
+
+@dataclass(frozen=True)
+class Selection:
+    fold: Fold
+    pair: tuple[str, str]
+    condition: str
+    images: np.ndarray
+    rank_scores: np.ndarray
+    u1: np.ndarray
+    u2: np.ndarray
+
+
+# -- statistics ----------------------------------------------------------------------
+def permutation_null(
+    rng: np.random.Generator,
+    u: np.ndarray,
+    groups: Sequence[np.ndarray],
+    contrasts: Sequence[tuple[int, int]],
+    n_iter: int,
+    chunk: int = 10_000,
+) -> np.ndarray:
+    """Null of mean(group a) - mean(group b) under one shared permutation of all images.
+
+    `u` is (N, C): one column per ROI, permuted together. Only the images in the
+    union of the groups matter, and a uniform permutation maps them to a uniform
+    random injection into range(N), which costs O(k) per iteration. Each contrast
+    (a, b, column) uses its own ROI column: contrasts[j] = (group a, group b) evaluated
+    on column j. Returns (n_iter, len(contrasts)).
+    """
+    n = u.shape[0]
+    union = np.unique(np.concatenate([np.asarray(g, dtype=np.int64) for g in groups]))
+    slots = [np.searchsorted(union, np.asarray(g, dtype=np.int64)) for g in groups]
+    out = np.empty((n_iter, len(contrasts)))
+    for start in range(0, n_iter, chunk):
+        count = min(chunk, n_iter - start)
+        landed = sample_injection(rng, n, union.size, count).astype(np.int64)
+        for j, (a, b) in enumerate(contrasts):
+            col = u[:, j]
+            mean_a = col[landed[:, slots[a]]].astype(np.float64).mean(axis=1)
+            mean_b = col[landed[:, slots[b]]].astype(np.float64).mean(axis=1)
+            out[start : start + count, j] = mean_a - mean_b
+    return out
+
+
+@dataclass
+class UnivariateResult:
+    params: UnivariateParams
+    subjects: tuple[int, ...]
+    rois: tuple[str, ...]
+    pairs: list[tuple[str, str]]
+    baselines: list[Baseline]
+    selections: list[Selection]
+    tests: list[dict]  # per (pair, condition, roi, held-out subject)
+    summary: list[dict]  # per (pair, condition, roi): CI, k significant, binomial p
+    correlations: list[dict]  # per (pair, subject): Pearson r
+
+
+def run_univariate(
+    responses_values: np.ndarray,
+    subjects: Sequence[int],
+    rois: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+    params: UnivariateParams = UnivariateParams(),
+    cross_validation: bool = True,
+    select: Callable[[Fold, tuple[str, str], str, float, float], tuple[np.ndarray, np.ndarray]] | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> UnivariateResult:
+    """Univariate RNC for every fold and ROI pair, with the cv=1 statistics.
+
+    `select(fold, pair, condition, beta1, beta2)`, when given, replaces the in-memory
+    top-k (the distributed path passes a per-shard Ray selection here).
+    """
+    values = responses_values
+    subjects = tuple(subjects)
+    rois = tuple(rois)
+    slot = {s: i for i, s in enumerate(subjects)}
+    roi_slot = {r: i for i, r in enumerate(rois)}
+    folds = make_folds(subjects, cross_validation)
+    log(f"baseline null: {params.baseline_batches:,} batches of {params.baseline_batch_size}")
+    null = baseline_null(values, params.baseline_batches, params.baseline_batch_size, params.seed)
+    needed_rois = sorted({r for pair in pairs for r in pair}, key=rois.index)
+
+    baselines: list[Baseline] = []
+    selections: list[Selection] = []
+    for fold in folds:
+        train_slots = [slot[s] for s in fold.train]
+        held = None if fold.heldout is None else slot[fold.heldout]
+        fold_baselines = {
+            r: choose_baseline(null, values, train_slots, held, roi_slot[r], r, fold) for r in needed_rois
+        }
+        baselines.extend(fold_baselines.values())
+        averages = {} if select else {r: train_average(values, train_slots, roi_slot[r]) for r in needed_rois}
+        for pair in pairs:
+            b1, b2 = fold_baselines[pair[0]].score_train, fold_baselines[pair[1]].score_train
+            for condition in CONDITIONS:
+                if select:
+                    images, scores = select(fold, pair, condition, b1, b2)
+                else:
+                    score, eligible = condition_scores(
+                        averages[pair[0]], averages[pair[1]], b1, b2, condition, params.margin
+                    )
+                    images, scores = top_k(score, eligible, params.n_images)
+                u1 = train_average(values[images], train_slots, roi_slot[pair[0]])
+                u2 = train_average(values[images], train_slots, roi_slot[pair[1]])
+                selections.append(Selection(fold, pair, condition, images, scores, u1, u2))
+        log(f"fold {fold.label}: selected {len(pairs) * len(CONDITIONS)} controlling sets")
+
+    tests, summary = _statistics(values, subjects, rois, pairs, params, folds, baselines, selections)
+    correlations = [
+        {
+            "roi_1": p[0],
+            "roi_2": p[1],
+            "subject": s,
+            "pearson_r": pearson_r(values[:, slot[s], roi_slot[p[0]]], values[:, slot[s], roi_slot[p[1]]]),
+        }
+        for p in pairs
+        for s in subjects
+    ]
+    return UnivariateResult(params, subjects, rois, list(pairs), baselines, selections, tests, summary, correlations)
+
+
+def _statistics(
+    values: np.ndarray,
+    subjects: tuple[int, ...],
+    rois: tuple[str, ...],
+    pairs: Sequence[tuple[str, str]],
+    params: UnivariateParams,
+    folds: list[Fold],
+    baselines: list[Baseline],
+    selections: list[Selection],
+) -> tuple[list[dict], list[dict]]:
+    """Held-out test scores, permutation p-values, BH within subject, CIs and binomial tests."""
+    slot = {s: i for i, s in enumerate(subjects)}
+    roi_slot = {r: i for i, r in enumerate(rois)}
+    base = {(b.fold.heldout, b.roi): b for b in baselines}
+    chosen = {(s.fold.heldout, s.pair, s.condition): s for s in selections}
+    tests: list[dict] = []
+    summary: list[dict] = []
+    cv_folds = [f for f in folds if f.heldout is not None]
+    for pair_id, pair in enumerate(pairs):
+        for fold in cv_folds:
+            h = slot[fold.heldout]
+            u = np.stack([values[:, h, roi_slot[pair[0]]], values[:, h, roi_slot[pair[1]]]], axis=1)
+            rows = []
+            for cond_id, condition in enumerate(CONDITIONS):
+                sel = chosen[(fold.heldout, pair, condition)]
+                base_sets = [base[(fold.heldout, r)].images for r in pair]
+                observed = []
+                for j, roi in enumerate(pair):
+                    ctrl = u[sel.images, j].astype(np.float64).mean() if sel.images.size else np.nan
+                    bscore = u[base_sets[j], j].astype(np.float64).mean()
+                    observed.append((float(ctrl), float(bscore)))
+                p_values = [float("nan"), float("nan")]
+                if sel.images.size and params.n_permutations > 0:
+                    rng = np.random.default_rng([params.seed, 1, pair_id, fold.heldout, cond_id])
+                    null = permutation_null(
+                        rng, u, [sel.images, base_sets[0], base_sets[1]], [(0, 1), (0, 2)], params.n_permutations
+                    )
+                    signs = CONDITIONS[condition]
+                    for j in range(2):
+                        direction = "greater" if signs[j] > 0 else "less"
+                        p_values[j] = permutation_p_value(null[:, j], observed[j][0] - observed[j][1], direction)
+                for j, roi in enumerate(pair):
+                    rows.append(
+                        {
+                            "roi_1": pair[0], "roi_2": pair[1], "condition": condition, "roi": roi,
+                            "roi_position": j + 1, "direction": "high" if CONDITIONS[condition][j] > 0 else "low",
+                            "subject": fold.heldout, "n_controlling": int(sel.images.size),
+                            "score": observed[j][0], "baseline_score": observed[j][1],
+                            "difference": observed[j][0] - observed[j][1], "p_value": p_values[j],
+                        }
+                    )
+            fdr = benjamini_hochberg(np.array([r["p_value"] for r in rows]), params.alpha)
+            for r, q, sig in zip(rows, fdr.q_values, fdr.significant):
+                r["q_value"] = float(q)
+                r["significant"] = bool(sig)
+            tests.extend(rows)
+        if not cv_folds:
+            continue
+        ci_rng = np.random.default_rng([params.seed, 2, pair_id])
+        for condition in CONDITIONS:
+            for roi in pair:
+                rows = [t for t in tests if t["roi_1"] == pair[0] and t["roi_2"] == pair[1]
+                        and t["condition"] == condition and t["roi"] == roi]
+                table = np.array([[t["score"], t["baseline_score"], t["difference"]] for t in rows])
+                low, high = bootstrap_ci(table, params.n_bootstrap, ci_rng)
+                k = sum(t["significant"] for t in rows)
+                summary.append(
+                    {
+                        "roi_1": pair[0], "roi_2": pair[1], "condition": condition, "roi": roi,
+                        "mean_score": float(np.nanmean(table[:, 0])) if np.isfinite(table[:, 0]).any() else float("nan"),
+                        "mean_baseline": float(np.nanmean(table[:, 1])),
+                        "score_ci": [float(low[0]), float(high[0])],
+                        "baseline_ci": [float(low[1]), float(high[1])],
+                        "difference_ci": [float(low[2]), float(high[2])],
+                        "n_subjects": len(rows), "n_significant": int(k),
+                        "binomial_p": binomial_tail(int(k), len(rows), params.chance),
+                    }
+                )
+    return tests, summary
+
+
+def all_pairs(rois: Sequence[str]) -> list[tuple[str, str]]:
+    return list(itertools.combinations(rois, 2))
