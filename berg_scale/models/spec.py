@@ -168,6 +168,11 @@ def resolve_selection(spec: ReadoutSpec) -> ResolvedSelection:
     bad_outputs = [o for o in spec.outputs if o not in OUTPUT_KINDS]
     if bad_outputs or not spec.outputs:
         raise ReadoutError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {spec.outputs!r}")
+    if "mean" in spec.outputs and card.modality.upper() == "EEG":
+        raise ReadoutError(
+            f"outputs 'mean' is the ROI mean over voxels/vertices with ncsnr and exists for fMRI "
+            f"readouts only; use outputs=('responses',) for {card.model_id}"
+        )
     if spec.dtype not in DTYPES:
         raise ReadoutError(f"dtype must be one of {DTYPES}, got {spec.dtype!r}")
     if spec.downsample not in DOWNSAMPLES:

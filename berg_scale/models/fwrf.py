@@ -1,0 +1,174 @@
+"""`fmri-nsd-fwrf`: one GNet + fwRF checkpoint per subject and ROI (two for split ROIs).
+
+Every fwRF readout shares the 227 x 227 preprocessing; encoders are per checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from berg_scale.errors import BergScaleError
+from berg_scale.models import layout
+from berg_scale.models.base import (
+    BuildContext,
+    EncodingModel,
+    OutputColumn,
+    ReadoutGroup,
+    mean_column,
+)
+from berg_scale.models.gnet import GNetEncoder, FwrfReadout
+from berg_scale.models.registry import get_card, register_model
+from berg_scale.models.spec import ReadoutError, ReadoutSpec
+from berg_scale.models.weights_check import WeightFormatError, get_array, get_key
+
+FWRF_ID = "fmri-nsd-fwrf"
+
+
+@dataclass
+class _Part:
+    """One checkpoint: its encoder and voxel read-out."""
+
+    encoder: GNetEncoder
+    readout: FwrfReadout
+
+
+@dataclass
+class _FwrfReadoutEntry:
+    spec: ReadoutSpec
+    name: str
+    parts: list[_Part]
+    mean_index: torch.Tensor | None
+
+
+def _load_part(ctx: BuildContext, rel: str, subject: int, first: bool) -> _Part:
+    source = ctx.store.url(rel)
+    checkpoint = ctx.store.load(rel, f"{FWRF_ID} subject {subject} checkpoint")
+    if not isinstance(checkpoint, dict):
+        raise WeightFormatError(f"{source}: expected a checkpoint dict, found {type(checkpoint).__name__}")
+    if first:
+        # BERG requires stim_mean as a float32 NumPy array in the first file.
+        get_array(checkpoint, ("stim_mean",), source, shape=(1, 3, 1, 1))
+    enc_state = get_key(checkpoint, ("best_params", "enc"), source)
+    fwrfs = get_key(checkpoint, ("best_params", "fwrfs"), source)
+    if not isinstance(fwrfs, dict) or subject not in fwrfs:
+        have = sorted(fwrfs) if isinstance(fwrfs, dict) else type(fwrfs).__name__
+        raise WeightFormatError(f"{source}: best_params/fwrfs has no entry for subject {subject} (found {have})")
+    voxel_state = fwrfs[subject]
+    for state, what in ((enc_state, "best_params/enc"), (voxel_state, f"best_params/fwrfs/{subject}")):
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise WeightFormatError(f"{source}: {what} must be a dict of tensors")
+    bias = voxel_state.get("b")
+    if not isinstance(bias, torch.Tensor) or bias.ndim != 1 or bias.shape[0] < 1:
+        raise WeightFormatError(f"{source}: best_params/fwrfs/{subject}/b must be a non-empty 1-D tensor")
+    encoder, readout = GNetEncoder(), FwrfReadout(int(bias.shape[0]))
+    for module, state, what in ((encoder, enc_state, "encoder"), (readout, voxel_state, "fwRF read-out")):
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:400]
+            raise WeightFormatError(f"{source}: {what} does not match the GNet/fwRF layout: {detail}") from None
+    for module in (encoder, readout):
+        module.eval().to(ctx.device)
+        if any(not torch.isfinite(p).all() for p in module.parameters()):
+            raise WeightFormatError(f"{source}: {type(module).__name__} has NaN or infinite weights")
+    if any((encoder.state_dict()[k] <= 0).any() for k in encoder.state_dict() if k.endswith("running_var")):
+        raise WeightFormatError(f"{source}: BatchNorm running_var must be positive")
+    return _Part(encoder, readout)
+
+
+@register_model(get_card(FWRF_ID))
+class FwrfModel(EncodingModel):
+    model_id: ClassVar[str] = FWRF_ID
+    group_key: ClassVar[str] = "fwrf"
+
+    @classmethod
+    def build_group(cls, specs: list[ReadoutSpec], ctx: BuildContext) -> ReadoutGroup:
+        return FwrfGroup(specs, ctx)
+
+
+class FwrfGroup(ReadoutGroup):
+    recipe = "fwrf227"
+
+    def __init__(self, specs: list[ReadoutSpec], ctx: BuildContext) -> None:
+        self.ctx = ctx
+        self.columns: list[OutputColumn] = []
+        self.weight_files: list[str] = []
+        self.entries: list[_FwrfReadoutEntry] = []
+        parts_by_file: dict[str, _Part] = {}
+        for spec in specs:
+            sel = spec.resolve()
+            files = layout.weight_files(spec.model_id, spec.subject, sel.roi)
+            parts = []
+            for position, rel in enumerate(files):
+                if rel not in parts_by_file:
+                    parts_by_file[rel] = _load_part(ctx, rel, spec.subject, first=position == 0)
+                    self.weight_files.append(rel)
+                parts.append(parts_by_file[rel])
+            n_voxels = sum(int(p.readout.b.shape[0]) for p in parts)
+            coords: dict[str, np.ndarray] = {"voxel": np.arange(n_voxels)}
+            meta_rel = layout.metadata_file(spec.model_id, spec.subject, sel.roi)
+            meta_source = ctx.store.url(meta_rel)
+            ncsnr = self._ncsnr(meta_rel, spec, n_voxels)
+            if ncsnr is not None:
+                coords["ncsnr"] = ncsnr
+            name = spec.column_base
+            if "responses" in spec.outputs:
+                self.columns.append(OutputColumn(name, (n_voxels,), spec.dtype, ("voxel",), coords, spec, "responses"))
+            mean_index = None
+            if "mean" in spec.outputs:
+                if ncsnr is None:
+                    raise BergScaleError(
+                        f"{name}:mean needs fmri/ncsnr from {meta_source}, which is missing; copy "
+                        "BERG's metadata file into the root or request outputs=('responses',)"
+                    )
+                keep = np.flatnonzero(ncsnr > spec.ncsnr_threshold)
+                if keep.size == 0:
+                    raise ReadoutError(f"{name}: no voxel has ncsnr > {spec.ncsnr_threshold}; lower ncsnr_threshold")
+                mean_index = torch.from_numpy(keep).to(ctx.device)
+                self.columns.append(mean_column(spec, name))
+            self.entries.append(_FwrfReadoutEntry(spec, name, parts, mean_index))
+
+    def _ncsnr(self, meta_rel: str, spec: ReadoutSpec, n_voxels: int) -> np.ndarray | None:
+        store = self.ctx.store
+        try:
+            store.require(meta_rel, "metadata")
+        except FileNotFoundError:
+            return None
+        meta: Any = store.load(meta_rel, f"{FWRF_ID} subject {spec.subject} metadata")
+        fmri = meta.get("fmri") if isinstance(meta, dict) else None
+        if not isinstance(fmri, dict) or "ncsnr" not in fmri:
+            return None
+        ncsnr = get_array(meta, ("fmri", "ncsnr"), store.url(meta_rel), ndim=1, finite=False)
+        if ncsnr.shape[0] != n_voxels:
+            raise WeightFormatError(
+                f"{store.url(meta_rel)}: fmri/ncsnr has {ncsnr.shape[0]} values but the checkpoints "
+                f"predict {n_voxels} voxels"
+            )
+        return ncsnr.astype(np.float32)
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        dtype = self.ctx.autocast_dtype
+        cache: dict[int, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
+        for entry in self.entries:
+            pieces = []
+            for part in entry.parts:
+                key = id(part)
+                if key not in cache:
+                    if dtype is None:
+                        maps = part.encoder(pixels)
+                    else:
+                        with torch.autocast(self.ctx.device.type, dtype=dtype):
+                            maps = part.encoder(pixels)
+                    cache[key] = part.readout(tuple(m.float() for m in maps))
+                pieces.append(cache[key])
+            y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+            if "responses" in entry.spec.outputs:
+                out[entry.name] = y
+            if entry.mean_index is not None:
+                out[f"{entry.name}:mean"] = y.index_select(1, entry.mean_index).mean(dim=1)
+        return out

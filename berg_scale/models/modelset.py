@@ -1,0 +1,182 @@
+"""`ModelSet`: every requested readout on one device, computed in one pass per batch.
+
+Readouts are grouped by the computation they share (all ViT-B/32 readouts form one
+group, all fwRF readouts another); each batch is preprocessed once per recipe and fed
+to every group. Results come back as NumPy arrays, one per output column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from berg_scale import __version__
+from berg_scale.errors import BergScaleError
+from berg_scale.io.storage import StorageOptions
+from berg_scale.models.base import BuildContext, OutputColumn, ReadoutGroup
+from berg_scale.models.preprocess import check_images, get_recipe
+from berg_scale.models.registry import get_implementation
+from berg_scale.models.spec import ReadoutSpec
+from berg_scale.models.store import WeightStore
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+__all__ = ["ModelSet", "OutputColumn", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`auto` -> first CUDA device if present, else CPU; CUDA requests are checked."""
+    if isinstance(device, torch.device):
+        text = str(device)
+    else:
+        text = str(device).strip().lower()
+    if text == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text.startswith("cuda"):
+        try:
+            dev = torch.device(text)
+        except RuntimeError:
+            raise BergScaleError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N") from None
+        if not torch.cuda.is_available():
+            raise BergScaleError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+        index = dev.index or 0
+        if index >= torch.cuda.device_count():
+            raise BergScaleError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+        return torch.device("cuda", index)
+    raise BergScaleError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def _exact_fp32_on_cuda() -> None:
+    """fp32 must mean fp32: Ampere+ would otherwise run convolutions in TF32."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
+class ModelSet:
+    """Load readouts once; `forward(images)` returns a dict of column -> array."""
+
+    def __init__(
+        self,
+        berg_root: str,
+        readouts: Sequence[ReadoutSpec],
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        batch_size: int = 100,
+        backbone_path: str | None = None,
+        storage: StorageOptions | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise BergScaleError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise BergScaleError(f"batch_size must be a positive integer, got {batch_size!r}")
+        readouts = list(readouts)
+        if not readouts:
+            raise BergScaleError("ModelSet needs at least one ReadoutSpec")
+        for spec in readouts:
+            if not isinstance(spec, ReadoutSpec):
+                raise BergScaleError(f"readouts must be ReadoutSpec objects, got {type(spec).__name__}")
+            spec.resolve()  # validate everything before any file is read
+        names = [spec.column_base for spec in readouts]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise BergScaleError(f"readouts requested twice: {duplicates}; merge their outputs instead")
+        self.readouts = readouts
+        self.precision = precision
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        if self.device.type == "cuda" and precision == "fp32":
+            _exact_fp32_on_cuda()
+        self.store = WeightStore(berg_root, storage)
+        self.context = BuildContext(self.store, self.device, precision, backbone_path)
+        by_group: dict[tuple[str, Any], list[ReadoutSpec]] = {}
+        for spec in readouts:
+            implementation = get_implementation(spec.model_id)
+            by_group.setdefault((implementation.group_key, implementation.build_group.__func__), []).append(spec)
+        self.groups: list[ReadoutGroup] = []
+        with torch.no_grad():
+            for (_, _), specs in by_group.items():
+                implementation = get_implementation(specs[0].model_id)
+                self.groups.append(implementation.build_group(specs, self.context))
+        order = {spec.column_base: i for i, spec in enumerate(readouts)}
+        columns = [c for g in self.groups for c in g.columns]
+        self.columns: list[OutputColumn] = sorted(
+            columns, key=lambda c: (order[c.readout.column_base], c.kind != "responses")
+        )
+        self._hashes: dict[str, str] | None = None
+
+    # --- identity -----------------------------------------------------------------
+
+    @property
+    def weight_hashes(self) -> dict[str, str]:
+        """sha256 of every weight file in use, by path relative to the BERG root."""
+        if self._hashes is None:
+            files = sorted({rel for g in self.groups for rel in g.weight_files})
+            self._hashes = {rel: self.store.sha256(rel) for rel in files}
+        return dict(self._hashes)
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when readouts, weights or precision change (results would differ)."""
+        payload = {
+            "engine": __version__,
+            "precision": self.precision,
+            "readouts": [json.loads(spec.key) for spec in self.readouts],
+            "weights": self.weight_hashes,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def column(self, name: str) -> OutputColumn:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(name)
+
+    # --- compute ------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 (B, 3, H, W) RGB images -> {column name: array with first axis B}."""
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        check_images(images)
+        chunks: dict[str, list[np.ndarray]] = {c.name: [] for c in self.columns}
+        for start in range(0, images.shape[0], self.batch_size):
+            batch = self.forward_tensors(images[start : start + self.batch_size])
+            for name, value in batch.items():
+                chunks[name].append(value.cpu().numpy())
+        total = images.shape[0]
+        out = {}
+        for column in self.columns:
+            parts = chunks[column.name]
+            if parts:
+                out[column.name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            else:
+                out[column.name] = np.zeros((total, *column.shape), dtype=column.dtype)
+        return out
+
+    def forward_tensors(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One batch, results left on the device (already in each column's dtype)."""
+        check_images(images)
+        pixels = images.to(self.device, non_blocking=True)
+        prepared: dict[str, torch.Tensor] = {}
+        results: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for group in self.groups:
+                if group.recipe not in prepared:
+                    prepared[group.recipe] = get_recipe(group.recipe)(pixels)
+                results.update(group.forward(prepared[group.recipe]))
+        dtypes = {c.name: c.dtype for c in self.columns}
+        return {name: results[name].to(getattr(torch, dtypes[name])) for name in dtypes}
+
+    @property
+    def backbone_passes(self) -> int:
+        """How many ViT-B/32 forward passes ran (0 when no ViT readout is loaded)."""
+        return sum(getattr(v, "forward_count", 0) for v in self.context.shared.values())

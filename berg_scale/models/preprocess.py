@@ -1,0 +1,105 @@
+"""Image preprocessing recipes, run once per batch and shared by every readout using them.
+
+Each recipe reproduces BERG's inference-time pipeline for uint8 RGB input: resizing
+goes through torchvision's tensor resize (float32 interpolation, antialias, rounding
+half-to-even back to uint8), which is what BERG calls, so pixels match exactly on CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from berg_scale.errors import BergScaleError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VIT_RESIZE = 256
+VIT_CROP = 224
+FWRF_SIZE = 227
+
+
+class ImageInputError(BergScaleError, ValueError):
+    """Images in a form the encoding models cannot take."""
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Refuse input BERG would silently mis-scale (e.g. int64 arrays turn almost black)."""
+    if not isinstance(images, torch.Tensor):
+        raise ImageInputError(
+            f"images must be a torch.Tensor (or NumPy array) of dtype uint8, got {type(images).__name__}"
+        )
+    if images.ndim != 4:
+        raise ImageInputError(
+            f"images must be 4-D (batch, 3, height, width), got shape {tuple(images.shape)}; "
+            "add a batch axis with images[None] for a single image"
+        )
+    if images.shape[1] != 3:
+        raise ImageInputError(
+            f"images must have 3 RGB channels on axis 1 (batch, 3, height, width), got shape "
+            f"{tuple(images.shape)}; convert grayscale/RGBA to RGB and move channels first"
+        )
+    if images.dtype != torch.uint8:
+        raise ImageInputError(
+            f"images must be uint8 with values 0..255, got {images.dtype}; convert with "
+            "np.clip(x, 0, 255).astype(np.uint8) (floats in 0..1: multiply by 255 first)"
+        )
+    if images.shape[2] < 1 or images.shape[3] < 1:
+        raise ImageInputError(f"images have an empty spatial size {tuple(images.shape[2:])}")
+
+
+def resize_uint8(images: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Bilinear antialiased resize of uint8 images, skipped when already at `size`."""
+    if list(images.shape[-2:]) == list(size):
+        return images
+    return TF.resize(images, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def vit_resized_size(height: int, width: int) -> list[int]:
+    """Short side to 256, long side floor(256 * long / short), aspect kept."""
+    short, long = (height, width) if height <= width else (width, height)
+    new_long = int(VIT_RESIZE * long / short)
+    return [VIT_RESIZE, new_long] if height <= width else [new_long, VIT_RESIZE]
+
+
+def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    height, width = images.shape[-2:]
+    if height < size or width < size:
+        raise ImageInputError(f"cannot crop {size} px from {height}x{width} images")
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return images[..., top : top + size, left : left + size]
+
+
+def vit224(images: torch.Tensor) -> torch.Tensor:
+    """ImageNet ViT preset: resize, centre crop 224, /255, normalise (float32)."""
+    resized = resize_uint8(images, vit_resized_size(*images.shape[-2:]))
+    cropped = center_crop(resized, VIT_CROP)
+    x = cropped.to(torch.float32) / 255.0
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def fwrf227(images: torch.Tensor) -> torch.Tensor:
+    """GNet input: resize to 227 x 227 (aspect not kept), /255 (float32)."""
+    resized = resize_uint8(images, [FWRF_SIZE, FWRF_SIZE])
+    return resized.to(torch.float32) / 255.0
+
+
+RECIPES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"vit224": vit224, "fwrf227": fwrf227}
+
+
+def register_recipe(name: str, function: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Add a preprocessing recipe (uint8 (B,3,H,W) on the device -> model input)."""
+    RECIPES[name] = function
+
+
+def get_recipe(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise BergScaleError(f"unknown preprocessing recipe {name!r}; known: {sorted(RECIPES)}") from None

@@ -1,0 +1,79 @@
+"""Access to a BERG root (local folder or s3://) with safe loaders and cached hashes.
+
+Every weight file is hashed once per process (keyed by URL, size and modification
+time) so that run manifests can record exactly which weights produced the responses
+without re-reading hundreds of megabytes per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Any
+
+from berg_scale.errors import BergScaleError
+from berg_scale.io.storage import StorageOptions, filesystem_for, join
+from berg_scale.models import safe_load
+
+_HASH_CACHE: dict[tuple[str, int, str], str] = {}
+_HASH_LOCK = threading.Lock()
+HASH_CHUNK = 8 << 20
+
+
+class MissingWeightFileError(BergScaleError, FileNotFoundError):
+    """A file the requested readout needs is not in the BERG root."""
+
+
+class WeightStore:
+    """Read files of one BERG root, relative to it."""
+
+    def __init__(self, root: str, storage: StorageOptions | None = None) -> None:
+        self.root = str(root)
+        self.storage = storage
+        self.fs, self.base = filesystem_for(self.root, storage)
+
+    def path(self, relative: str) -> str:
+        return join(self.base, relative)
+
+    def url(self, relative: str) -> str:
+        return join(self.root, relative)
+
+    def require(self, relative: str, what: str) -> dict[str, Any]:
+        """Info of an existing file, or an error saying which file to fetch."""
+        try:
+            return self.fs.info(self.path(relative))
+        except FileNotFoundError:
+            raise MissingWeightFileError(
+                f"{what}: file not found: {self.url(relative)}; copy BERG's "
+                f"'{relative}' into the BERG root (berg-scale fetch-weights downloads it) "
+                "or fix the root path"
+            ) from None
+
+    def load(self, relative: str, what: str) -> Any:
+        """Load an `.npy` or `.pt` file with the restricted loaders."""
+        self.require(relative, what)
+        kind = "pt" if relative.endswith(".pt") else "npy"
+        return safe_load.read_bytes_loader(
+            lambda: self.fs.open(self.path(relative), "rb"), self.url(relative), kind
+        )
+
+    def sha256(self, relative: str) -> str:
+        info = self.require(relative, "hashing")
+        stamp = str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")
+        key = (self.url(relative), int(info.get("size") or 0), stamp)
+        with _HASH_LOCK:
+            if key in _HASH_CACHE:
+                return _HASH_CACHE[key]
+        digest = hashlib.sha256()
+        with self.fs.open(self.path(relative), "rb") as handle:
+            while chunk := handle.read(HASH_CHUNK):
+                digest.update(chunk)
+        value = digest.hexdigest()
+        with _HASH_LOCK:
+            _HASH_CACHE[key] = value
+        return value
+
+
+def hash_cache_size() -> int:
+    """Number of hashed files (tests use it to prove each file is hashed once)."""
+    return len(_HASH_CACHE)

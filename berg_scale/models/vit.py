@@ -1,0 +1,93 @@
+"""The ViT-B/32 feature extractor shared by every ViT-based readout.
+
+Features are the outputs of all twelve encoder blocks (the second residual sum of each
+block), flattened and concatenated: 12 x 50 tokens x 768 channels = 460,800 values per
+image. We use torchvision's `vit_b_32` module, so torchvision's own checkpoint loads
+strictly, and stop before the final LayerNorm and the classification head.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from berg_scale.errors import BergScaleError
+from berg_scale.models.layout import BACKBONE_FILE, BACKBONE_URL
+from berg_scale.models.safe_load import load_checkpoint
+
+N_LAYERS = 12
+N_TOKENS = 50
+WIDTH = 768
+N_FEATURES = N_LAYERS * N_TOKENS * WIDTH  # 460,800
+
+
+class BackboneMissingError(BergScaleError, FileNotFoundError):
+    """The torchvision ViT-B/32 weights are not on this machine."""
+
+
+def default_backbone_path() -> Path:
+    """torchvision's cache location: $TORCH_HOME/hub/checkpoints (default ~/.cache/torch)."""
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch"
+    )
+    return Path(torch_home) / "hub" / "checkpoints" / BACKBONE_FILE
+
+
+def resolve_backbone_path(backbone_path: str | None) -> Path:
+    """The backbone file to use; never downloads."""
+    path = Path(backbone_path).expanduser() if backbone_path else default_backbone_path()
+    if not path.is_file():
+        raise BackboneMissingError(
+            f"ViT-B/32 backbone weights not found at {path}. Put torchvision's "
+            f"'{BACKBONE_FILE}' there (or pass backbone_path=...); on a machine with internet: "
+            f"curl -L -o {BACKBONE_FILE} {BACKBONE_URL}"
+        )
+    return path
+
+
+class VitFeatures(nn.Module):
+    """Wraps torchvision's ViT-B/32 and returns the concatenated block outputs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.forward_count = 0  # number of backbone passes; lets callers verify sharing
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.forward_count += 1
+        model = self.model
+        tokens = model._process_input(pixels)  # conv_proj + flatten -> (B, 49, 768)
+        cls = model.class_token.expand(tokens.shape[0], -1, -1)
+        x = torch.cat([cls, tokens], dim=1) + model.encoder.pos_embedding
+        blocks = []
+        for layer in model.encoder.layers:
+            x = layer(x)
+            blocks.append(x.reshape(x.shape[0], -1))
+        return torch.cat(blocks, dim=1).float()
+
+
+def load_vit_b_32(path: Path, device: torch.device) -> VitFeatures:
+    """Build torchvision's ViT-B/32 and load the checkpoint strictly (safe loader)."""
+    from torchvision.models import vit_b_32
+
+    state = load_checkpoint(str(path), str(path))
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise BergScaleError(f"{path}: expected a state dict, found {type(state).__name__}")
+    with torch.device("meta"):
+        model = vit_b_32(weights=None)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise BergScaleError(
+            f"{path}: not a torchvision ViT-B/32 state dict ({str(exc).splitlines()[0]}); "
+            f"use torchvision's {BACKBONE_FILE}"
+        ) from None
+    model = model.float().eval().to(device)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return VitFeatures(model)

@@ -1,0 +1,399 @@
+"""fsaverage fMRI and THINGS EEG readouts on shared ViT-B/32 features.
+
+Per image BERG computes `p = ((x - m) / s - pm) @ C.T` (StandardScaler then PCA) and a
+linear regression on `p`. We fold the scaler into the projection once at load time:
+
+    p = (x - r) @ (C / s).T  -  ((m - r) / s + pm) @ C.T
+
+with `r` one shared float32 centre (the first subject's scaler mean). Subtracting a
+centre close to every subject's mean keeps the float32 product free of cancellation,
+and because the centre is shared, all subjects' folded projections stack into a single
+matrix: one product on the device projects every subject at once. The fold itself is
+computed in float64 and stored as float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from berg_scale.errors import BergScaleError
+from berg_scale.models import layout
+from berg_scale.models.base import (
+    BuildContext,
+    EncodingModel,
+    OutputColumn,
+    ReadoutGroup,
+    mean_column,
+)
+from berg_scale.models.registry import get_card, register_model
+from berg_scale.models.spec import ReadoutError, ReadoutSpec, ResolvedSelection
+from berg_scale.models.vit import N_FEATURES, VitFeatures, load_vit_b_32, resolve_backbone_path
+from berg_scale.models.weights_check import WeightFormatError, get_array, get_key
+
+FOLD_CHUNK = 16384  # feature columns per float64 folding step (bounds temporary memory)
+FSAVERAGE_ID = "fmri-nsd_fsaverage-vit_b_32"
+EEG_ID = "eeg-things_eeg_2-vit_b_32"
+
+
+@dataclass
+class _Projection:
+    """A subject's folded PCA: rows [start, start + k) of the stacked projection."""
+
+    start: int
+    k: int
+
+
+@dataclass
+class _Regression:
+    """One readout: linear map from its subject's PCA scores to its outputs."""
+
+    spec: ReadoutSpec
+    name: str
+    projection: _Projection
+    coef: torch.Tensor  # (n_out, k)
+    intercept: torch.Tensor  # (n_out,)
+    out_shape: tuple[int, ...]
+    mean_index: torch.Tensor | None  # outputs averaged for the ":mean" column
+
+
+def fold_scaler_into_pca(
+    components: np.ndarray,
+    scale: np.ndarray,
+    scaler_mean: np.ndarray,
+    pca_mean: np.ndarray,
+    centre: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C / s) as float32 and the offset -((m - r) / s + pm) @ C.T, both from float64 math."""
+    k, n = components.shape
+    weight = np.empty((k, n), dtype=np.float32)
+    offset = np.zeros(k, dtype=np.float64)
+    centre64 = centre.astype(np.float64)
+    for j in range(0, n, FOLD_CHUNK):
+        cols = slice(j, j + FOLD_CHUNK)
+        block = components[:, cols].astype(np.float64)
+        inv_scale = 1.0 / scale[cols].astype(np.float64)
+        weight[:, cols] = block * inv_scale
+        shift = (scaler_mean[cols].astype(np.float64) - centre64[cols]) * inv_scale
+        offset += block @ (shift + pca_mean[cols].astype(np.float64))
+    return weight, (-offset).astype(np.float32)
+
+
+def _load_pca(weights: dict[str, Any], source: str, k_expected: int | None) -> dict[str, np.ndarray]:
+    scale = get_array(weights, ("scaler_param", "scale_"), source, shape=(N_FEATURES,))
+    if np.any(scale <= 0):
+        raise WeightFormatError(f"{source}: scaler_param/scale_ must be positive")
+    mean = get_array(weights, ("scaler_param", "mean_"), source, shape=(N_FEATURES,))
+    components = get_array(weights, ("pca_param", "components_"), source, shape=(k_expected, N_FEATURES))
+    pca_mean = get_array(weights, ("pca_param", "mean_"), source, shape=(N_FEATURES,))
+    for key in ("n_features_in_",):
+        if int(get_key(weights, ("scaler_param", key), source)) != N_FEATURES:
+            raise WeightFormatError(f"{source}: scaler_param/{key} must be {N_FEATURES}")
+    return {"scale": scale, "mean": mean, "components": components, "pca_mean": pca_mean}
+
+
+def _regression_arrays(
+    params: Any, source: str, prefix: tuple[str, ...], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    coef = get_array(params, (*prefix, "coef_"), source, ndim=2)
+    if coef.shape[1] != k:
+        raise WeightFormatError(
+            f"{source}: {'/'.join(prefix)}/coef_ has {coef.shape[1]} columns but the PCA has {k} components"
+        )
+    intercept = get_array(params, (*prefix, "intercept_"), source, shape=(coef.shape[0],))
+    return coef, intercept
+
+
+def _index_array(value: Any, source: str, name: str, n_rows: int) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.ndim != 1 or (value.size and value.dtype.kind not in "iu"):
+        raise WeightFormatError(f"{source}: {name} must be a 1-D integer index array")
+    idx = value.astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n_rows):
+        raise WeightFormatError(f"{source}: {name} has indices outside 0..{n_rows - 1}")
+    return idx
+
+
+class VitReadoutModel(EncodingModel):
+    """Shared group builder of both ViT-B/32 model families."""
+
+    group_key: ClassVar[str] = "vit_b_32"
+
+    @classmethod
+    def build_group(cls, specs: list[ReadoutSpec], ctx: BuildContext) -> ReadoutGroup:
+        return VitGroup(specs, ctx)
+
+
+@register_model(get_card(FSAVERAGE_ID))
+class FsaverageModel(VitReadoutModel):
+    model_id: ClassVar[str] = FSAVERAGE_ID
+
+
+@register_model(get_card(EEG_ID))
+class EegModel(VitReadoutModel):
+    model_id: ClassVar[str] = EEG_ID
+
+
+def shared_backbone(ctx: BuildContext) -> VitFeatures:
+    """One backbone per device and file, whoever asks for it."""
+    path = resolve_backbone_path(ctx.backbone_path)
+    key = f"vit_b_32:{path}"
+    if key not in ctx.shared:
+        ctx.shared[key] = load_vit_b_32(path, ctx.device)
+    return ctx.shared[key]
+
+
+class VitGroup(ReadoutGroup):
+    """Backbone once, one stacked projection for all subjects, then each regression."""
+
+    recipe = "vit224"
+
+    def __init__(self, specs: list[ReadoutSpec], ctx: BuildContext) -> None:
+        self.ctx = ctx
+        self.columns: list[OutputColumn] = []
+        self.weight_files: list[str] = []
+        resolved = [(spec, spec.resolve()) for spec in specs]
+        self.backbone = shared_backbone(ctx)
+        files = []
+        for spec, _ in resolved:
+            rel = layout.weight_files(spec.model_id, spec.subject)[0]
+            if rel not in files:
+                files.append(rel)
+        self.weight_files = list(files)
+        # Identical files (same content) are folded once.
+        digest_of = {rel: ctx.store.sha256(rel) for rel in files}
+        projections: dict[str, _Projection] = {}
+        loaded: dict[str, dict[str, Any]] = {}
+        blocks: list[torch.Tensor] = []
+        offsets: list[torch.Tensor] = []
+        centre: np.ndarray | None = None
+        start = 0
+        self.regressions: list[_Regression] = []
+        for spec, sel in resolved:
+            rel = layout.weight_files(spec.model_id, spec.subject)[0]
+            digest = digest_of[rel]
+            card = sel.card
+            if rel not in loaded:
+                weights = ctx.store.load(rel, f"{spec.model_id} subject {spec.subject} weights")
+                if not isinstance(weights, dict):
+                    raise WeightFormatError(f"{ctx.store.url(rel)}: expected a dict of parameters")
+                loaded[rel] = weights
+            weights = loaded[rel]
+            source = ctx.store.url(rel)
+            if digest not in projections:
+                pca = _load_pca(weights, source, card.pca_components)
+                if centre is None:
+                    centre = pca["mean"].astype(np.float32)
+                weight, offset = fold_scaler_into_pca(
+                    pca["components"], pca["scale"], pca["mean"], pca["pca_mean"], centre
+                )
+                k = weight.shape[0]
+                blocks.append(torch.from_numpy(weight).to(ctx.device))
+                offsets.append(torch.from_numpy(offset).to(ctx.device))
+                del weight, pca
+                projections[digest] = _Projection(start, k)
+                start += k
+            if isinstance(weights.get("pca_param"), dict) and "components_" in weights["pca_param"]:
+                # The folded copy replaces the components; free the large original.
+                weights["pca_param"] = {
+                    key: value for key, value in weights["pca_param"].items() if key != "components_"
+                }
+            projection = projections[digest]
+            if spec.model_id == EEG_ID:
+                regression, columns = self._eeg_readout(spec, sel, weights, source, projection)
+            else:
+                regression, columns = self._fsaverage_readout(spec, sel, weights, source, projection)
+            self.regressions.append(regression)
+            self.columns.extend(columns)
+        loaded.clear()
+        assert centre is not None
+        self.centre = torch.from_numpy(centre).to(ctx.device)
+        self.projection = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
+        del blocks
+        self.offset = torch.cat(offsets)
+
+    # --- readout construction -------------------------------------------------------
+
+    def _metadata(self, spec: ReadoutSpec) -> tuple[dict[str, Any] | None, str]:
+        rel = layout.metadata_file(spec.model_id, spec.subject)
+        source = self.ctx.store.url(rel)
+        try:
+            self.ctx.store.require(rel, "metadata")
+        except FileNotFoundError:
+            return None, source
+        data = self.ctx.store.load(rel, f"{spec.model_id} subject {spec.subject} metadata")
+        if not isinstance(data, dict):
+            raise WeightFormatError(f"{source}: expected a metadata dict")
+        return data, source
+
+    def _fsaverage_readout(
+        self,
+        spec: ReadoutSpec,
+        sel: ResolvedSelection,
+        weights: dict[str, Any],
+        source: str,
+        projection: _Projection,
+    ) -> tuple[_Regression, list[OutputColumn]]:
+        card = sel.card
+        n_vertices = int(card.vertices_per_hemisphere or 0)
+        meta, meta_source = self._metadata(spec)
+        needs_meta = sel.roi is not None or "mean" in spec.outputs
+        if needs_meta and meta is None:
+            raise BergScaleError(
+                f"{meta_source} is missing; it is needed for ROI selection and ncsnr "
+                "(copy BERG's metadata file into the root)"
+            )
+        coefs, intercepts, hemis, vertices, ncsnrs = [], [], [], [], []
+        for hemi in ("lh", "rh"):
+            coef, intercept = _regression_arrays(weights, source, (f"{hemi}_reg_param",), projection.k)
+            n_rows = coef.shape[0]
+            if sel.roi is not None:
+                rois = get_key(meta, ("fmri", f"{hemi}_fsaverage_rois"), meta_source)
+                idx = _index_array(
+                    get_key(rois, (sel.roi,), meta_source), meta_source, f"{hemi}_fsaverage_rois/{sel.roi}", n_rows
+                )
+            else:
+                chosen = sel.lh_vertices if hemi == "lh" else sel.rh_vertices
+                idx = np.arange(n_vertices, dtype=np.int64) if chosen is None else chosen
+                if idx.size and idx.max() >= n_rows:
+                    raise WeightFormatError(
+                        f"{source}: {hemi}_reg_param/coef_ has {n_rows} rows, fewer than the "
+                        f"{n_vertices} fsaverage vertices the selection needs"
+                    )
+            if spec.downsample == "fsaverage5":
+                idx = idx[idx < int(card.fsaverage5_vertices or 0)]
+            coefs.append(coef[idx])
+            intercepts.append(intercept[idx])
+            hemis.append(np.full(idx.size, hemi))
+            vertices.append(idx)
+            if meta is not None and isinstance(meta.get("fmri"), dict) and f"{hemi}_ncsnr" in meta["fmri"]:
+                ncsnr = get_array(meta, ("fmri", f"{hemi}_ncsnr"), meta_source, ndim=1, finite=False)
+                if ncsnr.shape[0] < n_rows:
+                    raise WeightFormatError(f"{meta_source}: fmri/{hemi}_ncsnr is shorter than the model")
+                ncsnrs.append(ncsnr[idx].astype(np.float32))
+        coords: dict[str, np.ndarray] = {
+            "hemisphere": np.concatenate(hemis).astype(str),
+            "vertex": np.concatenate(vertices),
+        }
+        if len(ncsnrs) == 2:
+            coords["ncsnr"] = np.concatenate(ncsnrs)
+        return self._finish(spec, projection, np.concatenate(coefs), np.concatenate(intercepts),
+                            ("vertex",), coords, meta_source)
+
+    def _eeg_readout(
+        self,
+        spec: ReadoutSpec,
+        sel: ResolvedSelection,
+        weights: dict[str, Any],
+        source: str,
+        projection: _Projection,
+    ) -> tuple[_Regression, list[OutputColumn]]:
+        meta, meta_source = self._metadata(spec)
+        if meta is None:
+            raise BergScaleError(
+                f"{meta_source} is missing; EEG models need it for channel names and times "
+                "(copy BERG's metadata file into the root)"
+            )
+        ch_names = get_key(meta, ("eeg", "ch_names"), meta_source)
+        if not isinstance(ch_names, list) or not all(isinstance(c, str) for c in ch_names):
+            raise WeightFormatError(f"{meta_source}: eeg/ch_names must be a list of strings")
+        times = get_array(meta, ("eeg", "times"), meta_source, ndim=1)
+        n_ch, n_t = len(ch_names), times.shape[0]
+        if sel.channels is not None:
+            missing = [c for c in sel.channels if c not in ch_names]
+            if missing:
+                raise ReadoutError(f"channel(s) {missing} are not in this subject's metadata ({meta_source})")
+            ch_idx = np.array([ch_names.index(c) for c in sel.channels], dtype=np.int64)
+        else:
+            ch_idx = np.arange(n_ch)
+        t_idx = np.arange(n_t) if sel.timepoints is None else sel.timepoints
+        if t_idx.size and t_idx.max() >= n_t:
+            raise ReadoutError(f"selected time point {int(t_idx.max())} is beyond the model's {n_t} time points")
+        reg = get_key(weights, ("reg_param",), source)
+        if not isinstance(reg, dict) or not reg:
+            raise WeightFormatError(f"{source}: reg_param must be a non-empty dict of repetitions")
+        n_rep = len(reg)
+        coefs, intercepts = [], []
+        for r in range(1, n_rep + 1):
+            coef, intercept = _regression_arrays(reg, source, (f"rep-{r}",), projection.k)
+            if coef.shape[0] != n_ch * n_t:
+                raise WeightFormatError(
+                    f"{source}: reg_param/rep-{r}/coef_ has {coef.shape[0]} rows, expected "
+                    f"{n_ch} channels x {n_t} times = {n_ch * n_t}"
+                )
+            c = coef.reshape(n_ch, n_t, projection.k)[ch_idx][:, t_idx]
+            coefs.append(c.reshape(-1, projection.k))
+            intercepts.append(intercept.reshape(n_ch, n_t)[ch_idx][:, t_idx].reshape(-1))
+        coords = {
+            "repetition": np.arange(1, n_rep + 1),
+            "channel": np.array([ch_names[i] for i in ch_idx]),
+            "time": times[t_idx].astype(np.float64),
+        }
+        return self._finish(spec, projection, np.concatenate(coefs), np.concatenate(intercepts),
+                            ("repetition", "channel", "time"), coords, meta_source,
+                            shape=(n_rep, ch_idx.size, t_idx.size))
+
+    def _finish(
+        self,
+        spec: ReadoutSpec,
+        projection: _Projection,
+        coef: np.ndarray,
+        intercept: np.ndarray,
+        dims: tuple[str, ...],
+        coords: dict[str, np.ndarray],
+        meta_source: str,
+        shape: tuple[int, ...] | None = None,
+    ) -> tuple[_Regression, list[OutputColumn]]:
+        name = spec.column_base
+        shape = shape or (coef.shape[0],)
+        mean_index = None
+        columns = []
+        if "responses" in spec.outputs:
+            columns.append(OutputColumn(name, shape, spec.dtype, dims, coords, spec, "responses"))
+        if "mean" in spec.outputs:
+            if "ncsnr" not in coords:
+                raise BergScaleError(
+                    f"{name}:mean needs ncsnr, but {meta_source} has none; request outputs=('responses',)"
+                )
+            keep = np.flatnonzero(coords["ncsnr"] > spec.ncsnr_threshold)
+            if keep.size == 0:
+                raise ReadoutError(
+                    f"{name}: no vertex/voxel has ncsnr > {spec.ncsnr_threshold}; lower ncsnr_threshold"
+                )
+            mean_index = torch.from_numpy(keep).to(self.ctx.device)
+            columns.append(mean_column(spec, name))
+        regression = _Regression(
+            spec=spec,
+            name=name,
+            projection=projection,
+            coef=torch.from_numpy(np.ascontiguousarray(coef, dtype=np.float32)).to(self.ctx.device),
+            intercept=torch.from_numpy(np.ascontiguousarray(intercept, dtype=np.float32)).to(self.ctx.device),
+            out_shape=shape,
+            mean_index=mean_index,
+        )
+        return regression, columns
+
+    # --- forward ------------------------------------------------------------------
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        dtype = self.ctx.autocast_dtype
+        if dtype is None:
+            features = self.backbone(pixels)
+        else:
+            with torch.autocast(self.ctx.device.type, dtype=dtype):
+                features = self.backbone(pixels)
+            features = features.float()
+        features = features - self.centre
+        scores = torch.addmm(self.offset, features, self.projection.T)
+        del features
+        out: dict[str, torch.Tensor] = {}
+        for reg in self.regressions:
+            p = scores[:, reg.projection.start : reg.projection.start + reg.projection.k]
+            y = torch.addmm(reg.intercept, p, reg.coef.T)
+            if "responses" in reg.spec.outputs:
+                out[reg.name] = y.reshape(y.shape[0], *reg.out_shape)
+            if reg.mean_index is not None:
+                out[f"{reg.name}:mean"] = y.index_select(1, reg.mean_index).mean(dim=1)
+        return out
