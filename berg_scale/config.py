@@ -1,0 +1,374 @@
+"""Typed run configuration: YAML in, validated objects out.
+
+A run config is the single record of what a generation run computes, so it is strict:
+unknown keys are errors (a typo must never silently fall back to a default), every error
+names the field path, the bad value and what is allowed, on one line. Secrets come from
+environment variables (`${VAR}`) and are held as `SecretStr`, so they never appear in
+reprs, logs, `run.json` or any other output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from berg_scale.errors import ConfigError
+from berg_scale.io.storage import StorageOptions
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Strict):
+    """Where the images come from and how they are prepared before any model sees them."""
+
+    shards: str | list[str] = Field(
+        description="local folder/file, s3:// prefix, glob, or brace pattern {000000..000999}"
+    )
+    image_size: int = Field(256, ge=16, le=4096)
+    crop: Literal["center", "none"] = "center"
+
+    @field_validator("shards")
+    @classmethod
+    def _non_empty(cls, value: str | list[str]) -> str | list[str]:
+        items = [value] if isinstance(value, str) else value
+        if not items or any(not item.strip() for item in items):
+            raise ValueError("must name at least one shard path or pattern")
+        return value
+
+    def shard_patterns(self) -> list[str]:
+        return [self.shards] if isinstance(self.shards, str) else list(self.shards)
+
+
+class ReadoutConfig(_Strict):
+    """One model over one or more subjects and selections; expands to `ReadoutSpec`s."""
+
+    model: str
+    subjects: list[int] | Literal["all"] = "all"
+    rois: list[str] | None = None
+    selections: list[dict[str, Any]] | None = None
+    outputs: list[Literal["responses", "mean"]] = Field(default_factory=lambda: ["responses"])
+    dtype: Literal["float32", "float16"] = "float32"
+    ncsnr_threshold: float = 0.5
+    downsample: Literal["fsaverage5"] | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from berg_scale.models.registry import known_model_ids
+
+        known = known_model_ids()
+        if value not in known:
+            raise ValueError(f"unknown model id {value!r} (known: {', '.join(known)})")
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _some_output(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("list at least one of: responses, mean")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _one_selection_style(self) -> "ReadoutConfig":
+        if self.rois is not None and self.selections is not None:
+            raise ValueError("give either 'rois' or 'selections', not both")
+        return self
+
+    def subject_list(self) -> list[int]:
+        if self.subjects != "all":
+            return list(self.subjects)
+        from berg_scale.models.registry import get_card
+
+        return list(get_card(self.model).subjects)
+
+    def selection_list(self) -> list[dict[str, Any] | None]:
+        if self.rois is not None:
+            return [{"roi": roi} for roi in self.rois]
+        if self.selections is not None:
+            return [dict(selection) for selection in self.selections]
+        return [None]
+
+    def to_specs(self) -> list[Any]:
+        from berg_scale.models import ReadoutSpec
+
+        return [
+            ReadoutSpec(
+                model_id=self.model,
+                subject=subject,
+                selection=selection,
+                outputs=tuple(self.outputs),
+                dtype=self.dtype,
+                ncsnr_threshold=self.ncsnr_threshold,
+                downsample=self.downsample,
+            )
+            for subject in self.subject_list()
+            for selection in self.selection_list()
+        ]
+
+
+class ResourcesConfig(_Strict):
+    """How much of the cluster a run uses and how each worker spends it."""
+
+    workers: int | Literal["auto"] = "auto"
+    gpus_per_worker: float = Field(1.0, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    batch_size: int = Field(100, ge=1, le=100_000)
+    decode: Literal["cpu", "gpu", "auto"] = "auto"
+    decode_threads: int = Field(4, ge=1, le=256)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'auto' or an integer >= 1")
+        return value
+
+
+class RetriesConfig(_Strict):
+    """How hard the scheduler tries before it gives up on a shard or a worker."""
+
+    max_attempts: int = Field(3, ge=1, le=100)
+    error_rate_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    speculative_tail: bool = True
+    speculative_min_elapsed_s: float = Field(5.0, ge=0.0)
+    max_worker_restarts: int = Field(3, ge=0)
+    backoff_s: float = Field(1.0, ge=0.0)
+
+
+class StorageConfig(_Strict):
+    """S3-compatible storage; unset fields fall back to the standard AWS variables."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    anon: bool = False
+    key: SecretStr | None = None
+    secret: SecretStr | None = None
+
+    def options(self) -> StorageOptions:
+        return StorageOptions(
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            anon=self.anon,
+            key=self.key.get_secret_value() if self.key else None,
+            secret=self.secret.get_secret_value() if self.secret else None,
+        )
+
+
+class RunConfig(_Strict):
+    """A whole generation run."""
+
+    input: InputConfig
+    berg_root: str
+    backbone: str | None = None
+    readouts: list[ReadoutConfig] = Field(min_length=1)
+    output: str
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    retries: RetriesConfig = Field(default_factory=RetriesConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    def readout_specs(self) -> list[Any]:
+        from berg_scale.errors import BergScaleError
+
+        specs = []
+        for index, readout in enumerate(self.readouts):
+            try:
+                for spec in readout.to_specs():
+                    spec.resolve()  # validates ROI / channels against the model card
+                    specs.append(spec)
+            except BergScaleError as exc:
+                raise ConfigError(f"readouts.{index} ({readout.model}): {exc}") from None
+        seen: set[tuple] = set()
+        for spec in specs:
+            identity = (spec.model_id, spec.subject, json.dumps(spec.selection, sort_keys=True))
+            if identity in seen:
+                raise ConfigError(
+                    f"readouts: {spec.model_id} subject {spec.subject} selection "
+                    f"{spec.selection} is requested twice; list each readout once"
+                )
+            seen.add(identity)
+        return specs
+
+    def storage_options(self) -> StorageOptions:
+        return self.storage.options()
+
+    def redacted(self) -> dict[str, Any]:
+        """A JSON-ready dump with every secret masked, safe for run.json and logs."""
+        return self.model_dump(mode="json")
+
+    def input_fingerprint(self) -> str:
+        """Hash of everything in the config that changes the numbers in the output."""
+        relevant = {
+            "input": self.input.model_dump(mode="json"),
+            "readouts": [readout.model_dump(mode="json") for readout in self.readouts],
+            "precision": self.resources.precision,
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    source: str | os.PathLike[str] | dict[str, Any],
+    overrides: Sequence[str] = (),
+    environ: dict[str, str] | None = None,
+) -> RunConfig:
+    """Read a YAML file (or a dict), apply `key.path=value` overrides, resolve `${VAR}`."""
+    if isinstance(source, dict):
+        raw: Any = json.loads(json.dumps(source))
+        origin = "config"
+    else:
+        path = Path(source)
+        origin = str(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {origin}: {exc.strerror or exc}") from exc
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{origin} is not valid YAML: {_one_line(str(exc))}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: top level must be a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    raw = _resolve_env(raw, os.environ if environ is None else environ, ())
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {format_validation_error(exc)}") from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one `--set a.b.c=value`; the value is parsed as YAML (`[1,2]`, `true`, `8`)."""
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected key.path=value")
+    key_path, _, text = override.partition("=")
+    parts = [part for part in key_path.strip().split(".") if part]
+    if not parts:
+        raise ConfigError(f"--set {override!r}: empty key path")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = node[_list_index(part, node, where, override)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {override!r}: {where} is not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(last, node, key_path, override)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {override!r}: {'.'.join(parts[:-1])} is not a section")
+
+
+def _list_index(part: str, node: list, where: str, override: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(
+            f"--set {override!r}: {where} needs a list index 0..{len(node) - 1}, got {part!r}"
+        )
+    return int(part)
+
+
+def _resolve_env(node: Any, environ: Any, path: tuple[str, ...]) -> Any:
+    if isinstance(node, dict):
+        return {key: _resolve_env(value, environ, (*path, str(key))) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_resolve_env(value, environ, (*path, str(i))) for i, value in enumerate(node)]
+    if isinstance(node, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in environ:
+                where = ".".join(path) or "config"
+                raise ConfigError(
+                    f"{where}: environment variable {name} is not set (export it or edit the config)"
+                )
+            return environ[name]
+
+        return _ENV_REFERENCE.sub(substitute, node)
+    return node
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """Turn pydantic's multi-line report into one line: path, problem, bad value."""
+    messages = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"]) or "config"
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(error["loc"][:-1])
+            hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+            messages.append(f"{location}: unknown key{hint}")
+        elif kind == "missing":
+            messages.append(f"{location}: required field is missing")
+        else:
+            problem = error["msg"]
+            if problem.startswith("Value error, "):
+                problem = problem[len("Value error, ") :]
+            value = error.get("input")
+            secret = str(error["loc"][-1]) in ("key", "secret") if error["loc"] else False
+            shown = "value hidden" if secret else _short_repr(value)
+            messages.append(f"{location}: {problem[:1].lower() + problem[1:]} (got {shown})")
+    return _one_line("; ".join(messages))
+
+
+def _allowed_keys(location: tuple) -> list[str]:
+    model: Any = RunConfig
+    for part in location:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = None
+        for candidate in candidates:
+            inner = [candidate, *getattr(candidate, "__args__", ())]
+            for item in inner:
+                if isinstance(item, type) and issubclass(item, BaseModel):
+                    nested = item
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

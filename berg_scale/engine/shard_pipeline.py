@@ -1,0 +1,211 @@
+"""One input shard from tar to committed Parquet: read -> decode -> model -> write -> marker.
+
+Independent of Ray, so it can be tested and profiled on its own; `EncoderWorker` calls it
+for each shard it is handed. Rows keep the tar's order. Images are processed in chunks
+of `batch_size` samples: each chunk is decoded (thread pool, or nvJPEG on a GPU), the
+images that decoded go through the model in one forward pass, and the chunk becomes one
+Parquet row group (error rows included, with nulls). Decoded pixels never leave the
+worker process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from berg_scale.errors import BergScaleError
+from berg_scale.io.markers import OutputStore, read_done_marker, write_done_marker
+from berg_scale.io.response_writer import ResponseShardWriter, RowInfo, build_record_batch
+from berg_scale.io.shard_listing import InputShard
+from berg_scale.io.storage import StorageOptions
+
+STAGES = ("read", "decode", "model", "write")
+
+
+class ShardRejected(BergScaleError):
+    """The shard is readable but not usable (too many bad images); retrying cannot help."""
+
+
+class ShardCancelled(Exception):
+    """Another execution of the same shard committed first."""
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """Everything about processing a shard that does not depend on the model."""
+
+    output: str
+    storage: StorageOptions | None = None
+    image_size: int = 256
+    crop: str = "center"
+    batch_size: int = 100
+    decode: str = "auto"  # cpu | gpu | auto
+    decode_threads: int = 4
+    error_rate_threshold: float = 0.5
+    read_ahead: int = 256
+    device: str = "auto"
+
+
+@dataclass
+class ShardStats:
+    rows: int = 0
+    ok: int = 0
+    errors: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    error_reasons: Counter = field(default_factory=Counter)
+    decoded_on: Counter = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What the pipeline needs of one tar sample."""
+
+    key: str
+    index: int
+    data: bytes | None
+    error: str | None = None
+
+
+def iter_samples(url: str, storage: StorageOptions | None) -> Iterator[Sample]:
+    """Samples of one tar in order, via the shared shard reader."""
+    from berg_scale.io import shard_reader
+
+    for item in shard_reader.iter_samples(url, storage):
+        data = getattr(item, "image", None)
+        error = getattr(item, "error", None)
+        if data is None and error is None:
+            error = "no image member in sample"
+        yield Sample(key=item.key, index=int(item.index), data=data, error=error)
+
+
+def process_shard(
+    shard: InputShard,
+    model: Any,
+    schema: Any,
+    store: OutputStore,
+    settings: ShardSettings,
+    *,
+    executor: Any | None = None,
+    attempt: int = 1,
+    worker: dict[str, Any] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+    samples: Iterable[Sample] | None = None,
+) -> dict[str, Any]:
+    """Process and commit one shard; returns the payload written to its `_done` marker."""
+    from berg_scale.engine.read_ahead import ReadAhead
+
+    started = time.perf_counter()
+    stats = ShardStats()
+    source = samples if samples is not None else iter_samples(shard.url, settings.storage)
+    device = getattr(model, "device", "cpu")
+    use_gpu_decode = _gpu_decode_wanted(settings.decode, device)
+    writer = ResponseShardWriter(store, shard.name, schema)
+    reader = ReadAhead(source, depth=settings.read_ahead, name=f"read-{shard.name}")
+    try:
+        for chunk in _chunks(reader, settings.batch_size):
+            if cancelled():
+                raise ShardCancelled(shard.name)
+            rows, outputs = _encode_chunk(chunk, model, settings, executor, use_gpu_decode, device, stats)
+            write_started = time.perf_counter()
+            writer.write(build_record_batch(schema, shard.name, rows, outputs))
+            stats.seconds["write"] += time.perf_counter() - write_started
+        stats.seconds["read"] = reader.busy_seconds
+        if stats.rows and stats.errors / stats.rows > settings.error_rate_threshold:
+            top = ", ".join(f"{reason} x{n}" for reason, n in stats.error_reasons.most_common(3))
+            raise ShardRejected(
+                f"{stats.errors} of {stats.rows} images failed ({stats.errors / stats.rows:.0%} > "
+                f"error_rate_threshold {settings.error_rate_threshold:.0%}): {top}"
+            )
+        if cancelled() or read_done_marker(store, shard.name) is not None:
+            raise ShardCancelled(shard.name)  # first commit wins
+        commit_started = time.perf_counter()
+        output_path = writer.commit()
+        stats.seconds["write"] += time.perf_counter() - commit_started
+    except BaseException:
+        reader.close()
+        writer.abort()
+        raise
+    reader.close()
+    payload = {
+        "input": shard.url,
+        "output": store.url_of(output_path),
+        "rows": stats.rows,
+        "ok": stats.ok,
+        "errors": stats.errors,
+        "error_reasons": dict(stats.error_reasons.most_common(20)),
+        "decoded_on": dict(stats.decoded_on),
+        "seconds": {**{k: round(v, 6) for k, v in stats.seconds.items()},
+                    "total": round(time.perf_counter() - started, 6)},
+        "attempt": attempt,
+        "worker": worker or {},
+        "weight_hashes": dict(getattr(model, "weight_hashes", {}) or {}),
+        "model_fingerprint": getattr(model, "fingerprint", None),
+    }
+    write_done_marker(store, shard.name, payload)
+    return payload
+
+
+def _encode_chunk(
+    chunk: list[Sample],
+    model: Any,
+    settings: ShardSettings,
+    executor: Any | None,
+    use_gpu_decode: bool,
+    device: Any,
+    stats: ShardStats,
+) -> tuple[list[RowInfo], dict[str, np.ndarray]]:
+    from berg_scale.io.decode import decode_batch_cpu, decode_jpeg_batch_gpu
+
+    decode_started = time.perf_counter()
+    payloads = [sample.data if sample.error is None else None for sample in chunk]
+    if use_gpu_decode:
+        result = decode_jpeg_batch_gpu(payloads, device, settings.image_size, settings.crop, executor=executor)
+    else:
+        result = decode_batch_cpu(payloads, settings.image_size, settings.crop, executor=executor)
+    stats.seconds["decode"] += time.perf_counter() - decode_started
+
+    rows: list[RowInfo] = []
+    for sample, error, where in zip(chunk, result.errors, result.decoded_on):
+        reason = sample.error or error
+        rows.append(RowInfo(sample.key, sample.index, reason))
+        if reason is None:
+            stats.decoded_on[where or "cpu"] += 1
+        else:
+            stats.error_reasons[_reason_kind(reason)] += 1
+    ok = [i for i, row in enumerate(rows) if row.ok]
+    stats.rows += len(rows)
+    stats.ok += len(ok)
+    stats.errors += len(rows) - len(ok)
+    outputs: dict[str, np.ndarray] = {}
+    if ok:
+        model_started = time.perf_counter()
+        images = result.images if len(ok) == len(rows) else result.images[ok]
+        outputs = {name: np.asarray(values) for name, values in model.forward(images).items()}
+        stats.seconds["model"] += time.perf_counter() - model_started
+    return rows, outputs
+
+
+def _reason_kind(reason: str) -> str:
+    """Group messages like 'truncated (image file is truncated (3 bytes not processed))'."""
+    return reason.split("(")[0].strip()[:60] or reason[:60]
+
+
+def _gpu_decode_wanted(decode: str, device: Any) -> bool:
+    on_cuda = str(device).startswith("cuda")
+    if decode == "gpu" and not on_cuda:
+        return False  # documented fallback: the CPU path, never an error
+    return on_cuda and decode in ("gpu", "auto")
+
+
+def _chunks(iterable: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    iterator = iter(iterable)
+    while True:
+        chunk = list(islice(iterator, size))
+        if not chunk:
+            return
+        yield chunk

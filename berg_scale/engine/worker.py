@@ -1,0 +1,118 @@
+"""`EncoderWorker`: the Ray actor that holds the models on one device and runs shards.
+
+One actor per GPU (`num_gpus=1`) or N CPU actors. The models are built once in the
+constructor (Ray re-runs it after a restart), then the actor is handed shard names one
+at a time. Only shard descriptions and small result dicts cross process boundaries.
+
+The actor runs two method threads (`max_concurrency=2`) so that the driver can `cancel`
+a speculative duplicate while `process` is busy; `process` itself is never called
+concurrently on one actor.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from berg_scale.engine.shard_pipeline import ShardCancelled, ShardRejected, ShardSettings, process_shard
+from berg_scale.io.markers import OutputStore
+from berg_scale.io.response_writer import build_schema, iter_descriptions
+from berg_scale.io.shard_listing import InputShard
+
+
+class EncoderWorker:
+    """Plain class; `remote_worker_class()` wraps it as a Ray actor."""
+
+    def __init__(self, worker_index: int, factory: Any, settings: ShardSettings) -> None:
+        from berg_scale.engine.devices import choose_device, describe_worker
+
+        self.worker_index = worker_index
+        self.settings = settings
+        self.device = choose_device(settings.device)
+        self.info = describe_worker(self.device, worker_index)
+        self.model = factory.build(self.device)
+        self.columns = iter_descriptions(self.model.columns)
+        self.schema = build_schema(
+            self.columns,
+            {
+                "weight_hashes": dict(self.model.weight_hashes),
+                "model_fingerprint": self.model.fingerprint,
+                "image_size": settings.image_size,
+                "crop": settings.crop,
+            },
+        )
+        self.store = OutputStore(settings.output, settings.storage)
+        self.executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+        self.shards_done = 0
+
+    def ready(self) -> dict[str, Any]:
+        """What the driver needs before it hands out work (and to check the fingerprint)."""
+        return {
+            "info": self.info,
+            "fingerprint": self.model.fingerprint,
+            "weight_hashes": dict(self.model.weight_hashes),
+            "columns": self.columns,
+        }
+
+    def column_coords(self) -> list[dict[str, Any]]:
+        """Full column descriptions with coordinates, for readouts.json."""
+        return iter_descriptions(self.model.columns, with_coords=True)
+
+    def process(self, shard: InputShard, attempt: int) -> dict[str, Any]:
+        """Run one shard; failures come back as data so the driver can decide on retries."""
+        with self._lock:
+            self._cancelled.discard(shard.name)
+        base = {"shard": shard.name, "attempt": attempt, "worker": self.worker_index}
+        try:
+            payload = process_shard(
+                shard,
+                self.model,
+                self.schema,
+                self.store,
+                self.settings,
+                executor=self.executor,
+                attempt=attempt,
+                worker=self.info,
+                cancelled=lambda: shard.name in self._cancelled,
+            )
+        except ShardCancelled:
+            return {**base, "status": "cancelled"}
+        except ShardRejected as exc:
+            return {**base, "status": "rejected", "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries
+            return {
+                **base,
+                "status": "error",
+                "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000],
+                "traceback": traceback.format_exc(limit=8)[-4000:],
+            }
+        self.shards_done += 1
+        return {**base, "status": "done", "marker": payload}
+
+    def cancel(self, shard_name: str) -> None:
+        with self._lock:
+            self._cancelled.add(shard_name)
+
+    def memory(self) -> dict[str, float]:
+        """Resident memory of this worker process (for the flat-memory benchmark)."""
+        import resource
+
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+        import os
+
+        return {
+            "rss_mb": pages * os.sysconf("SC_PAGE_SIZE") / 2**20,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "shards_done": self.shards_done,
+        }
+
+
+def remote_worker_class() -> Any:
+    import ray
+
+    return ray.remote(max_concurrency=2)(EncoderWorker)

@@ -1,0 +1,141 @@
+"""Turn the user's shard specification into a sorted list of input shards.
+
+Accepted forms, for local paths and s3:// alike: a single tar, a folder/prefix (every
+`.tar` below it), a glob (`s3://b/x/*.tar`, `data/**/*.tar`) and WebDataset brace ranges
+(`s3://b/x/{000000..000999}.tar`). Each shard gets an output name derived from its path
+relative to the pattern's root, so a retried or resumed shard always writes the same
+output key, whichever worker runs it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+import braceexpand
+
+from berg_scale.errors import ConfigError, StorageError
+from berg_scale.io.storage import StorageOptions, filesystem_for, to_url
+
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
+_WILDCARDS = ("*", "?", "[")
+
+
+@dataclass(frozen=True, order=True)
+class InputShard:
+    """One unit of work: an input tar and the stem of every output derived from it."""
+
+    name: str
+    url: str
+    relative: str
+
+
+def list_shards(patterns: str | Iterable[str], storage: StorageOptions | None = None) -> list[InputShard]:
+    """List every shard the patterns name; missing brace members and empty results are errors."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    shards: dict[str, InputShard] = {}
+    for pattern in patterns:
+        for shard in _list_one(pattern, storage):
+            previous = shards.get(shard.name)
+            if previous is not None and previous.url != shard.url:
+                raise ConfigError(
+                    f"input shards {previous.url} and {shard.url} map to the same output name "
+                    f"{shard.name!r}; rename one or list them under one folder"
+                )
+            shards[shard.name] = shard
+    if not shards:
+        raise ConfigError(
+            f"no input shards matched {', '.join(patterns)}: check input.shards "
+            f"(expects .tar files, a folder, a glob or a brace range)"
+        )
+    return sorted(shards.values())
+
+
+def shard_output_name(relative: str) -> str:
+    """The file stem used under responses/, _done/ and _failed/ for one input shard."""
+    stem = relative
+    for suffix in SHARD_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    parts = [part for part in stem.split("/") if part not in ("", ".")]
+    cleaned = [_UNSAFE_CHARACTERS.sub("_", part).strip("_") or "_" for part in parts]
+    name = "__".join(cleaned)
+    if not name or name.startswith("."):
+        name = f"shard{name}"
+    return name
+
+
+def _list_one(pattern: str, storage: StorageOptions | None) -> list[InputShard]:
+    fs, path = filesystem_for(pattern, storage)
+    expanded = list(braceexpand.braceexpand(path)) if "{" in path else [path]
+    is_brace = len(expanded) > 1 or expanded[0] != path
+    results: list[tuple[str, str]] = []  # (path in fs, root)
+    try:
+        if is_brace:
+            results = _existing_members(fs, expanded, pattern)
+        elif any(ch in path for ch in _WILDCARDS):
+            root = _static_prefix(path)
+            results = [(p, root) for p in sorted(fs.glob(path)) if _is_shard(p)]
+        elif _is_shard(path):
+            if not fs.exists(path):
+                raise ConfigError(f"input shard {pattern} does not exist")
+            results = [(path, posixpath.dirname(path.rstrip("/")))]
+        else:
+            root = path.rstrip("/")
+            if not fs.exists(root):
+                raise ConfigError(f"input folder {pattern} does not exist")
+            results = [(p, root) for p in sorted(fs.find(root)) if _is_shard(p)]
+    except (ConfigError, StorageError):
+        raise
+    except (PermissionError, FileNotFoundError, OSError) as exc:
+        raise StorageError(f"cannot list input shards {pattern}: {_describe(exc)}") from exc
+    shards = []
+    for found, root in results:
+        relative = posixpath.relpath(found, root) if root else found
+        shards.append(InputShard(name=shard_output_name(relative), url=to_url(fs, found), relative=relative))
+    return shards
+
+
+def _existing_members(fs, expanded: list[str], pattern: str) -> list[tuple[str, str]]:
+    """Check brace members by listing each parent folder once (not one request per shard)."""
+    root = _static_prefix(expanded[0])
+    parents = sorted({posixpath.dirname(p) for p in expanded})
+    present: set[str] = set()
+    for parent in parents:
+        try:
+            present.update(entry.rstrip("/") for entry in fs.ls(parent, detail=False))
+        except FileNotFoundError:
+            continue
+    missing = [p for p in expanded if p not in present]
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} of {len(expanded)} shards named by {pattern} do not exist "
+            f"(first: {missing[0]}); fix the range in input.shards"
+        )
+    for p in expanded:
+        if not _is_shard(p):
+            raise ConfigError(f"{p} from {pattern} is not a .tar shard")
+    return [(p, root) for p in expanded]
+
+
+def _static_prefix(path: str) -> str:
+    """The folder part of a pattern before its first wildcard or brace."""
+    cut = len(path)
+    for marker in (*_WILDCARDS, "{"):
+        position = path.find(marker)
+        if position != -1:
+            cut = min(cut, position)
+    return posixpath.dirname(path[:cut]) if cut < len(path) else posixpath.dirname(path)
+
+
+def _is_shard(path: str) -> bool:
+    return path.endswith(SHARD_SUFFIXES)
+
+
+def _describe(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
