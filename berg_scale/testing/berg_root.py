@@ -212,7 +212,8 @@ def gnet_state_dict(rng: np.random.Generator, mu: np.ndarray) -> dict:
         }
 
     state = {"mu": torch.from_numpy(mu.astype(np.float32).copy())}
-    state |= conv("pre.conv1.0", 64, 3, 11)
+    # Input pixels minus mu span about +-0.5 (std ~0.3): a larger gain keeps maps O(1).
+    state |= conv("pre.conv1.0", 64, 3, 11, gain=25.0)
     state |= conv("pre.conv2.0", 192, 64, 5)
     state |= conv("enc.conv3", 128, 192, 3)
     state |= bn("enc.bn1", 192)
@@ -226,11 +227,12 @@ def fwrf_state_dict(rng: np.random.Generator, n_voxels: int) -> dict:
     import torch
 
     return {
-        "rf0": torch.from_numpy(_normal(rng, (n_voxels, 27, 27), 1.0)),
-        "rf1": torch.from_numpy(_normal(rng, (n_voxels, 25, 25), 1.0)),
-        "rf2": torch.from_numpy(_normal(rng, (n_voxels, 13, 13), 1.0)),
-        "w": torch.from_numpy(_normal(rng, (n_voxels, 768), 1.0 / math.sqrt(768))),
-        "b": torch.from_numpy(_normal(rng, (n_voxels,), 0.1)),
+        # Peaked receptive fields (logit std 2) so responses vary between images.
+        "rf0": torch.from_numpy(_normal(rng, (n_voxels, 27, 27), 2.0)),
+        "rf1": torch.from_numpy(_normal(rng, (n_voxels, 25, 25), 2.0)),
+        "rf2": torch.from_numpy(_normal(rng, (n_voxels, 13, 13), 2.0)),
+        "w": torch.from_numpy(_normal(rng, (n_voxels, 768), 3.0 / math.sqrt(768))),
+        "b": torch.from_numpy(_normal(rng, (n_voxels,), 0.05)),
     }
 
 
