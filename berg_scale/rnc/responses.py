@@ -201,6 +201,23 @@ class ResponseStore:
         for shard, fragment in zip(shards, dataset.get_fragments()):
             yield shard, fragment.to_table(columns=wanted, filter=ok)
 
+    def univariate_plan(
+        self,
+        model_id: str,
+        subjects: Sequence[int],
+        rois: Sequence[str],
+        unions: Mapping[str, Sequence[str]] = DEFAULT_UNIONS,
+        threshold: float = 0.5,
+    ) -> tuple[list[str], dict]:
+        """(columns to read, (subject, roi) -> weighted parts) for the univariate responses."""
+        existing = self._existing_columns()
+        plan = {
+            (s, r): self._roi_parts(model_id, s, r, unions, threshold, existing)
+            for s in subjects
+            for r in rois
+        }
+        return sorted({p.column for parts in plan.values() for p in parts}), plan
+
     def read_univariate(
         self,
         model_id: str,
@@ -211,13 +228,7 @@ class ResponseStore:
         shards: Sequence[str] | None = None,
     ) -> UnivariateResponses:
         """Read only the `:mean` columns needed (or the parts of ROI unions)."""
-        existing = self._existing_columns()
-        plan = {
-            (s, r): self._roi_parts(model_id, s, r, unions, threshold, existing)
-            for s in subjects
-            for r in rois
-        }
-        columns = sorted({p.column for parts in plan.values() for p in parts})
+        columns, plan = self.univariate_plan(model_id, subjects, rois, unions, threshold)
         shard_names, counts, positions, blocks = [], [], [], []
         for shard, table in self.iter_shards(columns, shards):
             block = combine_univariate(table, subjects, rois, plan)

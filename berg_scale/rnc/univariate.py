@@ -243,22 +243,62 @@ class UnivariateResult:
     correlations: list[dict]  # per (pair, subject): Pearson r
 
 
+@dataclass(frozen=True)
+class SelectionRequest:
+    """One (fold, pair, condition) top-k, with the fold's train baselines."""
+
+    fold: Fold
+    pair: tuple[str, str]
+    condition: str
+    beta1: float
+    beta2: float
+
+
+Selector = Callable[[Sequence[SelectionRequest]], list[tuple[np.ndarray, np.ndarray]]]
+
+
+def in_memory_selector(
+    values: np.ndarray, subjects: Sequence[int], rois: Sequence[str], n_images: int, margin: float
+) -> Selector:
+    """Top-k over all images held in memory (the reference the distributed path must equal)."""
+    slot = {s: i for i, s in enumerate(subjects)}
+    roi_slot = {r: i for i, r in enumerate(rois)}
+
+    def select(requests: Sequence[SelectionRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        cache: dict[tuple, np.ndarray] = {}
+        for req in requests:
+            averages = []
+            for roi in req.pair:
+                key = (req.fold, roi)
+                if key not in cache:
+                    if len(cache) >= 4:  # requests come fold by fold; keep memory at a few N-vectors
+                        cache.clear()
+                    cache[key] = train_average(values, [slot[s] for s in req.fold.train], roi_slot[roi])
+                averages.append(cache[key])
+            score, eligible = condition_scores(averages[0], averages[1], req.beta1, req.beta2, req.condition, margin)
+            out.append(top_k(score, eligible, n_images))
+        return out
+
+    return select
+
+
 def run_univariate(
-    responses_values: np.ndarray,
+    values: np.ndarray,
     subjects: Sequence[int],
     rois: Sequence[str],
     pairs: Sequence[tuple[str, str]],
     params: UnivariateParams = UnivariateParams(),
     cross_validation: bool = True,
-    select: Callable[[Fold, tuple[str, str], str, float, float], tuple[np.ndarray, np.ndarray]] | None = None,
+    selector: Selector | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> UnivariateResult:
     """Univariate RNC for every fold and ROI pair, with the cv=1 statistics.
 
-    `select(fold, pair, condition, beta1, beta2)`, when given, replaces the in-memory
-    top-k (the distributed path passes a per-shard Ray selection here).
+    Order of work: the baseline null (needs every image), then each fold's baselines,
+    then all top-k selections in one call of `selector` (in memory by default; the
+    distributed path filters and ranks per shard and merges exactly).
     """
-    values = responses_values
     subjects = tuple(subjects)
     rois = tuple(rois)
     slot = {s: i for i, s in enumerate(subjects)}
@@ -269,7 +309,7 @@ def run_univariate(
     needed_rois = sorted({r for pair in pairs for r in pair}, key=rois.index)
 
     baselines: list[Baseline] = []
-    selections: list[Selection] = []
+    requests: list[SelectionRequest] = []
     for fold in folds:
         train_slots = [slot[s] for s in fold.train]
         held = None if fold.heldout is None else slot[fold.heldout]
@@ -277,22 +317,19 @@ def run_univariate(
             r: choose_baseline(null, values, train_slots, held, roi_slot[r], r, fold) for r in needed_rois
         }
         baselines.extend(fold_baselines.values())
-        averages = {} if select else {r: train_average(values, train_slots, roi_slot[r]) for r in needed_rois}
         for pair in pairs:
             b1, b2 = fold_baselines[pair[0]].score_train, fold_baselines[pair[1]].score_train
-            for condition in CONDITIONS:
-                if select:
-                    images, scores = select(fold, pair, condition, b1, b2)
-                else:
-                    score, eligible = condition_scores(
-                        averages[pair[0]], averages[pair[1]], b1, b2, condition, params.margin
-                    )
-                    images, scores = top_k(score, eligible, params.n_images)
-                u1 = train_average(values[images], train_slots, roi_slot[pair[0]])
-                u2 = train_average(values[images], train_slots, roi_slot[pair[1]])
-                selections.append(Selection(fold, pair, condition, images, scores, u1, u2))
-        log(f"fold {fold.label}: selected {len(pairs) * len(CONDITIONS)} controlling sets")
+            requests.extend(SelectionRequest(fold, tuple(pair), c, b1, b2) for c in CONDITIONS)
+    selector = selector or in_memory_selector(values, subjects, rois, params.n_images, params.margin)
+    log(f"selecting {len(requests)} controlling sets")
+    selections: list[Selection] = []
+    for req, (images, scores) in zip(requests, selector(requests)):
+        train_slots = [slot[s] for s in req.fold.train]
+        u1 = train_average(values[images], train_slots, roi_slot[req.pair[0]])
+        u2 = train_average(values[images], train_slots, roi_slot[req.pair[1]])
+        selections.append(Selection(req.fold, req.pair, req.condition, images, scores, u1, u2))
 
+    log("statistics")
     tests, summary = _statistics(values, subjects, rois, pairs, params, folds, baselines, selections)
     correlations = [
         {
@@ -304,7 +341,7 @@ def run_univariate(
         for p in pairs
         for s in subjects
     ]
-    return UnivariateResult(params, subjects, rois, list(pairs), baselines, selections, tests, summary, correlations)
+    return UnivariateResult(params, subjects, rois, [tuple(p) for p in pairs], baselines, selections, tests, summary, correlations)
 
 
 def _statistics(
@@ -321,7 +358,7 @@ def _statistics(
     slot = {s: i for i, s in enumerate(subjects)}
     roi_slot = {r: i for i, r in enumerate(rois)}
     base = {(b.fold.heldout, b.roi): b for b in baselines}
-    chosen = {(s.fold.heldout, s.pair, s.condition): s for s in selections}
+    chosen = {(s.fold.heldout, tuple(s.pair), s.condition): s for s in selections}
     tests: list[dict] = []
     summary: list[dict] = []
     cv_folds = [f for f in folds if f.heldout is not None]
@@ -331,7 +368,7 @@ def _statistics(
             u = np.stack([values[:, h, roi_slot[pair[0]]], values[:, h, roi_slot[pair[1]]]], axis=1)
             rows = []
             for cond_id, condition in enumerate(CONDITIONS):
-                sel = chosen[(fold.heldout, pair, condition)]
+                sel = chosen[(fold.heldout, tuple(pair), condition)]
                 base_sets = [base[(fold.heldout, r)].images for r in pair]
                 observed = []
                 for j, roi in enumerate(pair):

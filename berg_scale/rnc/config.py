@@ -1,0 +1,130 @@
+"""Typed configuration of an RNC study (YAML -> validated objects, one-line errors).
+
+Every published default (rnc.md section 6) is a field here, so a study config only
+states what differs from the paper.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from berg_scale.errors import ConfigError
+from berg_scale.io.storage import StorageOptions
+
+PAPER_ROIS = ["V1", "V2", "V3", "hV4", "EBA", "FFA", "PPA", "RSC"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageConfig(_Strict):
+    endpoint_url: str | None = None
+    region: str | None = None
+    anon: bool = False
+
+    def options(self) -> StorageOptions:
+        return StorageOptions(endpoint_url=self.endpoint_url, region=self.region, anon=self.anon)
+
+
+class UnivariateConfig(_Strict):
+    enabled: bool = True
+    n_images: int = Field(25, ge=1)
+    margin: float = Field(0.04, ge=0)
+    baseline_batches: int = Field(1_000_000, ge=1)
+    baseline_batch_size: int = Field(25, ge=1)
+    n_bootstrap: int = Field(100_000, ge=0)
+    n_permutations: int = Field(100_000, ge=0)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    chance: float = Field(0.05, gt=0, lt=1)
+    distributed: bool = False
+
+
+class MultivariateConfig(_Strict):
+    enabled: bool = False
+    conditions: list[Literal["align", "disentangle"]] = ["align", "disentangle"]
+    population: int = Field(200, ge=1)
+    batch_size: int = Field(50, ge=3)
+    generations: int = Field(2000, ge=1)
+    mutants_per_parent: int = Field(5, ge=1, le=5)
+    baseline_batches: int = Field(1_000_000, ge=3)
+    n_bootstrap: int = Field(100_000, ge=0)
+    n_permutations: int = Field(100_000, ge=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    chance: float = Field(0.05, gt=0, lt=1)
+    device: str = "auto"
+    storage_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    chunk: int = Field(256, ge=1)
+    log_every: int = Field(100, ge=1)
+
+
+class PlotConfig(_Strict):
+    enabled: bool = True
+    formats: list[Literal["png", "svg", "pdf"]] = ["png", "svg"]
+    max_points: int = Field(20_000, ge=100)
+    images: str | None = None  # input WebDataset shards (<images>/<shard>.tar) for the image grid
+    tile_size: int = Field(96, ge=16, le=512)
+
+
+class StudyConfig(_Strict):
+    responses: str
+    out_dir: str
+    storage: StorageConfig = StorageConfig()
+    model_id: str = "fmri-nsd-fwrf"
+    subjects: list[int] = Field(default_factory=lambda: list(range(1, 9)), min_length=1)
+    rois: list[str] = Field(default_factory=lambda: ["V1", "hV4"], min_length=2)
+    pairs: list[tuple[str, str]] | None = None
+    roi_unions: dict[str, list[str]] = Field(default_factory=lambda: {"FFA": ["FFA-1", "FFA-2"]})
+    ncsnr_threshold: float = 0.5
+    seed: int = 20200220
+    cross_validation: bool = True
+    univariate: UnivariateConfig = UnivariateConfig()
+    multivariate: MultivariateConfig = MultivariateConfig()
+    plots: PlotConfig = PlotConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "StudyConfig":
+        if len(set(self.subjects)) != len(self.subjects):
+            raise ValueError("subjects must be distinct")
+        for pair in self.pairs or []:
+            if pair[0] == pair[1] or any(r not in self.rois for r in pair):
+                raise ValueError(f"pair {list(pair)} must name two different ROIs listed in rois")
+        return self
+
+    def roi_pairs(self) -> list[tuple[str, str]]:
+        return [tuple(p) for p in self.pairs] if self.pairs else list(itertools.combinations(self.rois, 2))
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "config"
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return f"{source}: {where}: {first['msg']}{more}"
+
+
+def parse_config(data: object, source: str = "config") -> StudyConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top level")
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read a study YAML with the safe loader; every problem becomes one ConfigError line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read study config {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_config(data, str(path))

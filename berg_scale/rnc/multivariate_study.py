@@ -1,0 +1,137 @@
+"""Multivariate RNC over folds and ROI pairs: GA runs, baselines and statistics (rnc.md 3.4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from berg_scale.rnc.multivariate import (
+    OBJECTIVES, GAParams, GAResult, PairScorer, choose_multivariate_baseline, difference_null,
+    genetic_search, multivariate_null,
+)
+from berg_scale.rnc.patterns import PatternSet
+from berg_scale.rnc.stats import benjamini_hochberg, binomial_tail, bootstrap_ci, permutation_p_value
+from berg_scale.rnc.univariate import Fold, make_folds
+
+
+@dataclass(frozen=True)
+class MultivariateParams:
+    ga: GAParams = GAParams()
+    conditions: tuple[str, ...] = OBJECTIVES
+    baseline_batches: int = 1_000_000
+    n_bootstrap: int = 100_000
+    n_permutations: int = 100_000
+    alpha: float = 0.05
+    chance: float = 0.05
+    chunk: int = 256
+    log_every: int = 100
+
+
+@dataclass
+class MultivariateRun:
+    pair: tuple[str, str]
+    condition: str
+    fold: Fold
+    search: GAResult
+    test_scores: np.ndarray  # held-out score of each generation's best batch (NaN for cv=0)
+
+
+@dataclass
+class MultivariateResult:
+    params: MultivariateParams
+    subjects: tuple[int, ...]
+    pairs: list[tuple[str, str]]
+    runs: list[MultivariateRun]
+    baselines: list[dict]
+    tests: list[dict] = field(default_factory=list)
+    summary: list[dict] = field(default_factory=list)
+
+
+def run_multivariate(
+    patterns: Mapping[str, PatternSet],
+    pairs: Sequence[tuple[str, str]],
+    params: MultivariateParams = MultivariateParams(),
+    cross_validation: bool = True,
+    log: Callable[[str], None] = lambda message: None,
+) -> MultivariateResult:
+    """One GA run per (pair, fold, condition); baseline null per pair serves every fold.
+
+    Each GA run starts from a fresh generator seeded with the study seed, as the
+    published scripts reset the seed per run.
+    """
+    subjects = next(iter(patterns.values())).subjects
+    folds = make_folds(subjects, cross_validation)
+    runs: list[MultivariateRun] = []
+    baselines: list[dict] = []
+    tests: list[dict] = []
+    summary: list[dict] = []
+    seed = params.ga.seed
+    for pair_id, pair in enumerate(pairs):
+        p1, p2 = patterns[pair[0]], patterns[pair[1]]
+        scorer = PairScorer(p1, p2, params.chunk)
+        log(f"{pair[0]}-{pair[1]}: baseline null of {params.baseline_batches:,} batches")
+        null = multivariate_null(
+            p1, p2, [(f.train, f.heldout) for f in folds], params.baseline_batches, params.ga.batch_size, seed
+        )
+        fold_baseline = {}
+        for fold in folds:
+            b, train_score, test_score = choose_multivariate_baseline(null, fold.heldout)
+            fold_baseline[fold.heldout] = test_score
+            baselines.append(
+                {"roi_1": pair[0], "roi_2": pair[1], "fold": fold.label, "heldout_subject": fold.heldout,
+                 "batch": b, "images": null.batch(b), "train_score": train_score, "test_score": test_score,
+                 "null_train_mean": float(np.nanmean(null.train[fold.heldout]))}
+            )
+        for fold in folds:
+            for condition in params.conditions:
+                every = max(1, params.log_every)
+
+                def report(generation: int, best: float, _c=condition, _f=fold) -> None:
+                    if (generation + 1) % every == 0 or generation + 1 == params.ga.generations:
+                        log(f"{pair[0]}-{pair[1]} {_c} {_f.label}: generation {generation + 1}, best {best:+.4f}")
+
+                search = genetic_search(
+                    lambda batches, _t=fold.train: scorer.score(batches, _t),
+                    p1.n_images, condition, params.ga, np.random.default_rng(seed), report,
+                )
+                test_scores = np.full(search.best_scores.shape, np.nan)
+                if fold.heldout is not None:
+                    test_scores = scorer.score(search.best_batches, [fold.heldout])
+                runs.append(MultivariateRun(tuple(pair), condition, fold, search, test_scores))
+        cv_folds = [f for f in folds if f.heldout is not None]
+        pair_tests = []
+        for fold in cv_folds:
+            rows = []
+            for condition in params.conditions:
+                run = next(r for r in runs if r.pair == tuple(pair) and r.condition == condition and r.fold == fold)
+                score = float(run.test_scores[-1])
+                delta = score - fold_baseline[fold.heldout]
+                diff_null = difference_null(null.test[fold.heldout], condition, params.n_permutations)
+                direction = "greater" if condition == "align" else "less"
+                rows.append(
+                    {"roi_1": pair[0], "roi_2": pair[1], "condition": condition, "subject": fold.heldout,
+                     "score": score, "baseline_score": fold_baseline[fold.heldout], "difference": delta,
+                     "p_value": permutation_p_value(diff_null, delta, direction), "n_null": int(diff_null.size)}
+                )
+            fdr = benjamini_hochberg(np.array([r["p_value"] for r in rows]), params.alpha)
+            for r, q, sig in zip(rows, fdr.q_values, fdr.significant):
+                r["q_value"], r["significant"] = float(q), bool(sig)
+            pair_tests.extend(rows)
+        tests.extend(pair_tests)
+        if cv_folds:
+            rng = np.random.default_rng([seed, 4, pair_id])
+            for condition in params.conditions:
+                rows = [t for t in pair_tests if t["condition"] == condition]
+                table = np.array([[t["score"], t["baseline_score"], t["difference"]] for t in rows])
+                low, high = bootstrap_ci(table, params.n_bootstrap, rng)
+                k = int(sum(t["significant"] for t in rows))
+                summary.append(
+                    {"roi_1": pair[0], "roi_2": pair[1], "condition": condition,
+                     "mean_score": float(np.nanmean(table[:, 0])), "mean_baseline": float(np.nanmean(table[:, 1])),
+                     "score_ci": [float(low[0]), float(high[0])], "baseline_ci": [float(low[1]), float(high[1])],
+                     "difference_ci": [float(low[2]), float(high[2])], "n_subjects": len(rows),
+                     "n_significant": k, "binomial_p": binomial_tail(k, len(rows), params.chance)}
+                )
+    return MultivariateResult(params, tuple(subjects), [tuple(p) for p in pairs], runs, baselines, tests, summary)

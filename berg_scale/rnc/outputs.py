@@ -1,0 +1,128 @@
+"""RNC result tables (Parquet) and the JSON summary, written through fsspec.
+
+Each controlling or baseline image is one row carrying its WebDataset key, shard and
+position, so results can be joined back to the stimuli and the responses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from berg_scale.rnc.multivariate_study import MultivariateResult
+from berg_scale.rnc.responses import ImageIndex, ResponseStore
+from berg_scale.rnc.univariate import UnivariateResult
+
+
+class KeyResolver:
+    """Maps image numbers to (key, shard, index), reading key columns once per shard."""
+
+    def __init__(self, store: ResponseStore, images: ImageIndex, wanted: Sequence[int]) -> None:
+        wanted = np.unique(np.asarray(list(wanted), dtype=np.int64))
+        keys = store.keys_for(images, wanted) if wanted.size else []
+        shards, positions = images.locate(wanted) if wanted.size else ([], np.empty(0))
+        self._rows = {int(i): (k, s, int(p)) for i, k, s, p in zip(wanted, keys, shards, positions)}
+
+    def __call__(self, image: int) -> tuple[str, str, int]:
+        return self._rows[int(image)]
+
+
+def univariate_tables(result: UnivariateResult, keys: KeyResolver) -> dict[str, pa.Table]:
+    seed = result.params.seed
+    controlling = []
+    for sel in result.selections:
+        for rank, image in enumerate(sel.images):
+            key, shard, index = keys(image)
+            controlling.append(
+                {"roi_1": sel.pair[0], "roi_2": sel.pair[1], "condition": sel.condition, "fold": sel.fold.label,
+                 "heldout_subject": sel.fold.heldout, "cv": sel.fold.cv, "rank": rank + 1, "image": int(image),
+                 "key": key, "shard": shard, "index": index, "rank_score": float(sel.rank_scores[rank]),
+                 "u1_train": float(sel.u1[rank]), "u2_train": float(sel.u2[rank]), "seed": seed}
+            )
+    baselines = []
+    for base in result.baselines:
+        for rank, image in enumerate(base.images):
+            key, shard, index = keys(image)
+            baselines.append(
+                {"roi": base.roi, "fold": base.fold.label, "heldout_subject": base.fold.heldout, "cv": base.fold.cv,
+                 "rank": rank + 1, "image": int(image), "key": key, "shard": shard, "index": index,
+                 "batch": base.batch_index, "baseline_train": base.score_train, "baseline_test": base.score_test,
+                 "null_mean": base.null_mean, "seed": seed}
+            )
+    tests = [dict(t, seed=seed) for t in result.tests]
+    return {
+        "controlling": pa.Table.from_pylist(controlling),
+        "baselines": pa.Table.from_pylist(baselines),
+        "tests": pa.Table.from_pylist(tests),
+        "correlations": pa.Table.from_pylist(result.correlations),
+    }
+
+
+def multivariate_tables(result: MultivariateResult, keys: KeyResolver) -> dict[str, pa.Table]:
+    seed = result.params.ga.seed
+    generations, controlling = [], []
+    for run in result.runs:
+        for g, (score, test) in enumerate(zip(run.search.best_scores, run.test_scores)):
+            generations.append(
+                {"roi_1": run.pair[0], "roi_2": run.pair[1], "condition": run.condition, "fold": run.fold.label,
+                 "heldout_subject": run.fold.heldout, "generation": g + 1, "train_score": float(score),
+                 "test_score": float(test), "seed": seed}
+            )
+        final = run.search.best_batches[-1]
+        for rank, image in enumerate(final):
+            key, shard, index = keys(image)
+            controlling.append(
+                {"roi_1": run.pair[0], "roi_2": run.pair[1], "condition": run.condition, "fold": run.fold.label,
+                 "heldout_subject": run.fold.heldout, "cv": run.fold.cv, "position": rank + 1, "image": int(image),
+                 "key": key, "shard": shard, "index": index, "train_score": float(run.search.best_scores[-1]),
+                 "test_score": float(run.test_scores[-1]), "seed": seed}
+            )
+    baselines = []
+    for base in result.baselines:
+        for rank, image in enumerate(base["images"]):
+            key, shard, index = keys(image)
+            row = {k: v for k, v in base.items() if k != "images"}
+            baselines.append(dict(row, position=rank + 1, image=int(image), key=key, shard=shard, index=index, seed=seed))
+    return {
+        "generations": pa.Table.from_pylist(generations),
+        "controlling": pa.Table.from_pylist(controlling),
+        "baselines": pa.Table.from_pylist(baselines),
+        "tests": pa.Table.from_pylist([dict(t, seed=seed) for t in result.tests]),
+    }
+
+
+def write_tables(fs, directory: str, tables: dict[str, pa.Table]) -> list[str]:
+    fs.makedirs(directory, exist_ok=True)
+    written = []
+    for name, table in tables.items():
+        path = posixpath.join(directory, f"{name}.parquet")
+        with fs.open(path, "wb") as handle:
+            pq.write_table(table, handle)
+        written.append(path)
+    return written
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_json(fs, path: str, data: dict) -> None:
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "w") as handle:
+        json.dump(_json_safe(data), handle, indent=2)

@@ -1,0 +1,104 @@
+"""Write response outputs in the engine's layout from given arrays (tests, benchmarks, docs).
+
+RNC is tested against planted truths: the caller decides the responses, this module
+only lays them out exactly as a `generate` run would (responses/<shard>.parquet,
+_done/<shard>.json, readouts.json), including error rows and uncommitted shards.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from berg_scale.io.storage import StorageOptions, filesystem_for
+
+
+def shard_name(j: int) -> str:
+    return f"{j:06d}"
+
+
+def image_key(i: int) -> str:
+    return f"img{i:08d}"
+
+
+def write_synthetic_output(
+    url: str,
+    mean_columns: Mapping[str, np.ndarray],
+    voxel_columns: Mapping[str, np.ndarray] | None = None,
+    ncsnr: Mapping[str, np.ndarray] | None = None,
+    n_shards: int = 4,
+    error_rows: Sequence[int] = (),
+    uncommitted_shards: Sequence[int] = (),
+    dtype: str = "float32",
+    storage: StorageOptions | None = None,
+) -> list[str]:
+    """Lay out N images' responses as `n_shards` consecutive shards; returns the keys.
+
+    Image i gets key `image_key(i)`. Rows in `error_rows` are written with status
+    "error" and null responses; shards in `uncommitted_shards` get a Parquet file but
+    no `_done` marker (as after a crash before commit).
+    """
+    voxel_columns = dict(voxel_columns or {})
+    ncsnr = dict(ncsnr or {})
+    n = len(next(iter(mean_columns.values()))) if mean_columns else len(next(iter(voxel_columns.values())))
+    fs, root = filesystem_for(url, storage)
+    for sub in ("responses", "_done"):
+        fs.makedirs(posixpath.join(root, sub), exist_ok=True)
+    bounds = np.linspace(0, n, n_shards + 1).astype(int)
+    errors = set(int(e) for e in error_rows)
+    float_type = pa.float16() if dtype == "float16" else pa.float32()
+    np_type = np.float16 if dtype == "float16" else np.float32
+    keys = [image_key(i) for i in range(n)]
+    for j in range(n_shards):
+        lo, hi = int(bounds[j]), int(bounds[j + 1])
+        rows = np.arange(lo, hi)
+        bad = np.array([i in errors for i in rows], dtype=bool)
+        arrays = {
+            "key": pa.array(keys[lo:hi], pa.string()),
+            "shard": pa.array([shard_name(j)] * (hi - lo), pa.string()),
+            "index": pa.array(np.arange(hi - lo, dtype=np.int32)),
+            "status": pa.array(np.where(bad, "error", "ok").tolist(), pa.string()),
+            "error": pa.array([("synthetic decode failure" if b else None) for b in bad], pa.string()),
+        }
+        for name, matrix in voxel_columns.items():
+            block = np.asarray(matrix[lo:hi], dtype=np_type)
+            flat = pa.array(block.reshape(-1), float_type)
+            lists = pa.FixedSizeListArray.from_arrays(flat, block.shape[1])
+            if bad.any():
+                lists = pa.FixedSizeListArray.from_arrays(flat, block.shape[1], mask=pa.array(bad))
+            arrays[name] = lists
+        for name, values in mean_columns.items():
+            arrays[name] = pa.array(np.asarray(values[lo:hi], dtype=np.float32), pa.float32(), mask=bad)
+        table = pa.table(arrays)
+        with fs.open(posixpath.join(root, "responses", f"{shard_name(j)}.parquet"), "wb") as handle:
+            pq.write_table(table, handle)
+        if j not in set(uncommitted_shards):
+            marker = {"shard": shard_name(j), "rows": hi - lo, "ok": int((~bad).sum()), "failed": int(bad.sum())}
+            with fs.open(posixpath.join(root, "_done", f"{shard_name(j)}.json"), "w") as handle:
+                json.dump(marker, handle)
+    columns = {}
+    for name in list(voxel_columns) + list(mean_columns):
+        base = name.split(":")[0]
+        model_id, subject, selection = base.split("/")
+        entry = {
+            "model_id": model_id,
+            "subject": int(subject.removeprefix("sub-")),
+            "selection": {"roi": selection},
+            "kind": "mean" if name.endswith(":mean") else "responses",
+            "shape": [] if name.endswith(":mean") else [int(np.shape(voxel_columns[name])[1])],
+            "dims": [] if name.endswith(":mean") else ["voxel"],
+            "dtype": dtype,
+            "coords": {},
+        }
+        if base in ncsnr:
+            values = np.asarray(ncsnr[base], dtype=float)
+            entry["coords"] = {"voxel": list(range(values.size)), "ncsnr": values.tolist()}
+        columns[name] = entry
+    with fs.open(posixpath.join(root, "readouts.json"), "w") as handle:
+        json.dump({"columns": columns}, handle)
+    return keys
