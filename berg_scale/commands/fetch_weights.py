@@ -1,0 +1,125 @@
+"""Download exactly the BERG weight and metadata files a run needs into a local BERG root.
+
+Reads BERG's public bucket anonymously by default; files already present are skipped and
+interrupted downloads resume. Name readouts with --models/--subjects/--rois, or give a
+run config with --config to fetch what that run reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from berg_scale.errors import BergScaleError
+
+BACKBONE_HELP = """\
+ViT-B/32 backbone (needed by the fsaverage and EEG models; it is not in BERG's bucket):
+  expected at: {path}  ({state})
+  on a machine with internet access, either
+    python -c "import torchvision; torchvision.models.vit_b_32(weights='DEFAULT')"
+  (fills the cache above), or
+    curl -L -o {name} {url}
+  then copy the file to {path} on every machine that runs the models (or set
+  TORCH_HOME, or pass `backbone: /path/{name}` in the run config)."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", metavar="MODEL_ID", help="BERG model ids")
+    parser.add_argument(
+        "--subjects", nargs="+", metavar="N", help="subject numbers, or 'all' (the default)"
+    )
+    parser.add_argument("--rois", nargs="+", metavar="ROI", help="ROIs (needed for fmri-nsd-fwrf)")
+    parser.add_argument("--config", metavar="YAML", help="fetch what this generation config reads")
+    parser.add_argument("--to", dest="dest", required=True, metavar="DIR", help="local BERG root")
+    parser.add_argument(
+        "--bucket",
+        default=None,
+        metavar="URL",
+        help="source BERG root: s3://bucket[/prefix] or a local path "
+        "(default s3://brain-encoding-response-generator)",
+    )
+    parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
+    parser.add_argument("--region", default=None, help="bucket region (default us-west-2)")
+    parser.add_argument(
+        "--anon",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="anonymous access (default: on for BERG's public bucket, off otherwise)",
+    )
+    parser.add_argument("--hashes", metavar="FILE", help="expected sha256 (sha256sum format or JSON)")
+    parser.add_argument("--dry-run", action="store_true", help="list files and sizes, fetch nothing")
+    parser.add_argument("--no-metadata", action="store_true", help="skip metadata files")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--backbone", action="store_true", help="also say where the ViT-B/32 backbone goes"
+    )
+
+
+def torch_hub_checkpoints() -> str:
+    """torch.hub's checkpoint folder, computed the way torch does, without importing it."""
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "torch",
+    )
+    return os.path.join(os.path.expanduser(torch_home), "hub", "checkpoints")
+
+
+def backbone_instructions() -> str:
+    from berg_scale.models.layout import BACKBONE_FILE, BACKBONE_URL
+
+    path = os.path.join(torch_hub_checkpoints(), BACKBONE_FILE)
+    state = "present" if os.path.isfile(path) else "missing"
+    return BACKBONE_HELP.format(path=path, state=state, name=BACKBONE_FILE, url=BACKBONE_URL)
+
+
+def _requests(args: argparse.Namespace) -> list:
+    from berg_scale.weights.selection import expand_requests
+
+    requests: list = []
+    if args.config:
+        from berg_scale.config import load_config
+
+        requests.extend(load_config(args.config).readout_specs())
+    if args.models:
+        subjects = None
+        if args.subjects and args.subjects != ["all"]:
+            try:
+                subjects = [int(s) for s in args.subjects]
+            except ValueError:
+                raise BergScaleError(f"--subjects takes numbers or 'all', got {args.subjects}") from None
+        requests.extend(expand_requests(args.models, subjects, args.rois))
+    if not requests:
+        raise BergScaleError("name what to fetch: --models MODEL_ID [...] or --config RUN.yaml")
+    return requests
+
+
+def run(args: argparse.Namespace) -> int:
+    from berg_scale.io.storage import StorageOptions
+    from berg_scale.weights.fetch import fetch_weights, load_hashes
+    from berg_scale.weights.selection import DEFAULT_BUCKET, DEFAULT_REGION
+
+    bucket = args.bucket or DEFAULT_BUCKET
+    public = bucket.rstrip("/") == DEFAULT_BUCKET
+    anon = args.anon if args.anon is not None else (public and not args.endpoint_url)
+    storage = StorageOptions(
+        endpoint_url=args.endpoint_url,
+        region=args.region or (DEFAULT_REGION if public else None),
+        anon=anon,
+    )
+    hashes = load_hashes(args.hashes) if args.hashes else None
+    report = fetch_weights(
+        _requests(args),
+        args.dest,
+        storage,
+        bucket=bucket,
+        hashes=hashes,
+        dry_run=args.dry_run,
+        progress=not args.no_progress,
+        include_metadata=not args.no_metadata,
+    )
+    if args.dry_run:
+        print(report.table())
+    print(report.summary())
+    if args.backbone:
+        print(backbone_instructions())
+    return 0
