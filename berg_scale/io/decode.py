@@ -118,6 +118,28 @@ def _short(exc: BaseException) -> str:
     return text[:_MAX_REASON_CHARS]
 
 
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format the first bytes claim, to tell a damaged image from a non-image."""
+    head = bytes(data[:16])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    for signature, name in _SIGNATURES:
+        if head.startswith(signature):
+            return name
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def _open_formats() -> list[str]:
     """The allowed formats whose Pillow plugins are present (all plugins load once)."""
@@ -136,6 +158,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"image too large (decompression bomb): {_short(exc)}") from None
     except Image.UnidentifiedImageError:
+        claimed = sniff_format(data)
+        if claimed:
+            raise DecodeError(f"corrupt {claimed} header") from None
         raise DecodeError(
             "not a recognised image (expected JPEG, PNG, WebP, BMP, TIFF or GIF bytes)"
         ) from None
@@ -256,13 +281,18 @@ def square_box(width: int, height: int, crop: str) -> tuple[int, int, int, int]:
 
 
 def prepare(img: Image.Image, size: int, crop: str, resample: str = "bilinear") -> np.ndarray:
-    """Crop to a square and resize in one resampling pass; returns (size, size, 3) uint8."""
+    """Crop to a square, then resize it; returns (size, size, 3) uint8.
+
+    The crop is cut out first (rather than passed as a resize box) so that pixels
+    outside the square never bleed into its edges; the GPU path does the same.
+    """
     box = square_box(img.size[0], img.size[1], crop)
-    if box == (0, 0, size, size) and img.size == (size, size):
-        out = img
+    square = img if box == (0, 0, img.size[0], img.size[1]) else img.crop(box)
+    if square.size == (size, size):
+        out = square
     else:
-        out = img.resize((size, size), RESAMPLE_FILTERS[resample], box=box)
-    array = np.asarray(out, dtype=np.uint8)
+        out = square.resize((size, size), RESAMPLE_FILTERS[resample])
+    array = np.array(out, dtype=np.uint8)  # writable, so torch.from_numpy may share it
     if array.shape != (size, size, 3):  # defensive: every path above yields RGB
         raise DecodeError(f"internal: prepared image has shape {array.shape}")
     return array
@@ -491,7 +521,7 @@ def decode_jpeg_batch_gpu(
     that nvJPEG can handle are decoded on the device, EXIF-oriented and resized there;
     non-JPEG, CMYK, and anything the device decoder rejects take the CPU path, which
     also produces the error message for truly broken images. Without CUDA the whole
-    batch takes the CPU path. `jpeg_decoder` replaces `torchvision.io.decode_jpeg`
+    batch takes the CPU path and, if a CUDA device was asked for, stays on the CPU. `jpeg_decoder` replaces `torchvision.io.decode_jpeg`
     (used by tests to exercise the fallback logic without a GPU).
     """
     import torch
@@ -504,7 +534,8 @@ def decode_jpeg_batch_gpu(
                 items, size, crop, executor=executor, max_pixels=max_pixels,
                 alpha=alpha, resample=resample,
             )
-            result.images = result.images.to(device)
+            if device.type != "cuda":
+                result.images = result.images.to(device)
             return result
         from torchvision.io import decode_jpeg
 
