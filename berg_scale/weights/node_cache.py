@@ -21,7 +21,14 @@ from berg_scale.weights.fetch import fetch_files
 
 STAMP_NAME = ".berg-scale-cache.json"
 LOG_NAME = "fetch-log.jsonl"
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "berg-scale", "weights")
+CACHE_DIR_VARIABLE = "BERG_SCALE_WEIGHTS_CACHE"
+
+
+def default_cache_dir() -> str:
+    """$BERG_SCALE_WEIGHTS_CACHE (cluster configs point it at local NVMe), else ~/.cache."""
+    return os.environ.get(CACHE_DIR_VARIABLE) or os.path.join(
+        os.path.expanduser("~"), ".cache", "berg-scale", "weights"
+    )
 
 
 def cache_root_for(remote_root: str, cache_dir: str) -> str:
@@ -61,7 +68,7 @@ def _write_stamp(local_root: str, remote_root: str, sizes: dict[str, int]) -> No
 def ensure_local_weights(
     remote_root: str,
     files: Iterable[str],
-    cache_dir: str = DEFAULT_CACHE_DIR,
+    cache_dir: str | None = None,
     storage: StorageOptions | None = None,
     *,
     lock_timeout_s: float = 3600.0,
@@ -72,6 +79,7 @@ def ensure_local_weights(
     A local `remote_root` is returned unchanged (after checking the files exist). Call
     it in each worker before building `ModelSet`, with the relative paths from
     `berg_scale.weights.files_for_readouts(specs)`, and pass the result as `berg_root`.
+    `cache_dir` defaults to `default_cache_dir()`.
     """
     files = list(dict.fromkeys(files))
     if not is_remote(remote_root):
@@ -82,7 +90,7 @@ def ensure_local_weights(
                 "run `berg-scale fetch-weights` for this run's readouts"
             )
         return remote_root
-    local_root = cache_root_for(remote_root, cache_dir)
+    local_root = cache_root_for(remote_root, cache_dir or default_cache_dir())
     if _already_complete(local_root, files):
         return local_root
     fs, root = filesystem_for(remote_root, storage)
