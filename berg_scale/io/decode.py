@@ -165,6 +165,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             "not a recognised image (expected JPEG, PNG, WebP, BMP, TIFF or GIF bytes)"
         ) from None
     except Exception as exc:  # Pillow plugins raise many types on hostile headers
+        if isinstance(exc, (OSError, EOFError)) and "truncat" in str(exc).lower():
+            raise DecodeError("truncated image data (incomplete header)") from None
         raise DecodeError(f"corrupt image header ({_short(exc)})") from None
     width, height = img.size
     if width < 1 or height < 1:

@@ -28,6 +28,12 @@ def image_bytes(fmt: str, width: int = 40, height: int = 30, seed: int = 0) -> b
     return encode(synthetic_image(np.random.default_rng(seed), width, height), fmt)
 
 
+def _truncated_jpeg() -> bytes:
+    """A JPEG whose header is intact but whose scan data stops half-way."""
+    data = image_bytes("jpg", 200, 150, 11)
+    return data[: len(data) * 6 // 10]
+
+
 @pytest.fixture
 def mixed_folder(tmp_path) -> tuple[Path, dict[str, bytes]]:
     """A nested folder with every supported format, awkward names and two broken files.
@@ -49,7 +55,7 @@ def mixed_folder(tmp_path) -> tuple[Path, dict[str, bytes]]:
     }
     broken = {
         "broken.jpg": b"definitely not a JPEG\n" * 4,
-        "sub/truncated.jpg": image_bytes("jpg", 200, 150, 11)[:600],
+        "sub/truncated.jpg": _truncated_jpeg(),
     }
     ignored = {"notes.txt": b"hello", ".DS_Store": b"\0\0"}
     for rel, data in {**good, **broken, **ignored}.items():
