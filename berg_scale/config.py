@@ -136,6 +136,7 @@ class ResourcesConfig(_Strict):
     decode_threads: int = Field(4, ge=1, le=256)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    startup_timeout_s: float = Field(1800.0, gt=0)
 
     @field_validator("workers")
     @classmethod
@@ -218,8 +219,9 @@ class RunConfig(_Strict):
 
     def input_fingerprint(self) -> str:
         """Hash of everything in the config that changes the numbers in the output."""
+        # The shard list is left out on purpose: extending a range and resuming is fine.
         relevant = {
-            "input": self.input.model_dump(mode="json"),
+            "input": self.input.model_dump(mode="json", exclude={"shards"}),
             "readouts": [readout.model_dump(mode="json") for readout in self.readouts],
             "precision": self.resources.precision,
         }

@@ -19,6 +19,7 @@ class ModelSetFactory:
     precision: str = "fp32"
     batch_size: int = 100
     backbone_path: str | None = None
+    storage: Any = None
     needs_weights: bool = field(default=True, init=False)
 
     def build(self, device: Any) -> Any:
@@ -31,4 +32,5 @@ class ModelSetFactory:
             precision=self.precision,
             batch_size=self.batch_size,
             backbone_path=self.backbone_path,
+            storage=self.storage,
         )

@@ -113,16 +113,23 @@ def check_weights(
     missing = []
     for label, relative in required_weight_files(specs):
         if not fs.exists(join(root, relative)):
-            missing.append((label, relative))
-    if backbone:
-        bfs, bpath = filesystem_for(backbone, storage)
-        if not bfs.exists(bpath):
-            missing.append(("backbone", backbone))
+            missing.append((label, join(berg_root, relative)))
+    if any("vit_b_32" in spec.model_id for spec in specs):
+        if backbone:
+            bfs, bpath = filesystem_for(backbone, storage)
+            if not bfs.exists(bpath):
+                missing.append(("the ViT-B/32 backbone (config 'backbone')", backbone))
+        else:
+            from berg_scale.models.vit import default_backbone_path
+
+            default = default_backbone_path()
+            if not default.exists():
+                missing.append(("the ViT-B/32 backbone (torchvision cache; or set 'backbone')", str(default)))
     if missing:
-        label, relative = missing[0]
+        label, path = missing[0]
         raise MissingWeightsError(
-            f"{len(missing)} weight file(s) missing under {berg_root}, first for {label}: {relative}; "
-            f"download them with `berg-scale fetch-weights` or fix berg_root"
+            f"{len(missing)} weight file(s) missing, first for {label}: {path}; "
+            f"download them with `berg-scale fetch-weights` or fix berg_root/backbone"
         )
 
 

@@ -72,15 +72,14 @@ class Sample:
 
 
 def iter_samples(url: str, storage: StorageOptions | None) -> Iterator[Sample]:
-    """Samples of one tar in order, via the shared shard reader."""
-    from berg_scale.io import shard_reader
+    """Samples of one tar in order, via the shared shard reader (which raises on a damaged tar)."""
+    from berg_scale.io.shard_reader import iter_shard_samples
 
-    for item in shard_reader.iter_samples(url, storage):
-        data = getattr(item, "image", None)
-        error = getattr(item, "error", None)
-        if data is None and error is None:
-            error = "no image member in sample"
-        yield Sample(key=item.key, index=int(item.index), data=data, error=error)
+    for item in iter_shard_samples(url, storage):
+        error = item.error if item.image is None else None
+        if item.image is None and error is None:
+            error = "no image member"
+        yield Sample(key=item.key, index=int(item.index), data=item.image, error=error)
 
 
 def process_shard(

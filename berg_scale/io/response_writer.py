@@ -56,7 +56,7 @@ def column_description(column: Any, with_coords: bool = False) -> dict[str, Any]
         "dtype": str(np.dtype(column.dtype)),
         "model_id": readout.model_id,
         "subject": int(readout.subject),
-        "selection": _jsonable(readout.selection),
+        "selection": _selection_of(readout),
     }
     if with_coords:
         description["coords"] = {str(k): _jsonable(v) for k, v in (column.coords or {}).items()}
@@ -97,7 +97,7 @@ def build_record_batch(
         pa.array(["ok" if row.ok else "error" for row in rows], pa.string()),
         pa.array([row.error for row in rows], pa.string()),
     ]
-    for field in schema[len(ID_FIELDS) :]:
+    for field in list(schema)[len(ID_FIELDS) :]:
         values = outputs.get(field.name)
         arrays.append(_column_array(field, values, ok, n_ok))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -177,6 +177,14 @@ class ResponseShardWriter:
 def read_schema_metadata(schema: pa.Schema) -> dict[str, Any]:
     raw = (schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
+
+
+def _selection_of(readout: Any) -> Any:
+    """The compact selection (binary vectors as index lists) when the spec offers one."""
+    to_dict = getattr(readout, "to_dict", None)
+    if callable(to_dict):
+        return to_dict().get("selection")
+    return _jsonable(readout.selection)
 
 
 def _jsonable(value: Any) -> Any:

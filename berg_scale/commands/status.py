@@ -1,0 +1,72 @@
+"""Show done / failed / pending shards of an output and the totals of its committed shards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", help="output folder or s3:// prefix of a generation run")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+
+
+def output_status(output: str, storage=None) -> dict:
+    """Counts and totals of an output, from its markers and run.json."""
+    from berg_scale.errors import BergScaleError
+    from berg_scale.io.markers import DONE_DIR, OutputStore, done_shards, failed_shards, read_manifest
+
+    store = OutputStore(output, storage)
+    manifest = read_manifest(store)
+    done = done_shards(store)
+    failed = failed_shards(store) - done
+    if manifest is None and not done and not failed:
+        raise BergScaleError(f"{output} is not a berg-scale output (no run.json, no markers)")
+    inputs = [entry["name"] for entry in (manifest or {}).get("input_shards", [])]
+    pending = sorted(set(inputs) - done - failed)
+    totals = {"rows": 0, "ok": 0, "errors": 0}
+    paths = [store.path(DONE_DIR, f"{name}.json") for name in sorted(done)]
+    if paths:
+        for raw in store.fs.cat(paths).values():
+            marker = json.loads(raw)
+            for key in totals:
+                totals[key] += int(marker.get(key, 0))
+    failures = {}
+    for name in sorted(failed):
+        marker = store.read_json(store.failed_path(name)) or {}
+        failures[name] = marker.get("error", "")
+    return {
+        "output": output,
+        "run_status": (manifest or {}).get("status", "unknown"),
+        "shards": {"total": len(inputs) or len(done | failed), "done": len(done),
+                   "failed": len(failed), "pending": len(pending)},
+        "images": totals,
+        "failed": failures,
+        "pending": pending[:50],
+        "this_run": (manifest or {}).get("this_run", {}),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from berg_scale.io.storage import StorageOptions
+
+    storage = StorageOptions(endpoint_url=args.endpoint_url) if args.endpoint_url else None
+    summary = output_status(args.output, storage)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    shards, images = summary["shards"], summary["images"]
+    print(f"output:  {summary['output']} (last run: {summary['run_status']})")
+    print(f"shards:  {shards['done']} done, {shards['failed']} failed, {shards['pending']} pending, "
+          f"of {shards['total']}")
+    print(f"images:  {images['rows']} rows, {images['ok']} ok, {images['errors']} error rows")
+    rate = summary["this_run"].get("images_per_second")
+    if rate:
+        print(f"last run: {summary['this_run'].get('images', 0)} images at {rate:.1f} images/s")
+    for name, error in summary["failed"].items():
+        print(f"failed:  {name}: {error}")
+    if summary["pending"]:
+        more = shards["pending"] - len(summary["pending"])
+        print(f"pending: {', '.join(summary['pending'][:10])}" + (f" (+{more} more)" if more > 0 else ""))
+    return 0
