@@ -109,9 +109,15 @@ def _scaler_and_pca(rng, k: int, stats, components_dtype: str) -> tuple[dict, di
     return scaler, pca
 
 
-def _regression(rng, n_out: int, k: int) -> dict:
+def _regression(rng, n_out: int, k: int, shared: float = 0.0) -> dict:
+    """Random regression; `shared` adds a common direction so outputs correlate like
+    neighbouring vertices do (ROI means then do not average out to ~0)."""
+    coef = _normal(rng, (n_out, k), 1.0 / math.sqrt(k))
+    if shared:
+        direction = _normal(rng, (k,), 1.0 / math.sqrt(k))
+        coef += shared * rng.uniform(0.5, 1.5, (n_out, 1)).astype(np.float32) * direction
     return {
-        "coef_": _normal(rng, (n_out, k), 1.0 / math.sqrt(k)),
+        "coef_": coef,
         "intercept_": _normal(rng, (n_out,), 0.1),
         "n_features_in_": k,
     }
@@ -126,8 +132,8 @@ def _write_fsaverage(root: Path, subject: int, seed: int, k: int, rois: Iterable
     weights = {
         "scaler_param": scaler,
         "pca_param": pca,
-        "lh_reg_param": _regression(rng, n, k),
-        "rh_reg_param": _regression(rng, n, k),
+        "lh_reg_param": _regression(rng, n, k, shared=1.5),
+        "rh_reg_param": _regression(rng, n, k, shared=1.5),
     }
     _save_npy(root, layout.weight_files(model_id, subject)[0], weights)
     roi_names = [card.canonical_roi(r) or r for r in rois]
@@ -231,7 +237,11 @@ def fwrf_state_dict(rng: np.random.Generator, n_voxels: int) -> dict:
         "rf0": torch.from_numpy(_normal(rng, (n_voxels, 27, 27), 2.0)),
         "rf1": torch.from_numpy(_normal(rng, (n_voxels, 25, 25), 2.0)),
         "rf2": torch.from_numpy(_normal(rng, (n_voxels, 13, 13), 2.0)),
-        "w": torch.from_numpy(_normal(rng, (n_voxels, 768), 3.0 / math.sqrt(768))),
+        # A shared direction in w makes voxels co-vary, as real ROI voxels do.
+        "w": torch.from_numpy(
+            _normal(rng, (n_voxels, 768), 3.0 / math.sqrt(768))
+            + rng.uniform(0.5, 1.5, (n_voxels, 1)).astype(np.float32) * _normal(rng, (1, 768), 3.0 / math.sqrt(768))
+        ),
         "b": torch.from_numpy(_normal(rng, (n_voxels,), 0.05)),
     }
 
