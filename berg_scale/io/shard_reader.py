@@ -190,10 +190,9 @@ class ReadAheadFile(io.RawIOBase):
         while remaining is None or remaining > 0:
             chunk_end = self._chunk_start + len(self._chunk)
             if self._pos < self._chunk_start:
-                prev_start = self._chunk_start - len(self._previous)
-                piece = self._previous[self._pos - prev_start :]
+                source, start = self._previous, self._chunk_start - len(self._previous)
             elif self._pos < chunk_end:
-                piece = self._chunk[self._pos - self._chunk_start :]
+                source, start = self._chunk, self._chunk_start
             else:
                 data = self._next_chunk()
                 if data is None:
@@ -202,8 +201,10 @@ class ReadAheadFile(io.RawIOBase):
                 self._chunk_start = chunk_end
                 self._chunk = data
                 continue
+            begin = self._pos - start
+            end = len(source) if remaining is None else min(len(source), begin + remaining)
+            piece = source[begin:end]  # bounded slice: never copies the rest of a chunk
             if remaining is not None:
-                piece = piece[:remaining]
                 remaining -= len(piece)
             parts.append(piece)
             self._pos += len(piece)
