@@ -22,6 +22,7 @@ from berg_scale.io.markers import OutputStore, read_done_marker, with_storage_re
 from berg_scale.io.shard_listing import InputShard
 
 WAIT_TIMEOUT_S = 0.2
+PROBE_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -34,6 +35,7 @@ class WorkerSlot:
     ready_ref: Any = None
     losses: int = 0
     shards_done: int = 0
+    next_probe: float = 0.0
 
 
 @dataclass
@@ -126,6 +128,10 @@ class ShardScheduler:
     def _dispatch(self) -> None:
         now = self.clock()
         for slot in self.slots:
+            if slot.state == "starting" and slot.ready_ref is None and slot.next_probe <= now:
+                slot.ready_ref = slot.handle.ready.remote()
+                self.restarting[slot.ready_ref] = slot
+        for slot in self.slots:
             if slot.state != "idle":
                 continue
             shard = self._next_pending(now)
@@ -181,9 +187,14 @@ class ShardScheduler:
 
         slot = self.restarting.pop(ref)
         slot.ready_ref = None
+        from ray.exceptions import ActorUnavailableError
+
         try:
             ray.get(ref)
-        except Exception:  # noqa: BLE001 - the actor is out of restarts
+        except ActorUnavailableError:
+            slot.next_probe = self.clock() + PROBE_INTERVAL_S  # still restarting: ask again
+            return
+        except Exception:  # noqa: BLE001 - out of restarts, or the constructor failed
             slot.state = "dead"
             return
         slot.state = "idle"
