@@ -39,7 +39,7 @@ from __future__ import annotations
 import functools
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -59,8 +59,6 @@ RESAMPLE_FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 _MAX_REASON_CHARS = 160
-
-Crop = Literal["center", "none"]
 
 
 class DecodeError(BergScaleError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
 import queue
 import tarfile
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
 
 from berg_scale.errors import BergScaleError
-from berg_scale.io.storage import StorageOptions, filesystem_for, join
+from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote, join
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 JSON_EXTENSION = "json"
@@ -76,7 +77,8 @@ class ShardSample:
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
-    """WebDataset's key/extension split, or None for names that belong to no sample."""
+    """WebDataset's key/extension split (extension lower-cased, as WebDataset does by
+    default), or None for names that belong to no sample."""
     directory, base = posixpath.split(name)
     if base.startswith(".") or "." not in base:
         return None
@@ -84,7 +86,7 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     if not stem or not ext:
         return None
     key = f"{directory}/{stem}" if directory else stem
-    return key, ext
+    return key, ext.lower()
 
 
 def image_field(extensions: list[str]) -> str | None:
@@ -231,14 +233,15 @@ def _open_shard(
     url: str, storage: StorageOptions | None, chunk_bytes: int, read_ahead_bytes: int
 ) -> ReadAheadFile:
     fs, path = filesystem_for(url, storage)
+    if not is_remote(url) and os.path.isdir(path):
+        raise ShardReadError(url, "it is a folder, not a tar file")
     try:
-        if fs.isdir(path):
-            raise ShardReadError(url, "it is a folder, not a tar file")
-        raw = fs.open(path, "rb", block_size=chunk_bytes, cache_type="none")
-    except FileNotFoundError:
+        try:
+            raw = fs.open(path, "rb", block_size=chunk_bytes, cache_type="none")
+        except TypeError:  # filesystems without cache options
+            raw = fs.open(path, "rb")
+    except (FileNotFoundError, IsADirectoryError):
         raise ShardReadError(url, "no such shard") from None
-    except TypeError:  # filesystems without cache options
-        raw = fs.open(path, "rb")
     depth = max(0, read_ahead_bytes // max(chunk_bytes, 1))
     return ReadAheadFile(raw, chunk_bytes, depth)
 

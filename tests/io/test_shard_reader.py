@@ -85,7 +85,7 @@ def test_empty_file_and_empty_archive(tmp_path):
     [
         ("abc.jpg", ("abc", "jpg")),
         ("dir/abc.seg.png", ("dir/abc", "seg.png")),
-        ("dir.v1/abc.JPG", ("dir.v1/abc", "JPG")),
+        ("dir.v1/abc.JPG", ("dir.v1/abc", "jpg")),
         ("noext", None),
         (".hidden.jpg", None),
         ("dir/.DS_Store", None),
@@ -99,7 +99,7 @@ def test_webdataset_key_rule(name, expected):
 def test_image_field_prefers_exact_extensions():
     assert image_field(["json", "seg.png", "jpg"]) == "jpg"
     assert image_field(["json", "seg.png"]) == "seg.png"
-    assert image_field(["JPEG", "json"]) == "JPEG"
+    assert image_field(["JPEG", "json"]) == "JPEG"  # also accepts unnormalised names
     assert image_field(["json", "cls", "txt"]) is None
 
 
@@ -145,7 +145,7 @@ def test_grouping_member_types_and_limits(tmp_path):
     # links and folders are not files of a sample (and links are never followed)
     assert [s.key for s in samples] == ["a", "b", "c", "d", "a"]
     a = samples[0]
-    assert (a.image, a.image_ext, a.json) == (b"A-image", "JPG", {"label": 1})
+    assert (a.image, a.image_ext, a.json) == (b"A-image", "jpg", {"label": 1})
     assert any("extra image members" in note for note in a.notes)
     assert samples[1].error == "no image member (found: cls, json)"
     assert samples[1].json is None and "not valid JSON" in samples[1].notes[0]
