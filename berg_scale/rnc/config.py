@@ -59,7 +59,7 @@ class MultivariateConfig(_Strict):
     chance: float = Field(0.05, gt=0, lt=1)
     device: str = "auto"
     storage_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    chunk: int = Field(256, ge=1)
+    chunk: int | None = Field(None, ge=1)  # candidates per gather; default sizes it from the voxel count
     log_every: int = Field(100, ge=1)
 
 

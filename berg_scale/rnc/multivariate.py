@@ -28,33 +28,42 @@ def mutation_sizes(batch_size: int, fractions: Sequence[float] = MUTATION_FRACTI
     return [1] + [int(round(f * batch_size)) for f in fractions]
 
 
-def _tril_index(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _tril_flat_index(k: int, device: torch.device) -> torch.Tensor:
+    """Positions of the strictly lower triangle in a flattened K x K matrix."""
     rows, cols = torch.tril_indices(k, k, offset=-1, device=device)
-    return rows, cols
+    return rows * k + cols
+
+
+def auto_chunk(patterns: PatternSet, batch_size: int, budget_bytes: int = 128 * 1024 * 1024) -> int:
+    """Candidates per gather so that one gathered block stays near `budget_bytes`."""
+    widest = max(int(b.shape[1]) for b in patterns.blocks)
+    return max(1, budget_bytes // max(1, batch_size * widest * 4))
 
 
 def weighted_tril(
-    patterns: PatternSet, batches: torch.Tensor, weights: Mapping[int, float], chunk: int = 256
+    patterns: PatternSet, batches: torch.Tensor, weights: Mapping[int, float], chunk: int | None = None
 ) -> torch.Tensor:
-    """Lower triangles (B, K(K-1)/2) of sum_s w_s Z_s[b] Z_s[b]^T, in float32."""
+    """Lower triangles (B, K(K-1)/2) of sum_s w_s Z_s[b] Z_s[b]^T, in float32.
+
+    On the CPU the gathered rows are promoted to float32 before the product; on a GPU
+    the product runs in the storage dtype (bf16/fp16 tensor cores accumulate in fp32).
+    """
     b, k = batches.shape
-    rows, cols = _tril_index(k, patterns.device)
-    out = torch.zeros((b, rows.numel()), dtype=torch.float32, device=patterns.device)
-    compute = torch.float32 if patterns.device.type == "cpu" else None
+    flat = _tril_flat_index(k, patterns.device)
+    out = torch.zeros((b, flat.numel()), dtype=torch.float32, device=patterns.device)
+    chunk = chunk or auto_chunk(patterns, k)
+    promote = patterns.device.type == "cpu"
     for start in range(0, b, chunk):
         idx = batches[start : start + chunk]
-        acc = None
+        acc = out[start : start + chunk]
         for subject, weight in weights.items():
             if weight == 0:
                 continue
             x = patterns.block(subject)[idx]
-            if compute is not None:
-                x = x.to(compute)
-            gram = torch.bmm(x, x.transpose(1, 2)).to(torch.float32)
-            tri = gram[:, rows, cols] * weight
-            acc = tri if acc is None else acc + tri
-        if acc is not None:
-            out[start : start + chunk] = acc
+            if promote:
+                x = x.to(torch.float32)
+            gram = torch.bmm(x, x.transpose(1, 2)).flatten(1).index_select(1, flat).to(torch.float32)
+            acc.add_(gram, alpha=weight)
     return out
 
 
@@ -78,7 +87,7 @@ class PairScorer:
 
     roi1: PatternSet
     roi2: PatternSet
-    chunk: int = 256
+    chunk: int | None = None  # candidates per gather; None sizes it from the pattern width
 
     def score(self, batches: np.ndarray | torch.Tensor, subjects: Sequence[int]) -> np.ndarray:
         idx = torch.as_tensor(np.asarray(batches), dtype=torch.long, device=self.roi1.device)

@@ -25,7 +25,7 @@ class MultivariateParams:
     n_permutations: int = 100_000
     alpha: float = 0.05
     chance: float = 0.05
-    chunk: int = 256
+    chunk: int | None = None
     log_every: int = 100
 
 

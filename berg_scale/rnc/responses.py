@@ -117,7 +117,10 @@ class ResponseStore:
         return posixpath.join(self.root, "responses", f"{shard}.parquet")
 
     def readouts(self) -> dict:
-        """The `columns` mapping of `readouts.json` (coords such as voxel ncsnr)."""
+        """Column name -> entry of `readouts.json` (coords such as voxel ncsnr).
+
+        Accepts the engine's list of entries (each with "name") and a name-keyed mapping.
+        """
         if self._readouts is None:
             path = posixpath.join(self.root, "readouts.json")
             if not self.fs.exists(path):
@@ -130,9 +133,12 @@ class ResponseStore:
                     data = json.load(handle)
                 except ValueError as exc:
                     raise ResponsesError(f"readouts.json in {self.url!r} is not valid JSON: {exc}") from exc
-            if not isinstance(data, dict) or not isinstance(data.get("columns"), dict):
-                raise ResponsesError(f"readouts.json in {self.url!r} lacks a 'columns' mapping")
-            self._readouts = data["columns"]
+            columns = data.get("columns") if isinstance(data, dict) else None
+            if isinstance(columns, list):  # the engine writes a list of entries with "name"
+                columns = {e["name"]: e for e in columns if isinstance(e, dict) and "name" in e}
+            if not isinstance(columns, dict):
+                raise ResponsesError(f"readouts.json in {self.url!r} lacks a 'columns' list or mapping")
+            self._readouts = columns
         return self._readouts
 
     def dataset(self, shards: Sequence[str] | None = None) -> ds.Dataset:

@@ -15,6 +15,10 @@ import numpy as np
 from berg_scale.errors import ConfigError
 
 _MAX_ROUNDS = 10_000
+# Below this ratio of population to drawn items, collisions are frequent and drawing
+# random keys for the whole (small) population is cheaper than rejection.
+_DENSE_RATIO = 4
+_DENSE_ROWS = 16_384
 
 
 def _index_dtype(n: int) -> type:
@@ -28,6 +32,12 @@ def sample_subsets(rng: np.random.Generator, n: int, k: int, count: int) -> np.n
     if count == 0 or k == 0:
         return np.empty((count, k), dtype=_index_dtype(n))
     dtype = _index_dtype(n)
+    if n <= _DENSE_RATIO * k:
+        out = np.empty((count, k), dtype=dtype)
+        for start in range(0, count, _DENSE_ROWS):
+            keys = rng.random((min(_DENSE_ROWS, count - start), n))
+            out[start : start + keys.shape[0]] = np.sort(np.argpartition(keys, k - 1, axis=1)[:, :k], axis=1)
+        return out
     draws = np.sort(rng.integers(0, n, size=(count, k), dtype=dtype), axis=1)
     for _ in range(_MAX_ROUNDS):
         duplicate = draws[:, 1:] == draws[:, :-1]
@@ -60,6 +70,12 @@ def sample_excluding(
         )
     qmax = int(counts.max(initial=0))
     active = np.arange(qmax)[None, :] < counts[:, None]
+    if n <= _DENSE_RATIO * (width + qmax):
+        keys = rng.random((rows, n))
+        np.put_along_axis(keys, excluded.astype(np.int64), 2.0, axis=1)
+        out = np.argsort(keys, axis=1)[:, :qmax].astype(np.int64)
+        out[~active] = -1
+        return out
     out = rng.integers(0, n, size=(rows, qmax), dtype=np.int64)
     out[~active] = -1
     sentinel = np.int64(-1)

@@ -36,12 +36,14 @@ def write_synthetic_output(
     uncommitted_shards: Sequence[int] = (),
     dtype: str = "float32",
     storage: StorageOptions | None = None,
+    shard_bounds: Sequence[int] | None = None,
 ) -> list[str]:
     """Lay out N images' responses as `n_shards` consecutive shards; returns the keys.
 
     Image i gets key `image_key(i)`. Rows in `error_rows` are written with status
     "error" and null responses; shards in `uncommitted_shards` get a Parquet file but
-    no `_done` marker (as after a crash before commit).
+    no `_done` marker (as after a crash before commit). `shard_bounds` (n_shards + 1
+    increasing row numbers from 0 to N) overrides the even split.
     """
     voxel_columns = dict(voxel_columns or {})
     ncsnr = dict(ncsnr or {})
@@ -49,7 +51,8 @@ def write_synthetic_output(
     fs, root = filesystem_for(url, storage)
     for sub in ("responses", "_done"):
         fs.makedirs(posixpath.join(root, sub), exist_ok=True)
-    bounds = np.linspace(0, n, n_shards + 1).astype(int)
+    bounds = np.linspace(0, n, n_shards + 1).astype(int) if shard_bounds is None else np.asarray(shard_bounds)
+    n_shards = len(bounds) - 1
     errors = set(int(e) for e in error_rows)
     float_type = pa.float16() if dtype == "float16" else pa.float32()
     np_type = np.float16 if dtype == "float16" else np.float32
@@ -81,11 +84,12 @@ def write_synthetic_output(
             marker = {"shard": shard_name(j), "rows": hi - lo, "ok": int((~bad).sum()), "failed": int(bad.sum())}
             with fs.open(posixpath.join(root, "_done", f"{shard_name(j)}.json"), "w") as handle:
                 json.dump(marker, handle)
-    columns = {}
+    columns = []
     for name in list(voxel_columns) + list(mean_columns):
         base = name.split(":")[0]
         model_id, subject, selection = base.split("/")
         entry = {
+            "name": name,
             "model_id": model_id,
             "subject": int(subject.removeprefix("sub-")),
             "selection": {"roi": selection},
@@ -98,7 +102,7 @@ def write_synthetic_output(
         if base in ncsnr:
             values = np.asarray(ncsnr[base], dtype=float)
             entry["coords"] = {"voxel": list(range(values.size)), "ncsnr": values.tolist()}
-        columns[name] = entry
+        columns.append(entry)
     with fs.open(posixpath.join(root, "readouts.json"), "w") as handle:
         json.dump({"columns": columns}, handle)
     return keys
