@@ -48,7 +48,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--hashes", metavar="FILE", help="expected sha256 (sha256sum format or JSON)")
     parser.add_argument("--dry-run", action="store_true", help="list files and sizes, fetch nothing")
-    parser.add_argument("--no-metadata", action="store_true", help="skip metadata files")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--no-metadata", action="store_true", help="skip metadata files")
+    which.add_argument(
+        "--metadata-only", action="store_true", help="only metadata (enough for `berg-scale plan`)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--backbone", action="store_true", help="also say where the ViT-B/32 backbone goes"
@@ -116,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         progress=not args.no_progress,
         include_metadata=not args.no_metadata,
+        include_weights=not args.metadata_only,
     )
     if args.dry_run:
         print(report.table())

@@ -359,13 +359,16 @@ def fetch_weights(
     dry_run: bool = False,
     progress: bool = True,
     include_metadata: bool = True,
+    include_weights: bool = True,
 ) -> FetchReport:
     """Fetch exactly the weight and metadata files that `readouts` need into `dest`.
 
     `bucket` is any local path or s3:// URL holding a BERG root (BERG's public bucket by
     default, read anonymously from us-west-2 unless `storage` says otherwise).
     """
-    files = files_for_readouts(readouts, include_metadata=include_metadata)
+    files = files_for_readouts(
+        readouts, include_metadata=include_metadata, include_weights=include_weights
+    )
     if storage is None:
         storage = StorageOptions(anon=True, region=DEFAULT_REGION)
     fs, root = filesystem_for(bucket, storage)

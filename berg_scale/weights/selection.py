@@ -63,18 +63,22 @@ def _validated(request: WeightRequest) -> WeightRequest:
     return WeightRequest(request.model_id, request.subject, canonical)
 
 
-def files_for_readouts(readouts: Iterable[Any], include_metadata: bool = True) -> list[str]:
+def files_for_readouts(
+    readouts: Iterable[Any], include_metadata: bool = True, include_weights: bool = True
+) -> list[str]:
     """Relative paths (BERG layout) of every weight and metadata file, each listed once.
 
     `readouts` may hold `ReadoutSpec`s, `(model_id, subject, roi)` tuples or dicts with
     `model_id`, `subject` and `roi`/`selection`. Metadata is included by default because
-    ROI selections, ncsnr thresholds and coordinates are read from it.
+    ROI selections, ncsnr thresholds and coordinates are read from it; metadata alone
+    (`include_weights=False`) is enough for `berg-scale plan` to know exact widths.
     """
     files: dict[str, None] = {}
     for item in readouts:
         request = _validated(_as_request(item))
-        for path in layout.weight_files(request.model_id, request.subject, request.roi):
-            files[path] = None
+        if include_weights:
+            for path in layout.weight_files(request.model_id, request.subject, request.roi):
+                files[path] = None
         if include_metadata:
             files[layout.metadata_file(request.model_id, request.subject, request.roi)] = None
     if not files:
