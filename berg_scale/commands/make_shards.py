@@ -40,7 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--overwrite", action="store_true",
-        help="replace shards and manifest already present in DEST",
+        help="replace what DEST holds from an earlier run: its manifest.json and every "
+        "PREFIX*.tar file (stale shards are deleted)",
     )
     parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint URL")
     parser.add_argument("--region", default=None, help="S3 region")

@@ -213,6 +213,9 @@ def pack_folder(
             f"{dest} already holds {len(existing)} shard/manifest file(s) such as "
             f"{existing[0]!r}; choose an empty destination or pass --overwrite"
         )
+    if MANIFEST_NAME in existing:
+        # Without a manifest the destination reads as incomplete until the new run ends.
+        _remove(join(dest, MANIFEST_NAME), storage)
 
     candidates, ignored = walk_images(src_dir)
     keys = dict(zip((c.relpath for c in candidates), unique_keys(c.relpath for c in candidates)))
@@ -272,9 +275,23 @@ def pack_folder(
             writer.abort()
         raise
 
+    written = {shard.name for shard in report.shards}
+    for name in existing:
+        if name != MANIFEST_NAME and name not in written:
+            _remove(join(dest, name), storage)  # a stale shard from an earlier, larger run
     if report.shards:
         report.manifest_url = _write_manifest(report, src_dir, per_shard, check, storage)
     return report
+
+
+def _remove(url: str, storage: StorageOptions | None) -> None:
+    fs, path = filesystem_for(url, storage)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+    except Exception as exc:
+        raise BergScaleError(f"cannot remove {url} while overwriting: {exc}") from exc
 
 
 def _write_manifest(

@@ -118,7 +118,14 @@ def test_occupied_destination_needs_overwrite(mixed_folder, tmp_path, capsys):
     assert main(["make-shards", str(src), str(dest), "--quiet"]) == 0
     assert main(["make-shards", str(src), str(dest), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    assert main(["make-shards", str(src), str(dest), "--quiet", "--per-shard", "3"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["make-shards", str(src), str(dest), "--quiet", "--overwrite",
+                 "--per-shard", "3"]) == 0
+    assert len(list(dest.glob("shard-*.tar"))) == 4
+    # a smaller rewrite removes the shards the new manifest no longer lists
     assert main(["make-shards", str(src), str(dest), "--quiet", "--overwrite"]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["manifest.json", "shard-000000.tar"]
 
 
 @pytest.mark.parametrize(
