@@ -26,6 +26,7 @@ class RunStats:
     images_error: int = 0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     started: float = field(default_factory=time.monotonic)
+    startup_seconds: float = 0.0
     finished: float | None = None
 
     def add_marker(self, marker: dict[str, Any]) -> None:
@@ -53,6 +54,7 @@ class RunStats:
             "images": self.images,
             "images_ok": self.images_ok,
             "images_error": self.images_error,
+            "startup_seconds": round(self.startup_seconds, 3),
             "wall_seconds": round(self.elapsed, 3),
             "images_per_second": round(self.images_per_second, 3),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},

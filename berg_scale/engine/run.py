@@ -161,6 +161,8 @@ def run_generation(
             with_storage_retries(lambda: write_readouts(store, columns), "writing readouts.json")
         log(f"generating {len(todo)} shards ({stats.shards_skipped} already done) with "
             f"{len(slots)} workers into {config.output}")
+        stats.startup_seconds = stats.elapsed
+        stats.started = time.monotonic()  # throughput counts from the first ready worker
         progress = ProgressBar(stats, enabled=show_progress)
 
         def on_done(name: str, marker: dict[str, Any]) -> None:
