@@ -154,7 +154,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data), formats=_open_formats())
     except Image.DecompressionBombError as exc:
-        raise DecodeError(f"image too large (decompression bomb): {_short(exc)}") from None
+        raise DecodeError(f"image too large (decompression bomb: {_short(exc)})") from None
     except Image.UnidentifiedImageError:
         claimed = sniff_format(data)
         if claimed:
@@ -170,9 +170,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise DecodeError(f"image has no pixels ({width} x {height})")
     if width * height > max_pixels:
-        raise DecodeError(
-            f"image too large: {width} x {height} = {width * height} pixels exceeds "
-            f"max_pixels={max_pixels} (decompression bomb guard)"
+        raise DecodeError(  # stable text before "(", so error reasons group well
+            f"image too large ({width} x {height} = {width * height} pixels > "
+            f"max_pixels={max_pixels}; decompression bomb guard)"
         )
     return img
 
@@ -258,7 +258,7 @@ def decode_to_rgb(
             raise DecodeError("truncated image data") from None
         raise DecodeError(f"corrupt image data ({_short(exc)})") from None
     except Image.DecompressionBombError as exc:
-        raise DecodeError(f"image too large (decompression bomb): {_short(exc)}") from None
+        raise DecodeError(f"image too large (decompression bomb: {_short(exc)})") from None
     except Exception as exc:  # hostile data reaches many code paths inside Pillow
         raise DecodeError(f"corrupt image data ({_short(exc)})") from None
     try:
