@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             storage=storage,
             check=args.check,
-            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+            max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
             workers=args.workers,
             overwrite=args.overwrite,
             progress=bar.update,

@@ -259,6 +259,10 @@ def decode_to_rgb(
         raise DecodeError(f"corrupt image data ({_short(exc)})") from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"image too large (decompression bomb: {_short(exc)})") from None
+    except MemoryError:
+        raise DecodeError(
+            "out of memory while decoding (lower max_pixels or give workers more memory)"
+        ) from None
     except Exception as exc:  # hostile data reaches many code paths inside Pillow
         raise DecodeError(f"corrupt image data ({_short(exc)})") from None
     try:

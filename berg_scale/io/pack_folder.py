@@ -194,6 +194,8 @@ def pack_folder(
     """
     if per_shard < 1:
         raise ConfigError(f"--per-shard must be at least 1, got {per_shard}")
+    if max_pixels < 1:
+        raise ConfigError(f"--max-pixels must be positive, got {max_pixels}")
     if check not in CHECKS:
         raise ConfigError(f"check must be one of {CHECKS}, got {check!r}")
     if not _PREFIX.fullmatch(prefix):

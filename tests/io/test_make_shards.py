@@ -133,6 +133,7 @@ def test_occupied_destination_needs_overwrite(mixed_folder, tmp_path, capsys):
     [
         (["--per-shard", "0"], "per-shard"),
         (["--prefix", "../x"], "prefix"),
+        (["--max-pixels", "0"], "max-pixels"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(mixed_folder, tmp_path, capsys, argv, message):
