@@ -215,3 +215,13 @@ def test_writer_refuses_unsafe_names(tmp_path):
             write_tar(str(tmp_path / "x.tar"), [(name, b"1")])
     assert not (tmp_path / "x.tar").exists()
     assert list(tmp_path.iterdir()) == []  # no temporary files left behind
+
+
+def test_long_and_unicode_keys_round_trip_through_pax_headers(tmp_path):
+    key = "deep/" + "d" * 120 + "/bild-ä-" + "x" * 80
+    url = str(tmp_path / "long.tar")
+    written = write_tar(url, [(f"{key}.png", b"P" * 3000), (f"{key}.json", b"{}"), ("k2.jpg", b"J")])
+    assert written.members == 3
+    samples = read_shard(url, chunk_bytes=1024, read_ahead_bytes=2048)
+    assert [(s.key, s.image) for s in samples] == [(key, b"P" * 3000), ("k2", b"J")]
+    assert samples[0].json == {}
