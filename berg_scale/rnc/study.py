@@ -26,8 +26,14 @@ def _log_default(message: str) -> None:
     print(f"[rnc] {message}", flush=True)
 
 
-def run_study(config: StudyConfig, log: Callable[[str], None] = _log_default) -> dict:
-    """Univariate and/or multivariate RNC as configured; returns the summary."""
+def run_study(
+    config: StudyConfig, log: Callable[[str], None] = _log_default, allow_auto_ray: bool = False
+) -> dict:
+    """Univariate and/or multivariate RNC as configured; returns the summary.
+
+    Distributed univariate selection attaches to the Ray named by RAY_ADDRESS (or, with
+    `allow_auto_ray`, the cluster this process runs in), else starts a local one.
+    """
     started = time.time()
     storage = config.storage.options()
     store = ResponseStore(config.responses, storage)
@@ -43,7 +49,18 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = _log_default) ->
         "outputs": [],
     }
     if config.univariate.enabled:
-        summary["univariate"] = _univariate(config, store, storage, fs, out_root, rois, pairs, summary, log)
+        started_ray = False
+        if config.univariate.distributed:
+            from berg_scale.engine.ray_connect import ensure_ray
+
+            started_ray = ensure_ray(allow_auto=allow_auto_ray)
+        try:
+            summary["univariate"] = _univariate(config, store, storage, fs, out_root, rois, pairs, summary, log)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
     if config.multivariate.enabled:
         summary["multivariate"] = _multivariate(config, store, fs, out_root, rois, pairs, summary, log)
     summary["elapsed_s"] = round(time.time() - started, 3)
