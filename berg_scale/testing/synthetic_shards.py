@@ -13,6 +13,7 @@ import functools
 import hashlib
 import io
 import json
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -246,6 +247,7 @@ def write_synthetic_shards(
     if n_shards < 0 or images_per_shard < 0:
         raise ValueError("n_shards and images_per_shard must be non-negative")
     rng = np.random.default_rng(seed)
+    key_stem = re.sub(r"[^A-Za-z0-9_-]", "_", prefix).rstrip("-_") or "img"
     slots = _defect_slots(defects, n_shards * images_per_shard, rng)
     infos = []
     for shard in range(n_shards):
@@ -266,7 +268,7 @@ def write_synthetic_shards(
                     ext, data = _defect_member(defect, pixels, image_rng)
                 else:
                     ext, data = fmt, encode(pixels, fmt)
-                key = f"{prefix.rstrip('-_') or 'img'}{shard:06d}-{index:06d}"
+                key = f"{key_stem}{shard:06d}-{index:06d}"
                 label = {
                     "label": int(image_rng.integers(0, 10)),
                     "key": key,

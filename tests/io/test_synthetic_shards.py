@@ -52,3 +52,9 @@ def test_impossible_defect_requests_are_refused(tmp_path):
         write_synthetic_shards(str(tmp_path), 1, 3, defects=["melted"])
     with pytest.raises(ValueError, match="do not fit"):
         write_synthetic_shards(str(tmp_path), 1, 2, defects={"cmyk": 3})
+
+
+def test_prefix_with_dots_still_gives_valid_keys(tmp_path):
+    (info,) = write_synthetic_shards(str(tmp_path), 1, 2, prefix="set.v2-")
+    assert info.name == "set.v2-000000.tar"
+    assert [s.key for s in read_shard(info.url)] == ["set_v2000000-000000", "set_v2000000-000001"]
