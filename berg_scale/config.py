@@ -324,10 +324,20 @@ def _resolve_env(node: Any, environ: Any, path: tuple[str, ...]) -> Any:
 
 def format_validation_error(exc: ValidationError) -> str:
     """Turn pydantic's multi-line report into one line: path, problem, bad value."""
-    messages = []
+    messages: list[str] = []
+    by_location: dict[str, int] = {}
     for error in exc.errors(include_url=False):
-        location = ".".join(str(part) for part in error["loc"]) or "config"
+        parts = [part for part in error["loc"] if not _is_union_tag(part)]
+        location = ".".join(str(part) for part in parts) or "config"
         kind = error["type"]
+        if location in by_location and kind not in ("extra_forbidden", "missing"):
+            # One message per field, even when a union produced one error per member type.
+            index = by_location[location]
+            problem = _problem(error)
+            if problem not in messages[index]:
+                messages[index] = messages[index].replace(" (got", f", or {problem} (got", 1)
+            continue
+        by_location[location] = len(messages)
         if kind == "extra_forbidden":
             allowed = _allowed_keys(error["loc"][:-1])
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
@@ -335,14 +345,29 @@ def format_validation_error(exc: ValidationError) -> str:
         elif kind == "missing":
             messages.append(f"{location}: required field is missing")
         else:
-            problem = error["msg"]
-            if problem.startswith("Value error, "):
-                problem = problem[len("Value error, ") :]
+            problem = _problem(error)
             value = error.get("input")
-            secret = str(error["loc"][-1]) in ("key", "secret") if error["loc"] else False
+            secret = bool(parts) and str(parts[-1]) in ("key", "secret")
             shown = "value hidden" if secret else _short_repr(value)
-            messages.append(f"{location}: {problem[:1].lower() + problem[1:]} (got {shown})")
+            if not secret and shown in problem:
+                messages.append(f"{location}: {problem}")
+            else:
+                messages.append(f"{location}: {problem} (got {shown})")
     return _one_line("; ".join(messages))
+
+
+_UNION_TAG = re.compile(r"^(int|str|float|bool|none|[a-z-]+\[.*\])$")
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and bool(_UNION_TAG.match(part))
+
+
+def _problem(error: dict[str, Any]) -> str:
+    problem = error["msg"]
+    if problem.startswith("Value error, "):
+        problem = problem[len("Value error, ") :]
+    return problem[:1].lower() + problem[1:]
 
 
 def _allowed_keys(location: tuple) -> list[str]:
