@@ -9,6 +9,7 @@ which is what lets other processes read the root while a fetch is running.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -301,12 +302,14 @@ def fetch_files(
     progress: bool = True,
     chunk_bytes: int = CHUNK_BYTES,
     lock_timeout_s: float = 3600.0,
+    lock: bool = True,
 ) -> FetchReport:
     """Copy `files` (relative paths) from `source_root` on `fs` into the local `dest`.
 
     Holds the lock of `dest` while transferring, so two fetches into one root (two
     terminals, or many workers on one node) never write the same part file; whoever
-    comes second finds the files present and transfers nothing.
+    comes second finds the files present and transfers nothing. `lock=False` is for
+    callers that already hold that lock.
     """
     if is_remote(dest):
         raise BergScaleError(f"the destination must be a local folder, got {dest!r}")
@@ -317,7 +320,7 @@ def fetch_files(
     if dry_run:
         report.files, _ = plan_files(fs, source_root, files, dest)
         return report
-    with directory_lock(dest, timeout_s=lock_timeout_s):
+    with directory_lock(dest, timeout_s=lock_timeout_s) if lock else contextlib.nullcontext():
         report.files, etags = plan_files(fs, source_root, files, dest)
         from tqdm.auto import tqdm
 

@@ -18,6 +18,7 @@ from typing import Iterable
 from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote
 from berg_scale.weights.fetch import fetch_files
+from berg_scale.weights.locking import directory_lock
 
 STAMP_NAME = ".berg-scale-cache.json"
 LOG_NAME = "fetch-log.jsonl"
@@ -93,22 +94,27 @@ def ensure_local_weights(
     local_root = cache_root_for(remote_root, cache_dir or default_cache_dir())
     if _already_complete(local_root, files):
         return local_root
-    fs, root = filesystem_for(remote_root, storage)
-    started = time.time()
-    report = fetch_files(
-        fs, root, files, local_root, progress=progress, lock_timeout_s=lock_timeout_s
-    )
-    _write_stamp(local_root, remote_root, {f.path: f.size for f in report.files})
-    if report.downloaded:
-        entry = {
-            "time": started,
-            "pid": os.getpid(),
-            "host": os.uname().nodename,
-            "remote_root": remote_root,
-            "files": report.downloaded,
-            "bytes": report.bytes_transferred,
-            "seconds": round(time.time() - started, 3),
-        }
-        with open(os.path.join(local_root, LOG_NAME), "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+    with directory_lock(local_root, timeout_s=lock_timeout_s):
+        # Whoever held the lock before us may have fetched everything meanwhile.
+        if _already_complete(local_root, files):
+            return local_root
+        fs, root = filesystem_for(remote_root, storage)
+        started = time.time()
+        report = fetch_files(fs, root, files, local_root, progress=progress, lock=False)
+        _write_stamp(local_root, remote_root, {f.path: f.size for f in report.files})
+        if report.downloaded:
+            _append_log(local_root, {
+                "time": started,
+                "pid": os.getpid(),
+                "host": os.uname().nodename,
+                "remote_root": remote_root,
+                "files": report.downloaded,
+                "bytes": report.bytes_transferred,
+                "seconds": round(time.time() - started, 3),
+            })
     return local_root
+
+
+def _append_log(local_root: str, entry: dict) -> None:
+    with open(os.path.join(local_root, LOG_NAME), "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")

@@ -82,3 +82,15 @@ def test_local_root_is_used_in_place(tmp_path):
     assert ensure_local_weights(str(tmp_path), ["a/w.npy"], str(tmp_path / "cache")) == str(tmp_path)
     with pytest.raises(BergScaleError, match="fetch-weights"):
         ensure_local_weights(str(tmp_path), ["a/missing.npy"], str(tmp_path / "cache"))
+
+
+def test_a_held_lock_times_out_with_a_clear_error(tmp_path):
+    from berg_scale.errors import StorageError
+    from berg_scale.weights.locking import directory_lock
+
+    with directory_lock(str(tmp_path)):
+        with pytest.raises(StorageError, match="held"):
+            with directory_lock(str(tmp_path), timeout_s=0.3):
+                pass
+    with directory_lock(str(tmp_path), timeout_s=0.3):  # released on exit
+        pass

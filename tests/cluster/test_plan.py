@@ -217,6 +217,16 @@ def test_plan_cli_on_the_cluster_configs(name, capsys):
     assert report["total_bytes"] > 0
 
 
+def test_plan_cli_prints_a_readable_estimate(capsys):
+    path = str(REPO / "configs" / "fwrf-rnc-rois.yaml")
+    assert main(["plan", path, "--images", "1000", "--gpus", "2", "--images-per-second-per-gpu", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "1,000 images (--images)" in out
+    assert "fmri-nsd-fwrf/sub-01/V1 " in out and "1,350" in out
+    assert "0.01 GPU-hours at 50 images/s per GPU (--images-per-second-per-gpu)" in out
+    assert "on 2 GPUs (--gpus)" in out
+
+
 def test_config_comments_state_what_plan_prints():
     """The sizes written in the configs' comments are the ones `plan` computes."""
     from berg_scale.config import load_config
