@@ -62,7 +62,7 @@ def shard_output_name(relative: str) -> str:
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    parts = [part for part in stem.split("/") if part not in ("", ".")]
+    parts = [part for part in stem.split("/") if part not in ("", ".", "..")]
     cleaned = [_UNSAFE_CHARACTERS.sub("_", part).strip("_") or "_" for part in parts]
     name = "__".join(cleaned)
     if not name or name.startswith("."):

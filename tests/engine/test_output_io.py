@@ -1,0 +1,170 @@
+"""Shard listing, the Parquet response writer, markers and reading back (no Ray)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from berg_scale.engine.stand_in_model import StandInColumn, StandInReadout
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def test_listing_forms_and_output_names(tmp_path):
+    from berg_scale.io.shard_listing import list_shards, shard_output_name
+
+    for name in ("a/0001.tar", "a/0002.tar", "b/x y.tar", "top.tar", "a/notes.txt"):
+        _touch(tmp_path / name)
+    folder = list_shards(str(tmp_path))
+    assert [s.name for s in folder] == ["a__0001", "a__0002", "b__x_y", "top"]
+    assert [s.name for s in list_shards(str(tmp_path / "a" / "{0001..0002}.tar"))] == ["0001", "0002"]
+    assert [s.name for s in list_shards(str(tmp_path / "*" / "*.tar"))] == ["a__0001", "a__0002", "b__x_y"]
+    single = list_shards(str(tmp_path / "top.tar"))
+    assert single[0].name == "top" and single[0].url == str(tmp_path / "top.tar")
+    assert shard_output_name("../../etc/passwd.tar") == "etc__passwd"
+    assert shard_output_name(".hidden.tar") == "shard.hidden"
+
+
+def test_listing_refuses_name_collisions(tmp_path):
+    from berg_scale.errors import ConfigError
+    from berg_scale.io.shard_listing import list_shards
+
+    _touch(tmp_path / "one" / "s.tar")
+    _touch(tmp_path / "two" / "s.tar")
+    with pytest.raises(ConfigError, match="same output name"):
+        list_shards([str(tmp_path / "one"), str(tmp_path / "two")])
+
+
+@pytest.mark.s3
+def test_listing_on_s3(s3_server, s3_bucket):
+    from berg_scale.io.shard_listing import list_shards
+
+    client = s3_server.client()
+    bucket = s3_bucket.removeprefix("s3://")
+    for key in ("x/000000.tar", "x/000001.tar", "x/sub/000002.tar", "x/readme.md"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+    storage = s3_server.storage_options()
+    assert [s.name for s in list_shards(f"{s3_bucket}/x/", storage)] == ["000000", "000001", "sub__000002"]
+    brace = list_shards(f"{s3_bucket}/x/{{000000..000001}}.tar", storage)
+    assert [s.url for s in brace] == [f"{s3_bucket}/x/000000.tar", f"{s3_bucket}/x/000001.tar"]
+
+
+def _columns():
+    readout = StandInReadout(model_id="m", subject=2)
+    return [
+        StandInColumn("m/sub-02/eeg", (2, 3, 4), "float16", ("repetition", "channel", "time"),
+                      {"channel": np.array(["Oz", "Cz", "Pz"]), "time": np.linspace(0, 0.3, 4)}, readout, "responses"),
+        StandInColumn("m/sub-02/eeg:mean", (), "float32", (), {}, readout, "mean"),
+    ]
+
+
+def _write_shard(tmp_path, rows, outputs, name="s0"):
+    from berg_scale.io.markers import OutputStore, write_done_marker, write_readouts
+    from berg_scale.io.response_writer import ResponseShardWriter, build_record_batch, build_schema, iter_descriptions
+
+    store = OutputStore(str(tmp_path / "out"))
+    schema = build_schema(iter_descriptions(_columns()), {"weight_hashes": {"w": "abc"}})
+    with ResponseShardWriter(store, name, schema) as writer:
+        writer.write(build_record_batch(schema, name, rows, outputs))
+        path = writer.commit()
+    write_done_marker(store, name, {"rows": len(rows)})
+    write_readouts(store, iter_descriptions(_columns(), with_coords=True))
+    return store, path
+
+
+def test_writer_schema_nulls_float16_and_read_back(tmp_path):
+    from berg_scale.io.response_writer import RowInfo, read_schema_metadata
+    from berg_scale.io.results import readout_array, readout_xarray
+
+    rows = [RowInfo("k0", 0), RowInfo("k1", 1, "truncated"), RowInfo("k2", 2)]
+    eeg = np.arange(2 * 24, dtype=np.float32).reshape(2, 2, 3, 4) / 7
+    outputs = {"m/sub-02/eeg": eeg, "m/sub-02/eeg:mean": np.array([0.5, 1.5], dtype=np.float32)}
+    store, path = _write_shard(tmp_path, rows, outputs)
+
+    table = pq.read_table(path)
+    assert table.column_names[:5] == ["key", "shard", "index", "status", "error"]
+    eeg_type = table.schema.field("m/sub-02/eeg").type
+    assert eeg_type.list_size == 24 and str(eeg_type.value_type) == "halffloat"
+    assert table.column("status").to_pylist() == ["ok", "error", "ok"]
+    assert table.column("error").to_pylist() == [None, "truncated", None]
+    assert table.column("m/sub-02/eeg").null_count == 1
+    meta = read_schema_metadata(table.schema)
+    assert meta["weight_hashes"] == {"w": "abc"}
+    assert meta["columns"][0]["dims"] == ["repetition", "channel", "time"]
+    assert list((tmp_path / "out" / "_tmp").iterdir()) == []
+
+    keys, values = readout_array(str(tmp_path / "out"), "m/sub-02/eeg")
+    assert list(keys) == ["k0", "k2"] and values.shape == (2, 2, 3, 4) and values.dtype == np.float16
+    np.testing.assert_array_equal(values, eeg.astype(np.float16))
+    _, with_errors = readout_array(str(tmp_path / "out"), "m/sub-02/eeg:mean", status_ok_only=False)
+    assert np.isnan(with_errors[1]) and with_errors[2] == 1.5
+    labelled = readout_xarray(str(tmp_path / "out"), "m/sub-02/eeg")
+    assert labelled.dims == ("image", "repetition", "channel", "time")
+    assert list(labelled.coords["channel"].values) == ["Oz", "Cz", "Pz"]
+
+
+def test_only_committed_shards_are_read(tmp_path):
+    from berg_scale.errors import BergScaleError
+    from berg_scale.io.response_writer import RowInfo
+    from berg_scale.io.results import open_responses
+
+    rows = [RowInfo("k0", 0)]
+    outputs = {"m/sub-02/eeg": np.zeros((1, 24), np.float32), "m/sub-02/eeg:mean": np.zeros(1, np.float32)}
+    store, _ = _write_shard(tmp_path, rows, outputs, name="committed")
+    # A response file without a marker (a crashed attempt) must be invisible.
+    (tmp_path / "out" / "responses" / "orphan.parquet").write_bytes(
+        (tmp_path / "out" / "responses" / "committed.parquet").read_bytes())
+    assert open_responses(str(tmp_path / "out")).count_rows() == 1
+    with pytest.raises(BergScaleError, match="no committed shards"):
+        open_responses(str(tmp_path / "nothing"))
+
+
+def test_writer_abort_leaves_nothing_behind(tmp_path):
+    from berg_scale.io.markers import OutputStore
+    from berg_scale.io.response_writer import ResponseShardWriter, RowInfo, build_record_batch, build_schema, iter_descriptions
+
+    store = OutputStore(str(tmp_path / "out"))
+    schema = build_schema(iter_descriptions(_columns()), {})
+    with pytest.raises(RuntimeError):
+        with ResponseShardWriter(store, "s", schema) as writer:
+            writer.write(build_record_batch(schema, "s", [RowInfo("k", 0, "bad")], {}))
+            raise RuntimeError("worker failure")
+    assert not (tmp_path / "out" / "responses").exists()
+    assert list((tmp_path / "out" / "_tmp").iterdir()) == []
+
+
+def test_wrong_output_width_is_an_error(tmp_path):
+    from berg_scale.io.response_writer import RowInfo, build_record_batch, build_schema, iter_descriptions
+
+    schema = build_schema(iter_descriptions(_columns()), {})
+    with pytest.raises(ValueError, match="expected 24 values per image"):
+        build_record_batch(schema, "s", [RowInfo("k", 0)],
+                           {"m/sub-02/eeg": np.zeros((1, 5), np.float32), "m/sub-02/eeg:mean": np.zeros(1)})
+
+
+def test_status_of_an_output(tmp_path, capsys):
+    from berg_scale.cli import main
+    from berg_scale.commands.status import output_status
+    from berg_scale.io.markers import write_failed_marker, write_manifest
+    from berg_scale.io.response_writer import RowInfo
+
+    rows = [RowInfo("k0", 0), RowInfo("k1", 1, "bad")]
+    outputs = {"m/sub-02/eeg": np.zeros((1, 24), np.float32), "m/sub-02/eeg:mean": np.zeros(1, np.float32)}
+    store, _ = _write_shard(tmp_path, rows, outputs, name="s0")
+    json_marker = json.loads((tmp_path / "out" / "_done" / "s0.json").read_text())
+    json_marker.update(ok=1, errors=1)
+    (tmp_path / "out" / "_done" / "s0.json").write_text(json.dumps(json_marker))
+    write_failed_marker(store, "s1", {"error": "truncated tar"})
+    write_manifest(store, {"status": "incomplete", "input_shards": [{"name": n, "url": n} for n in ("s0", "s1", "s2")]})
+    summary = output_status(str(tmp_path / "out"))
+    assert summary["shards"] == {"total": 3, "done": 1, "failed": 1, "pending": 1}
+    assert summary["images"] == {"rows": 2, "ok": 1, "errors": 1}
+    assert main(["status", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "1 done, 1 failed, 1 pending, of 3" in out and "s1: truncated tar" in out
