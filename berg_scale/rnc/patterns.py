@@ -56,6 +56,27 @@ class PatternSet:
         return self.blocks[self.subjects.index(subject)]
 
     @classmethod
+    def allocate(
+        cls,
+        subjects: Sequence[int],
+        n_images: int,
+        dims: Sequence[int],
+        device: str | torch.device = "auto",
+        storage: str = "float32",
+    ) -> "PatternSet":
+        """Empty storage to be filled chunk by chunk (`fill`), so raw responses of all
+        N images never need to be held at once."""
+        device = resolve_device(device) if isinstance(device, str) else device
+        dtype = STORAGE_DTYPES[storage]
+        return cls(tuple(subjects), [torch.empty((n_images, d), dtype=dtype, device=device) for d in dims])
+
+    def fill(self, subject: int, start: int, raw: np.ndarray | torch.Tensor) -> None:
+        """Normalise raw voxel responses of images start.. and store them."""
+        block = self.block(subject)
+        piece = torch.as_tensor(raw).to(block.device)
+        block[start : start + piece.shape[0]] = unit_patterns(piece).to(block.dtype)
+
+    @classmethod
     def from_arrays(
         cls,
         subjects: Sequence[int],

@@ -247,6 +247,50 @@ class ResponseStore:
         images = ImageIndex(tuple(shard_names), offsets, np.concatenate(positions) if positions else np.empty(0, np.int32))
         return UnivariateResponses(images, tuple(subjects), tuple(rois), np.ascontiguousarray(values))
 
+    def image_index(self) -> ImageIndex:
+        """Numbering of the ok images of the committed shards (reads the `index` column only)."""
+        names, counts, positions = [], [], []
+        for shard, table in self.iter_shards([]):
+            names.append(shard)
+            counts.append(table.num_rows)
+            positions.append(table.column("index").to_numpy().astype(np.int32))
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return ImageIndex(tuple(names), offsets, np.concatenate(positions) if positions else np.empty(0, np.int32))
+
+    def pattern_columns(
+        self, model_id: str, subject: int, roi: str, unions: Mapping[str, Sequence[str]] = DEFAULT_UNIONS,
+        threshold: float = 0.5,
+    ) -> list[tuple[str, np.ndarray]]:
+        """(voxel column, ncsnr mask) of an ROI, or of each part of an ROI union."""
+        existing = self._existing_columns()
+        own = response_column(model_id, subject, roi)
+        parts = [own] if own in existing else [response_column(model_id, subject, p) for p in unions.get(roi, ())]
+        if not parts or any(p not in existing for p in parts):
+            raise ResponsesError(
+                f"voxel column {own!r} (or the parts of its union) is not in the responses: "
+                "generate with outputs [responses, mean]"
+            )
+        masks = [self.voxel_mask(p, threshold) for p in parts]
+        if not any(m.any() for m in masks):
+            raise ResponsesError(f"no voxel of {roi!r} (subject {subject}) passes ncsnr > {threshold}")
+        return list(zip(parts, masks))
+
+    def iter_patterns(
+        self, columns: Sequence[tuple[str, np.ndarray]]
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        """(shard, (rows, V) float32 filtered voxel patterns), one committed shard at a time."""
+        for shard, table in self.iter_shards([c for c, _ in columns]):
+            pieces = []
+            for part, mask in columns:
+                matrix = fixed_size_list_to_numpy(table.column(part), part)
+                if matrix.shape[1] != mask.size:
+                    raise ResponsesError(
+                        f"column {part!r} has {matrix.shape[1]} voxels but readouts.json lists "
+                        f"{mask.size} ncsnr values"
+                    )
+                pieces.append(matrix[:, mask])
+            yield shard, np.concatenate(pieces, axis=1)
+
     def read_patterns(
         self,
         model_id: str,
@@ -256,34 +300,9 @@ class ResponseStore:
         threshold: float = 0.5,
     ) -> tuple[ImageIndex, np.ndarray]:
         """Voxel patterns (N, V) float32 of one subject and ROI, ncsnr-filtered voxels only."""
-        existing = self._existing_columns()
-        own = response_column(model_id, subject, roi)
-        parts = [own] if own in existing else [response_column(model_id, subject, p) for p in unions.get(roi, ())]
-        if not parts or any(p not in existing for p in parts):
-            raise ResponsesError(
-                f"voxel column {own!r} (or the parts of its union) is not in the responses"
-            )
-        masks = [self.voxel_mask(p, threshold) for p in parts]
-        if not any(m.any() for m in masks):
-            raise ResponsesError(f"no voxel of {roi!r} (subject {subject}) passes ncsnr > {threshold}")
-        shard_names, counts, positions, blocks = [], [], [], []
-        for shard, table in self.iter_shards(parts):
-            pieces = []
-            for part, mask in zip(parts, masks):
-                matrix = fixed_size_list_to_numpy(table.column(part), part)
-                if matrix.shape[1] != mask.size:
-                    raise ResponsesError(
-                        f"column {part!r} has {matrix.shape[1]} voxels but readouts.json lists "
-                        f"{mask.size} ncsnr values"
-                    )
-                pieces.append(matrix[:, mask])
-            blocks.append(np.concatenate(pieces, axis=1))
-            shard_names.append(shard)
-            counts.append(table.num_rows)
-            positions.append(table.column("index").to_numpy().astype(np.int32))
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        images = ImageIndex(tuple(shard_names), offsets, np.concatenate(positions))
-        return images, np.concatenate(blocks)
+        columns = self.pattern_columns(model_id, subject, roi, unions, threshold)
+        blocks = [block for _, block in self.iter_patterns(columns)]
+        return self.image_index(), np.concatenate(blocks)
 
     def keys_for(self, images: ImageIndex, selected: np.ndarray) -> list[str]:
         """WebDataset keys of selected images, reading the key column of their shards only."""

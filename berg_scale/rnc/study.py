@@ -151,17 +151,21 @@ def _multivariate(config, store, fs, out_root, rois, pairs, summary, log) -> dic
 
     m = config.multivariate
     device = resolve_device(m.device)
+    images = store.image_index()
     patterns = {}
-    images = None
     for roi in rois:
-        arrays = []
+        columns = {
+            s: store.pattern_columns(config.model_id, s, roi, config.roi_unions, config.ncsnr_threshold)
+            for s in config.subjects
+        }
+        dims = [int(sum(mask.sum() for _, mask in columns[s])) for s in config.subjects]
+        pattern_set = PatternSet.allocate(config.subjects, images.n_images, dims, device, m.storage_dtype)
         for subject in config.subjects:
-            images, array = store.read_patterns(config.model_id, subject, roi, config.roi_unions,
-                                                config.ncsnr_threshold)
-            arrays.append(array)
-        patterns[roi] = PatternSet.from_arrays(config.subjects, arrays, device, m.storage_dtype)
-        log(f"multivariate: {roi} patterns {images.n_images:,} images x {patterns[roi].dims} voxels on {device}")
-        del arrays
+            # shard by shard: raw voxel responses of all images are never held at once
+            for j, (_, block) in enumerate(store.iter_patterns(columns[subject])):
+                pattern_set.fill(subject, int(images.offsets[j]), block)
+        patterns[roi] = pattern_set
+        log(f"multivariate: {roi} patterns {images.n_images:,} images x {pattern_set.dims} voxels on {device}")
     summary.setdefault("n_images", images.n_images)
     params = MultivariateParams(
         ga=GAParams(population=m.population, batch_size=m.batch_size, generations=m.generations,
