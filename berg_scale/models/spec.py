@@ -46,6 +46,24 @@ class ReadoutSpec:
     ncsnr_threshold: float = 0.5
     downsample: str | None = None
 
+    def __post_init__(self) -> None:
+        # Copy the selection so later changes to the caller's arrays/lists cannot
+        # silently change a readout (and its column name) after it was created.
+        if isinstance(self.selection, dict):
+            frozen: dict[str, Any] = {}
+            for key, value in self.selection.items():
+                if isinstance(value, np.ndarray):
+                    value = value.copy()
+                    value.flags.writeable = False
+                elif isinstance(value, list):
+                    value = list(value)
+                frozen[key] = value
+            object.__setattr__(self, "selection", frozen)
+        if isinstance(self.outputs, str):
+            object.__setattr__(self, "outputs", (self.outputs,))
+        else:
+            object.__setattr__(self, "outputs", tuple(self.outputs))
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ReadoutSpec) and self.key == other.key
 
