@@ -115,13 +115,17 @@ def test_rnc_job_completes_on_a_head_node(head, generated):
         "model_id": FWRF,
         "subjects": SUBJECTS,
         "rois": ROIS,
+        # distributed: the per-shard selection runs as Ray tasks on the head node's cluster.
         "univariate": {"n_images": 2, "baseline_batches": 200, "baseline_batch_size": 2,
-                       "n_bootstrap": 50, "n_permutations": 50},
+                       "n_bootstrap": 50, "n_permutations": 50, "distributed": True},
         "plots": {"enabled": False},
     }
     path = work / "rnc.yaml"
     path.write_text(yaml.safe_dump(study))
     result = _submit(head, "rnc.py", path)
     assert "succeeded" in result.stdout.lower()
-    outputs = [p for p in (work / "rnc").rglob("*") if p.is_file()]
-    assert outputs, "the RNC job wrote nothing"
+    summary = json.loads((work / "rnc" / "summary.json").read_text())
+    assert summary["n_images"] == 12 and len(summary["shards"]) == 2
+    assert {b["roi"] for b in summary["univariate"]["baselines"]} == set(ROIS)
+    tables = list((work / "rnc" / "univariate").glob("*.parquet"))
+    assert tables, "the RNC job wrote no result tables"
