@@ -1,0 +1,141 @@
+"""Run the whole pipeline on this machine: synthetic BERG weights, synthetic images,
+generation on a local Ray, then a small RNC study over the responses.
+
+The weights are RANDOM (a synthetic BERG root in the exact file format), so the numbers
+mean nothing about the brain; the demo shows the machinery and the output layout. For
+real responses, download BERG (`berg-scale fetch-weights`) and point `berg_root` in a
+run config at it (see configs/demo.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+DEMO_SUBJECTS = (1, 2)
+DEMO_FWRF_ROIS = ("V1", "hV4")
+DEMO_EEG_CHANNELS = ["O1", "Oz", "O2", "PO3", "POz", "PO4", "Pz", "Cz"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="./berg-scale-demo", help="folder for everything the demo writes")
+    parser.add_argument("--shards", type=int, default=10, help="number of synthetic image shards")
+    parser.add_argument("--images-per-shard", type=int, default=10)
+    parser.add_argument("--no-rnc", action="store_true", help="stop after the generation step")
+
+
+def demo_config(out: str) -> dict[str, Any]:
+    """The generation config the demo runs (configs/demo.yaml is the same, relative to ./)."""
+    return {
+        "input": {"shards": os.path.join(out, "shards"), "image_size": 256, "crop": "center"},
+        "berg_root": os.path.join(out, "berg_root"),
+        "backbone": os.path.join(out, "berg_root", "vit_b_32-d86f8d99.pth"),
+        "readouts": [
+            {"model": "fmri-nsd_fsaverage-vit_b_32", "subjects": [1], "rois": ["V1v", "hV4"],
+             "outputs": ["responses", "mean"]},
+            {"model": "eeg-things_eeg_2-vit_b_32", "subjects": [1],
+             "selections": [{"channels": DEMO_EEG_CHANNELS}], "dtype": "float16"},
+            {"model": "fmri-nsd-fwrf", "subjects": list(DEMO_SUBJECTS), "rois": list(DEMO_FWRF_ROIS),
+             "outputs": ["responses", "mean"]},
+        ],
+        "output": os.path.join(out, "generated"),
+        "resources": {"workers": "auto", "cpus_per_worker": 1, "batch_size": 16, "decode_threads": 2},
+        "retries": {"max_attempts": 2},
+    }
+
+
+def make_demo_inputs(out: str, n_shards: int, images_per_shard: int, log) -> None:
+    """Synthetic BERG root (fsaverage k=3, EEG with float16 components and 8 channels,
+    fwRF V1/hV4) and procedural image shards; reused when already present."""
+    from berg_scale.testing.berg_root import make_synthetic_root
+    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+
+    root = os.path.join(out, "berg_root")
+    stamp = os.path.join(root, ".berg-scale-demo-complete")
+    if not os.path.exists(stamp):
+        log(f"writing a synthetic BERG root with RANDOM weights to {root} (about 600 MB, once)")
+        make_synthetic_root(
+            root,
+            subjects=DEMO_SUBJECTS,
+            rois=DEMO_FWRF_ROIS,
+            fsaverage_subjects=(1,),
+            fsaverage_rois=("V1v", "hV4"),
+            eeg_subjects=(1,),
+            eeg_channels=DEMO_EEG_CHANNELS,
+            eeg_components_dtype="float16",
+            fwrf_voxels=12,
+            seed=0,
+        )
+        open(stamp, "w").close()
+    shards = os.path.join(out, "shards")
+    if not os.path.isdir(shards) or len(os.listdir(shards)) != n_shards:
+        log(f"writing {n_shards} synthetic shards x {images_per_shard} images to {shards}")
+        write_synthetic_shards(shards, n_shards, images_per_shard, sizes=((320, 240), (240, 320), (300, 300)),
+                               formats=("jpg", "png", "webp"), defects={"truncated_jpeg": 1}, seed=0)
+
+
+def run_rnc_step(output: str, out: str, shards: str, log) -> dict | None:
+    """The RNC step over the generated fwRF responses (univariate and multivariate)."""
+    try:
+        from berg_scale.rnc import run_demo_rnc
+    except ImportError:
+        log("RNC is not available in this installation; skipping the RNC step")
+        return None
+    return run_demo_rnc(
+        output,
+        os.path.join(out, "rnc"),
+        rois=DEMO_FWRF_ROIS,
+        subjects=DEMO_SUBJECTS,
+        generations=10,
+        images_url=shards,
+        log=log,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from berg_scale.config import load_config
+    from berg_scale.engine.run import run_generation
+    from berg_scale.testing.env import apply_offline_environment
+
+    def log(message: str) -> None:
+        print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+    apply_offline_environment(credentials=False)
+    started = time.monotonic()
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    log("NOTE: the demo uses RANDOM weights in BERG's file format; its responses are not brain data.")
+    make_demo_inputs(out, args.shards, args.images_per_shard, log)
+
+    raw = demo_config(out)
+    config_path = os.path.join(out, "generate.yaml")
+    import yaml
+
+    with open(config_path, "w") as handle:
+        yaml.safe_dump(raw, handle, sort_keys=False)
+    config = load_config(config_path)
+    log(f"generating responses (config: {config_path})")
+    result = run_generation(config, overwrite=True, show_progress=sys.stderr.isatty(), log=log)
+    print(result.summary())
+
+    rnc_summary = None
+    if not args.no_rnc:
+        log("running a small RNC study (V1 vs hV4, fwRF, subjects 1 and 2)")
+        rnc_summary = run_rnc_step(config.output, out, config.input.shards, log)
+
+    print()
+    print(f"demo finished in {time.monotonic() - started:.0f} s; everything is under {out}")
+    print(f"  responses:  {config.output}/responses/*.parquet  (commit markers in _done/, manifest run.json,")
+    print(f"              column coordinates in readouts.json)")
+    print(f"  inspect:    berg-scale status {config.output}")
+    print("  in Python:  import berg_scale; berg_scale.open_responses(" + repr(config.output) + ").to_table()")
+    if rnc_summary is not None:
+        print(f"  RNC:        {os.path.join(out, 'rnc')}")
+    print("The weights were RANDOM. For real responses: `berg-scale fetch-weights` (downloads BERG),")
+    print("then edit configs/demo.yaml (berg_root, input.shards, output) and run")
+    print("`berg-scale generate configs/demo.yaml`.")
+    return result.exit_code
