@@ -167,3 +167,29 @@ def test_relative_paths_must_stay_inside_the_root(remote_root, tmp_path):
     fs, root = filesystem_for(remote_root.url, remote_root.storage)
     with pytest.raises(BergScaleError, match="relative"):
         fetch_files(fs, root, ["../escape.npy"], str(tmp_path), progress=False)
+
+
+def test_cli_fetches_what_a_run_config_reads(remote_root, tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"shards": "unused/"},
+        "berg_root": str(tmp_path / "root"),
+        "readouts": [
+            {"model": "fmri-nsd-fwrf", "subjects": [1], "rois": ["V1"], "outputs": ["mean"]},
+            {"model": "fmri-nsd_fsaverage-vit_b_32", "subjects": [1], "rois": ["hV4", "PPA"]},
+        ],
+        "output": str(tmp_path / "out"),
+    }))
+    common = ["fetch-weights", "--config", str(config), "--to", str(tmp_path / "root"),
+              "--bucket", remote_root.url, "--endpoint-url", remote_root.storage.endpoint_url,
+              "--no-anon", "--no-progress"]
+    assert main([*common, "--metadata-only"]) == 0
+    metadata = {rel for rel in remote_root.needed if "/metadata/" in rel
+                and ("sub-01_roi-V1." in rel or "fsaverage" in rel)}
+    assert local_files(tmp_path / "root") == metadata
+    assert main(common) == 0
+    wanted = files_for_readouts([("fmri-nsd-fwrf", 1, "V1"), ("fmri-nsd_fsaverage-vit_b_32", 1, None)])
+    assert local_files(tmp_path / "root") == set(wanted)
+    assert "2 files fetched" in capsys.readouterr().out.splitlines()[-1]
