@@ -226,6 +226,12 @@ def plan_files(
     return statuses, etags
 
 
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    _hash_prefix(path, digest)
+    return digest.hexdigest()
+
+
 def _hash_prefix(path: str, digest: "hashlib._Hash") -> None:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
@@ -308,8 +314,9 @@ def fetch_files(
 
     Holds the lock of `dest` while transferring, so two fetches into one root (two
     terminals, or many workers on one node) never write the same part file; whoever
-    comes second finds the files present and transfers nothing. `lock=False` is for
-    callers that already hold that lock.
+    comes second finds the files present and transfers nothing. A present file is
+    re-hashed when `hashes` knows its sha256 and fetched again if it differs (same size,
+    different bytes). `lock=False` is for callers that already hold that lock.
     """
     if is_remote(dest):
         raise BergScaleError(f"the destination must be a local folder, got {dest!r}")
@@ -334,6 +341,12 @@ def fetch_files(
             file=sys.stderr,
         ) as bar:
             for status in report.files:
+                expected = hashes.get(status.path)
+                if status.state == PRESENT and expected:
+                    status.sha256 = _file_sha256(os.path.join(dest, status.path))
+                    if status.sha256 != expected:
+                        status.state = CORRUPT
+                        bar.total = (bar.total or 0) + status.size
                 if status.state == PRESENT:
                     continue
                 target = os.path.join(dest, status.path)

@@ -193,3 +193,16 @@ def test_cli_fetches_what_a_run_config_reads(remote_root, tmp_path, capsys):
     wanted = files_for_readouts([("fmri-nsd-fwrf", 1, "V1"), ("fmri-nsd_fsaverage-vit_b_32", 1, None)])
     assert local_files(tmp_path / "root") == set(wanted)
     assert "2 files fetched" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_known_sha256_catches_a_same_size_corruption(remote_root, tmp_path):
+    _fetch(remote_root, tmp_path)
+    rel = remote_root.needed[3]
+    data = bytearray((tmp_path / rel).read_bytes())
+    data[100] ^= 0xFF
+    (tmp_path / rel).write_bytes(bytes(data))
+    assert _fetch(remote_root, tmp_path).downloaded == []  # size alone cannot tell
+    hashes = {r: hashlib.sha256(remote_root.contents[r]).hexdigest() for r in remote_root.needed}
+    report = _fetch(remote_root, tmp_path, hashes=hashes)
+    assert report.downloaded == [rel]
+    assert (tmp_path / rel).read_bytes() == remote_root.contents[rel]
