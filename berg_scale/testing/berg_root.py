@@ -259,7 +259,7 @@ def _fwrf_checkpoint(rng, subject: int, n_voxels: int, stim_mean: np.ndarray) ->
         "best_epoch": 2,
         "best_joint_cc_score": np.float32(0.3),
         "subject_val_cc": {subject: rng.uniform(0, 1, n_voxels).astype(np.float32)},
-        "betas_info": {subject: {"volume_shape": (8, 9, 10), "ncsnr": rng.uniform(0, 1, n_voxels)}},
+        "betas_info": {subject: {"volume_shape": (81, 104, 83), "ncsnr": rng.uniform(0, 1, n_voxels)}},
     }
 
 
@@ -275,7 +275,7 @@ def _write_fwrf(root: Path, subject: int, roi: str, roi_index: int, seed: int, n
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(_fwrf_checkpoint(rng, subject, size, stim_mean), path)
-    volume_shape = (8, 9, 10)
+    volume_shape = (81, 104, 83)  # NSD subject 1, func1pt8mm
     mask = np.zeros(int(np.prod(volume_shape)), dtype=bool)
     mask[np.sort(rng.choice(mask.size, size=n_voxels, replace=False))] = True
     ncsnr = rng.uniform(0.0, 1.0, n_voxels)
