@@ -15,7 +15,7 @@ import numpy as np
 
 from berg_scale.io.storage import StorageOptions
 from berg_scale.rnc.responses import ImageIndex, ResponseStore, combine_univariate
-from berg_scale.rnc.univariate import SelectionRequest, Selector, condition_scores, merge_top_k, top_k, train_average
+from berg_scale.rnc.univariate import SelectionRequest, Selector, merge_top_k, select_condition, train_average
 
 
 def select_in_shard(
@@ -42,8 +42,7 @@ def select_in_shard(
         train = [slot[s] for s in req.fold.train]
         u1 = train_average(values, train, roi_slot[req.pair[0]])
         u2 = train_average(values, train, roi_slot[req.pair[1]])
-        score, eligible = condition_scores(u1, u2, req.beta1, req.beta2, req.condition, margin)
-        out.append(top_k(score, eligible, n_images, offset=offset))
+        out.append(select_condition(u1, u2, req.beta1, req.beta2, req.condition, margin, n_images, offset))
     return out
 
 

@@ -34,8 +34,11 @@ def _tril_flat_index(k: int, device: torch.device) -> torch.Tensor:
     return rows * k + cols
 
 
-def auto_chunk(patterns: PatternSet, batch_size: int, budget_bytes: int = 128 * 1024 * 1024) -> int:
-    """Candidates per gather so that one gathered block stays near `budget_bytes`."""
+def auto_chunk(patterns: PatternSet, batch_size: int, budget_bytes: int | None = None) -> int:
+    """Candidates per gather so that one gathered block stays near a memory budget:
+    64 MB on the CPU (the gather is memory-bound there), 1 GB on a GPU (fewer launches)."""
+    if budget_bytes is None:
+        budget_bytes = (64 if patterns.device.type == "cpu" else 1024) * 1024 * 1024
     widest = max(int(b.shape[1]) for b in patterns.blocks)
     return max(1, budget_bytes // max(1, batch_size * widest * 4))
 
@@ -59,7 +62,8 @@ def weighted_tril(
         for subject, weight in weights.items():
             if weight == 0:
                 continue
-            x = patterns.block(subject)[idx]
+            block = patterns.block(subject)
+            x = block.index_select(0, idx.reshape(-1)).view(idx.shape[0], k, block.shape[1])
             if promote:
                 x = x.to(torch.float32)
             gram = torch.bmm(x, x.transpose(1, 2)).flatten(1).index_select(1, flat).to(torch.float32)

@@ -103,7 +103,22 @@ def sample_injection(rng: np.random.Generator, n: int, m: int, count: int) -> np
 
     A uniform permutation of the images, restricted to m particular images, is exactly
     such an injection; the permutation tests use this to stay O(m) per iteration.
+    When collisions are rare (m^2 << n), rows of i.i.d. draws with a repeat are drawn
+    again whole (row rejection, exact); otherwise a uniform subset is shuffled.
     """
+    if m > n:
+        raise ConfigError(f"cannot place {m} distinct images among {n}")
+    if 4 * m * m <= n:
+        dtype = _index_dtype(n)
+        out = rng.integers(0, n, size=(count, m), dtype=dtype)
+        pending = np.arange(count)
+        for _ in range(_MAX_ROUNDS):
+            rows = np.sort(out[pending], axis=1)
+            pending = pending[(rows[:, 1:] == rows[:, :-1]).any(axis=1)]
+            if pending.size == 0:
+                return out
+            out[pending] = rng.integers(0, n, size=(pending.size, m), dtype=dtype)
+        raise RuntimeError("injection sampling did not converge")  # pragma: no cover
     subsets = sample_subsets(rng, n, m, count)
     keys = rng.random(subsets.shape)
     return np.take_along_axis(subsets, np.argsort(keys, axis=1), axis=1)

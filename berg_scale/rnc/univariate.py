@@ -70,16 +70,26 @@ class UnivariateParams:
 
 
 # -- train averages -----------------------------------------------------------------
-def train_average(values: np.ndarray, subject_slots: Sequence[int], roi_slot: int) -> np.ndarray:
+def train_average(
+    values: np.ndarray, subject_slots: Sequence[int], roi_slot: int, block: int = 65_536
+) -> np.ndarray:
     """U_r(i): plain mean over train subjects, accumulated in float64 in a fixed order.
 
     The fixed elementwise order makes the result identical whether it is computed on
     all images at once or one shard at a time, so distributed selection is exact.
+    Rows are processed in blocks so each image's row of the (N, S, R) array is read
+    from memory once for all subjects.
     """
-    acc = np.zeros(values.shape[0], dtype=np.float64)
-    for slot in subject_slots:
-        acc += values[:, slot, roi_slot]
-    return acc / len(subject_slots)
+    n = values.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    slots = list(subject_slots)
+    for start in range(0, n, block):
+        rows = values[start : start + block, :, roi_slot][:, slots].astype(np.float64)
+        acc = rows[:, 0].copy()
+        for j in range(1, len(slots)):
+            acc += rows[:, j]
+        out[start : start + block] = acc / len(slots)
+    return out
 
 
 # -- baseline ------------------------------------------------------------------------
@@ -172,9 +182,25 @@ def condition_scores(
     """(ranking score, eligibility) of every image for one control condition (rnc.md 1.3)."""
     s1, s2 = CONDITIONS[condition]
     score = s1 * u1 + s2 * u2
-    ok1 = u1 >= beta1 + margin if s1 > 0 else u1 <= beta1 - margin
-    ok2 = u2 >= beta2 + margin if s2 > 0 else u2 <= beta2 - margin
-    return score, ok1 & ok2
+    return score, _eligible(u1, u2, beta1, beta2, s1, s2, margin)
+
+
+def _eligible(u1, u2, beta1, beta2, s1, s2, margin) -> np.ndarray:
+    ok = u1 >= beta1 + margin if s1 > 0 else u1 <= beta1 - margin
+    ok &= u2 >= beta2 + margin if s2 > 0 else u2 <= beta2 - margin
+    return ok
+
+
+def select_condition(
+    u1: np.ndarray, u2: np.ndarray, beta1: float, beta2: float, condition: str, margin: float, k: int,
+    offset: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`top_k(*condition_scores(...))`, scoring only the eligible images (same values)."""
+    s1, s2 = CONDITIONS[condition]
+    candidates = np.flatnonzero(_eligible(u1, u2, beta1, beta2, s1, s2, margin))
+    score = s1 * u1[candidates] + s2 * u2[candidates]
+    chosen, scores = top_k(score, np.ones(candidates.size, dtype=bool), k)
+    return candidates[chosen] + offset, scores
 
 
 def merge_top_k(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -276,8 +302,8 @@ def in_memory_selector(
                         cache.clear()
                     cache[key] = train_average(values, [slot[s] for s in req.fold.train], roi_slot[roi])
                 averages.append(cache[key])
-            score, eligible = condition_scores(averages[0], averages[1], req.beta1, req.beta2, req.condition, margin)
-            out.append(top_k(score, eligible, n_images))
+            out.append(select_condition(averages[0], averages[1], req.beta1, req.beta2, req.condition, margin,
+                                        n_images))
         return out
 
     return select

@@ -65,3 +65,14 @@ def test_injection_is_a_uniform_ordered_placement():
     counts = Counter(map(tuple, out))
     assert set(counts) == {(a, b) for a in range(5) for b in range(5) if a != b}
     assert max(abs(c / 40_000 - 1 / 20) for c in counts.values()) < 0.006
+
+
+def test_injection_row_rejection_path_is_uniform_and_distinct():
+    """m^2 << n: rows of i.i.d. draws with a repeat are redrawn whole."""
+    out = sample_injection(np.random.default_rng(4), 400, 3, 60_000)
+    assert (out[:, 0] != out[:, 1]).all() and (out[:, 1] != out[:, 2]).all() and (out[:, 0] != out[:, 2]).all()
+    for position in range(3):
+        freq = np.bincount(out[:, position], minlength=400) / 60_000
+        assert np.allclose(freq, 1 / 400, atol=0.0012)
+    # ordered: the first position is below the second as often as above
+    assert abs((out[:, 0] < out[:, 1]).mean() - 0.5) < 0.01
