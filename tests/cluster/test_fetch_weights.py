@@ -13,7 +13,7 @@ from berg_scale.io.storage import StorageOptions, filesystem_for
 from berg_scale.weights import fetch_weights, files_for_readouts
 from berg_scale.weights.fetch import PART_SUFFIX, fetch_files, load_hashes
 
-from conftest import NEEDED, local_files
+from cluster_support import NEEDED, local_files
 
 pytestmark = pytest.mark.s3
 
@@ -206,3 +206,16 @@ def test_known_sha256_catches_a_same_size_corruption(remote_root, tmp_path):
     report = _fetch(remote_root, tmp_path, hashes=hashes)
     assert report.downloaded == [rel]
     assert (tmp_path / rel).read_bytes() == remote_root.contents[rel]
+
+
+def test_a_local_folder_can_be_the_source(tmp_path):
+    source = tmp_path / "berg"
+    wanted = files_for_readouts([("fmri-nsd-fwrf", 1, "V1")])
+    for index, rel in enumerate(wanted):
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(bytes([index]) * (1000 + index))
+    report = fetch_weights([("fmri-nsd-fwrf", 1, "V1")], str(tmp_path / "copy"), bucket=str(source),
+                           progress=False)
+    assert sorted(report.downloaded) == sorted(wanted)
+    for rel in wanted:
+        assert (tmp_path / "copy" / rel).read_bytes() == (source / rel).read_bytes()

@@ -13,7 +13,7 @@ from berg_scale.weights import ensure_local_weights
 from berg_scale.weights.node_cache import LOG_NAME, cache_root_for
 
 from cache_worker import fetch_like_a_worker
-from conftest import local_files
+from cluster_support import local_files
 
 WORKERS = 4
 
