@@ -54,6 +54,19 @@ def test_aws_launcher_config_matches_rays_schema():
     assert any("pip install -e" in command for command in config["setup_commands"])
 
 
+def test_aws_launcher_config_passes_rays_own_validation():
+    """What `ray up` runs before it launches anything: defaults filled in, then checked."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(_load(CLUSTER / "aws-gpu.yaml")))
+    validate_config(prepared)
+    assert prepared["available_node_types"]["gpu_spot"]["resources"] == {"CPU": 8, "GPU": 1}
+    broken = copy.deepcopy(_load(CLUSTER / "aws-gpu.yaml"))
+    broken["head_node_type"] = "head_node"
+    with pytest.raises(ValueError, match="head_node_type"):
+        validate_config(prepare_config(broken))
+
+
 def test_the_schema_check_catches_a_misspelled_field():
     config = _load(CLUSTER / "aws-gpu.yaml")
     broken = copy.deepcopy(config)
