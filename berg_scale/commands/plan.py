@@ -25,6 +25,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
 
 
+def _refuse_study_config(path: str) -> None:
+    """An RNC study config fails generation validation on every key; say what it is instead."""
+    import yaml
+
+    from berg_scale.errors import BergScaleError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError):
+        return  # load_config reports these with its own wording
+    if isinstance(raw, dict) and "responses" in raw and "readouts" not in raw:
+        raise BergScaleError(
+            f"{path} is an RNC study config; plan sizes generation runs: give the config "
+            "of the run that writes its responses"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -34,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.images is not None and args.images < 0:
         raise BergScaleError("--images must be >= 0")
+    _refuse_study_config(args.config)
     config = load_config(args.config, overrides=args.overrides)
     plan = make_plan(
         config,

@@ -227,6 +227,14 @@ def test_plan_cli_prints_a_readable_estimate(capsys):
     assert "on 2 GPUs (--gpus)" in out
 
 
+def test_plan_explains_a_study_config(capsys):
+    study = REPO / "configs" / "rnc_v1_hv4.yaml"
+    if not study.exists():
+        pytest.skip("no RNC study config in the tree")
+    assert main(["plan", str(study)]) == 2
+    assert "RNC study config" in capsys.readouterr().err
+
+
 def test_config_comments_state_what_plan_prints():
     """The sizes written in the configs' comments are the ones `plan` computes."""
     from berg_scale.config import load_config
