@@ -143,3 +143,22 @@ def test_return_metadata_falls_back_like_berg(tmp_path, berg_root, capsys):
     assert "Warning: Could not retrieve metadata" in capsys.readouterr().out
     with model:
         pass  # the context manager works (BERG's raises on exit)
+
+
+def test_single_voxel_fwrf_keeps_images_first(tmp_path):
+    from berg_scale.testing.berg_root import make_synthetic_root
+
+    root = make_synthetic_root(tmp_path / "r", models=(FWRF,), rois=("hV4",), fwrf_voxels=1, write_backbone=False)
+    model = BERG(str(root)).get_encoding_model(FWRF, subject=1, selection={"roi": "hV4"}, device="cpu")
+    out = BERG(str(root)).encode(model, np.zeros((3, 3, 50, 50), np.uint8), show_progress=False)
+    assert out.shape == (3, 1)  # BERG: (1, 3)
+
+
+@pytest.mark.slow
+def test_eeg_101_images_do_not_crash(berg):
+    """BERG fails to concatenate when the last batch holds one image."""
+    model = berg.get_encoding_model(EEG, subject=2, selection={"channels": ["Oz", "Pz"]}, device="cpu")
+    images = np.random.default_rng(5).integers(0, 256, (101, 3, 224, 224), dtype=np.uint8)
+    out = berg.encode(model, images, show_progress=False)
+    assert out.shape == (101, 4, 2, 140)
+    np.testing.assert_allclose(out[100:], berg.encode(model, images[100:], show_progress=False), rtol=1e-5, atol=1e-6)

@@ -140,3 +140,17 @@ def test_float16_output_and_bf16_precision_stay_close(berg_root, backbone, image
     approx = bf16.forward(images_square)[spec32.column_base]
     error = ref.rel_error(approx, exact.astype(np.float64))
     assert 0 < error < 0.1  # reduced precision really ran, and stays usable
+
+
+def test_folded_projection_alone_is_float64_accurate(berg_root, backbone, vit_reference):
+    """The scaler fold and sliced projection, given identical features, lose < 1e-6."""
+    import torch
+
+    specs = [ReadoutSpec(FSAV, 3), ReadoutSpec(EEG, 2)]
+    group = ModelSet(str(berg_root), specs, device="cpu", backbone_path=backbone).groups[0]
+    features = vit_reference["odd"].astype(np.float32)
+    scores = group.project(torch.from_numpy(features)).numpy()
+    for spec, (start, k) in zip(specs, [(0, 3), (3, 250)]):
+        weights = ref.load_npy_dict(berg_root / layout.weight_files(spec.model_id, spec.subject)[0])
+        expected = ref.pca_scores(weights, features.astype(np.float64))
+        assert ref.rel_error(scores[:, start : start + k], expected) < 1e-6
