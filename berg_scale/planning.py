@@ -3,11 +3,12 @@
 Output size is predicted column by column from the readouts, in the units the engine
 writes (see `berg_scale.io.response_writer`): each response column is a fixed-size list
 of float32/float16 values, each `:mean` column one float, plus the identity columns
-(key, shard, index, status, error). The prediction is the values' bytes, i.e. the Arrow
-(uncompressed) size a reader holds in memory, less validity bitmaps: pyarrow adds one bit
-per value to float32 columns read back from Parquet (3%) and none to float16 ones; Parquet with zstd stores float responses at
-roughly that size too, because random-looking mantissas hardly compress, so the figure
-doubles as a (slightly high) disk estimate.
+(key, shard, index, status, error). The prediction is the values' bytes: the Arrow
+(uncompressed) size a reader holds in memory, less validity bitmaps (pyarrow adds one bit
+per value to float32 columns read back from Parquet, 3 %, and none to float16 ones).
+Parquet with zstd stores float responses at about that size too (within ~10 %, measured
+in the tests), because noisy mantissas hardly compress, so the figure doubles as a disk
+estimate.
 
 Widths come, in order of preference, from the BERG metadata (exact per subject), from
 the model card (EEG shapes, whole-hemisphere fsaverage), or from the subject-1 voxel
@@ -26,8 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from berg_scale.errors import BergScaleError
+from berg_scale.io.storage import filesystem_for, is_remote
 from berg_scale.models import layout
-from berg_scale.models.registry import get_card
 
 FSAVERAGE_ID = "fmri-nsd_fsaverage-vit_b_32"
 EEG_ID = "eeg-things_eeg_2-vit_b_32"
@@ -293,21 +294,85 @@ def id_bytes_per_image(key_chars: float, shard_chars: float) -> float:
 def count_shard_samples(url: str, storage: Any = None) -> tuple[int, float]:
     """Samples in one tar (WebDataset grouping) and their mean key length; reads headers only."""
     from berg_scale.io.shard_reader import split_member_name
-    from berg_scale.io.storage import filesystem_for
 
     fs, path = filesystem_for(url, storage)
     keys: list[str] = []
-    with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            parts = split_member_name(member.name)
-            if parts is None:
-                continue
-            if not keys or keys[-1] != parts[0]:
-                keys.append(parts[0])
+    try:
+        with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
+            for member in archive:
+                parts = split_member_name(member.name) if member.isfile() else None
+                if parts is not None and (not keys or keys[-1] != parts[0]):
+                    keys.append(parts[0])
+    except (tarfile.TarError, OSError) as exc:
+        raise BergScaleError(
+            f"cannot count the images of {url} ({type(exc).__name__}: {exc}); "
+            "pass --images N instead"
+        ) from None
     mean_key = sum(map(len, keys)) / len(keys) if keys else 0.0
     return len(keys), mean_key
+
+
+@dataclass
+class _Inputs:
+    images: int
+    source: str
+    shards: list[str]
+    key_chars: float = 12.0
+    shard_chars: float = 6.0
+
+
+def _inputs(config: Any, images: int | None, hints: dict[str, float], list_local: bool,
+            notes: list[str]) -> _Inputs:
+    """How many images, and the key/shard name lengths the identity columns will hold."""
+    source = "--images"
+    if images is None and "images" in hints:
+        images, source = int(hints["images"]), "'# plan:' line of the config"
+    patterns = config.input.shard_patterns()
+    # Remote shards are listed only when the image count must come from them: planning a
+    # million-image run should not need access to its bucket.
+    if images is not None and not (list_local and not any(is_remote(p) for p in patterns)):
+        notes.append(f"input shards not listed; the image count comes from the {source}")
+        return _Inputs(images, source, [])
+    from berg_scale.io.shard_listing import list_shards
+
+    storage = config.storage_options()
+    try:
+        listed = list_shards(patterns, storage)
+    except BergScaleError as exc:
+        if images is None:
+            raise BergScaleError(
+                f"cannot list the input shards ({exc}); pass --images N to plan without them"
+            ) from None
+        notes.append(f"input shards not listed ({exc})")
+        return _Inputs(images, source, [])
+    urls = [shard.url for shard in listed]
+    per_shard, key_chars = count_shard_samples(urls[0], storage)
+    if images is None:
+        images, source = per_shard * len(urls), f"{per_shard:,} in the first shard x {len(urls)} shards"
+    shard_chars = sum(len(shard.name) for shard in listed) / len(listed)
+    return _Inputs(images, source, urls, key_chars, shard_chars)
+
+
+def _rate(value: float | None, hints: dict[str, float]) -> tuple[float, str]:
+    if value is not None:
+        source = "--images-per-second-per-gpu"
+    elif "images_per_second_per_gpu" in hints:
+        value, source = hints["images_per_second_per_gpu"], "config's plan line"
+    else:
+        value, source = 100.0, "placeholder: measure with benchmarks/ and pass --images-per-second-per-gpu"
+    if value <= 0:
+        raise BergScaleError("--images-per-second-per-gpu must be positive")
+    return float(value), source
+
+
+def _gpus(value: float | None, hints: dict[str, float], resources: Any) -> tuple[float, str]:
+    if value is not None:
+        return float(value), "--gpus"
+    if "gpus" in hints:
+        return hints["gpus"], "config's plan line"
+    if isinstance(resources.workers, int):
+        return resources.workers * resources.gpus_per_worker or 1.0, "resources.workers x gpus_per_worker"
+    return 1.0, "default; pass --gpus"
 
 
 def make_plan(
@@ -324,90 +389,36 @@ def make_plan(
     """Estimate a run; explicit arguments beat `# plan:` hints in the config, which beat defaults."""
     hints = plan_hints(config_path) if config_path else {}
     notes: list[str] = []
-    storage = config.storage_options()
-    specs = config.readout_specs()
-
-    shards: list[str] = []
-    key_chars, shard_chars = 12.0, 6.0
-    images_source = "--images"
-    if images is None and "images" in hints:
-        images, images_source = int(hints["images"]), "'# plan:' line of the config"
-    patterns = config.input.shard_patterns()
-    # Remote shards are listed only when the image count must come from them: planning a
-    # million-image run should not need access to its bucket.
-    if images is None or (list_local and not any(_is_remote(p) for p in patterns)):
-        from berg_scale.io.shard_listing import list_shards
-
-        try:
-            listed = list_shards(patterns, storage)
-        except BergScaleError as exc:
-            if images is None:
-                raise BergScaleError(
-                    f"cannot list the input shards ({exc}); pass --images N to plan without them"
-                ) from None
-            listed = []
-            notes.append(f"input shards not listed ({exc})")
-        shards = [s.url for s in listed]
-        if listed:
-            shard_chars = sum(len(s.name) for s in listed) / len(listed)
-            per_shard, key_chars = count_shard_samples(shards[0], storage)
-            if images is None:
-                images = per_shard * len(shards)
-                images_source = f"{per_shard:,} in the first shard x {len(shards)} shards"
-    else:
-        notes.append("input shards not listed; the image count comes from " + images_source)
-    assert images is not None
+    inputs = _inputs(config, images, hints, list_local, notes)
 
     root = berg_root
-    if root is None and not _is_remote(config.berg_root) and os.path.isdir(config.berg_root):
+    if root is None and not is_remote(config.berg_root) and os.path.isdir(config.berg_root):
         root = config.berg_root
     if root is None:
         notes.append(
-            f"metadata not read (berg_root {config.berg_root} is remote); pass --berg-root DIR "
-            "after `berg-scale fetch-weights --config CONFIG --metadata-only --to DIR` for exact widths"
+            f"metadata not read (berg_root {config.berg_root} is not a local folder); pass "
+            "--berg-root DIR after `berg-scale fetch-weights --config CONFIG --metadata-only "
+            "--to DIR` for exact widths"
         )
-    columns = estimate_columns(specs, root, storage if root and _is_remote(root) else None, assume_width)
+    storage = config.storage_options() if root and is_remote(root) else None
+    columns = estimate_columns(config.readout_specs(), root, storage, assume_width)
     if any(c.width is None for c in columns):
         notes.append("unknown widths are left out of the totals; --assume-width N fills them")
 
-    if images_per_second_per_gpu is None:
-        if "images_per_second_per_gpu" in hints:
-            images_per_second_per_gpu, rate_source = hints["images_per_second_per_gpu"], "config's plan line"
-        else:
-            images_per_second_per_gpu, rate_source = 100.0, "placeholder: measure with benchmarks/ and pass --images-per-second-per-gpu"
-    else:
-        rate_source = "--images-per-second-per-gpu"
-    if images_per_second_per_gpu <= 0:
-        raise BergScaleError("--images-per-second-per-gpu must be positive")
-
-    if gpus is not None:
-        gpus_source = "--gpus"
-    elif "gpus" in hints:
-        gpus, gpus_source = hints["gpus"], "config's plan line"
-    elif isinstance(config.resources.workers, int):
-        gpus = config.resources.workers * max(config.resources.gpus_per_worker, 0.0) or 1.0
-        gpus_source = "resources.workers x gpus_per_worker"
-    else:
-        gpus, gpus_source = 1.0, "default; pass --gpus"
-
+    rate, rate_source = _rate(images_per_second_per_gpu, hints)
+    n_gpus, gpus_source = _gpus(gpus, hints, config.resources)
     return Plan(
-        images=int(images),
-        images_source=images_source,
-        shards=shards,
+        images=int(inputs.images),
+        images_source=inputs.source,
+        shards=inputs.shards,
         columns=columns,
-        id_bytes_per_image=id_bytes_per_image(key_chars, shard_chars),
-        gpus=float(gpus),
+        id_bytes_per_image=id_bytes_per_image(inputs.key_chars, inputs.shard_chars),
+        gpus=n_gpus,
         gpus_source=gpus_source,
-        images_per_second_per_gpu=float(images_per_second_per_gpu),
+        images_per_second_per_gpu=rate,
         rate_source=rate_source,
         notes=notes,
     )
-
-
-def _is_remote(url: str) -> bool:
-    from berg_scale.io.storage import is_remote
-
-    return is_remote(url)
 
 
 __all__ = [

@@ -175,6 +175,15 @@ def test_plan_needs_images_when_shards_cannot_be_listed(tmp_path):
     assert make_plan(config, images=10).images == 10
 
 
+def test_an_unreadable_first_shard_is_a_clear_error(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "shard-000000.tar").write_bytes(b"not a tar archive" * 64)
+    config = _generation_config(str(tmp_path / "in"), str(tmp_path / "o"), "/nonexistent", None,
+                                [{"model": FWRF, "subjects": [1], "rois": ["V1"]}])
+    with pytest.raises(BergScaleError, match="--images"):
+        make_plan(config)
+
+
 def test_plan_hints_are_parsed_and_checked(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("# plan: gpus=8 images=1_000_000 images_per_second_per_gpu=400\nx: 1\n")
