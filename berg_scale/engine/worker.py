@@ -44,6 +44,7 @@ class EncoderWorker:
             },
         )
         self.store = OutputStore(settings.output, settings.storage)
+        _preload_pipeline_modules()
         self.executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
@@ -110,6 +111,17 @@ class EncoderWorker:
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "shards_done": self.shards_done,
         }
+
+
+def _preload_pipeline_modules() -> None:
+    """Import what the first shard would otherwise import, so it is not slower than the rest."""
+    import pyarrow.parquet  # noqa: F401
+    from PIL import Image
+
+    import berg_scale.io.decode  # noqa: F401
+    import berg_scale.io.shard_reader  # noqa: F401
+
+    Image.init()
 
 
 def remote_worker_class() -> Any:
