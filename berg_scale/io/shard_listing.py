@@ -14,8 +14,6 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-import braceexpand
-
 from berg_scale.errors import ConfigError, StorageError
 from berg_scale.io.storage import StorageOptions, filesystem_for, to_url
 
@@ -72,7 +70,12 @@ def shard_output_name(relative: str) -> str:
 
 def _list_one(pattern: str, storage: StorageOptions | None) -> list[InputShard]:
     fs, path = filesystem_for(pattern, storage)
-    expanded = list(braceexpand.braceexpand(path)) if "{" in path else [path]
+    if "{" in path:
+        import braceexpand
+
+        expanded = list(braceexpand.braceexpand(path))
+    else:
+        expanded = [path]
     is_brace = len(expanded) > 1 or expanded[0] != path
     results: list[tuple[str, str]] = []  # (path in fs, root)
     try:
