@@ -131,9 +131,14 @@ def check_manifest(doc: Any) -> list[str]:
             problems.append(f"spec.submissionMode: one of {sorted(SUBMISSION_MODES)}")
         if "runtimeEnvYAML" in spec and not isinstance(spec["runtimeEnvYAML"], str):
             problems.append("spec.runtimeEnvYAML: must be a YAML string, not a mapping")
-        for key in ("ttlSecondsAfterFinished",):
-            if key in spec and not (isinstance(spec[key], int) and spec[key] >= 0):
-                problems.append(f"spec.{key}: must be an integer >= 0")
+        if "ttlSecondsAfterFinished" in spec and not (
+            isinstance(spec["ttlSecondsAfterFinished"], int) and spec["ttlSecondsAfterFinished"] >= 0
+        ):
+            problems.append("spec.ttlSecondsAfterFinished: must be an integer >= 0")
+        for key in ("entrypointNumCpus", "entrypointNumGpus"):
+            value = spec.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                problems.append(f"spec.{key}: must be a number >= 0")
         if "shutdownAfterJobFinishes" in spec and not isinstance(spec["shutdownAfterJobFinishes"], bool):
             problems.append("spec.shutdownAfterJobFinishes: must be true or false")
         if "rayClusterSpec" in spec:

@@ -34,7 +34,7 @@ def _load(path: Path):
 
 def test_every_yaml_in_cluster_parses():
     files = sorted(CLUSTER.rglob("*.yaml"))
-    assert {f.name for f in files} >= {"aws-gpu.yaml", "raycluster.yaml", "rayjob-generate.yaml"}
+    assert {f.name for f in files} >= {"aws-gpu.yaml", "raycluster.yaml", "rayjob-generate.yaml", "rayjob-rnc.yaml"}
     for path in files:
         assert isinstance(_load(path), dict), path
 
@@ -114,10 +114,11 @@ def test_ray_versions_agree_everywhere():
     assert len(versions) == 1, f"Ray versions differ: {sorted(versions)}"
 
 
-def test_rayjob_runtime_env_is_valid_yaml_and_entrypoint_names_a_job():
-    job = _load(CLUSTER / "kuberay" / "rayjob-generate.yaml")
-    runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+@pytest.mark.parametrize("name, script", [("rayjob-generate.yaml", "generate.py"), ("rayjob-rnc.yaml", "rnc.py")])
+def test_rayjob_entrypoint_names_a_job_and_a_shipped_config(name, script):
+    job = _load(CLUSTER / "kuberay" / name)
+    runtime_env = yaml.safe_load(job["spec"].get("runtimeEnvYAML", "{}"))
     assert set(runtime_env) <= {"env_vars", "working_dir", "pip", "py_modules", "config"}
-    script, config = job["spec"]["entrypoint"].split()[1:3]
-    assert script.endswith("jobs/generate.py")
+    entry, config = job["spec"]["entrypoint"].split()[1:3]
+    assert entry.endswith(f"jobs/{script}") and (REPO / "jobs" / script).exists()
     assert (REPO / "configs" / Path(config).name).exists(), config
