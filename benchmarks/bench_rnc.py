@@ -134,7 +134,8 @@ def _markdown(results: dict, args) -> str:
         "# RNC benchmarks (CPU)",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"Python {platform.python_version()}. Command: `python benchmarks/bench_rnc.py`. "
+        f"Python {platform.python_version()}; load average at the end {os.getloadavg()[0]:.1f} "
+        "(other work shares these cores). Command: `python benchmarks/bench_rnc.py`. "
         "Random responses (speed does not depend on their values).",
         "",
         "| Case | Size | Time | Peak memory |",

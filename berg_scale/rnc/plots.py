@@ -60,14 +60,16 @@ def scatter_figure(
     return fig
 
 
-def generations_figure(curves: Mapping[str, np.ndarray], title: str) -> Figure:
-    """Best train score per generation (and held-out scores when given)."""
+def generations_figure(curves: Mapping[str, np.ndarray], title: str, null_mean: float | None = None) -> Figure:
+    """Best train score per generation (and held-out scores when given), with the null mean."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, scores in curves.items():
         condition = label.split()[0]
         dashed = "test" in label
         ax.plot(np.arange(1, len(scores) + 1), scores, label=label, color=CONDITION_COLOURS.get(condition),
                 ls="--" if dashed else "-", lw=1.2)
+    if null_mean is not None and np.isfinite(null_mean):
+        ax.axhline(null_mean, color="0.4", lw=0.8, ls=":", label="random batches (null mean)")
     ax.set_xlabel("generation")
     ax.set_ylabel("RSA score (Pearson r)")
     ax.set_title(title)

@@ -205,7 +205,9 @@ def _multivariate_plots(config, result: MultivariateResult, keys, fs, directory)
                 continue
             if run.fold.heldout is None:
                 curves[f"{run.condition} (all subjects, train)"] = run.search.best_scores
-        fig = generations_figure(curves, f"Multivariate RNC: {pair[0]} vs {pair[1]}")
+        null_mean = next((b["null_train_mean"] for b in result.baselines
+                          if (b["roi_1"], b["roi_2"]) == pair and b["heldout_subject"] is None), None)
+        fig = generations_figure(curves, f"Multivariate RNC: {pair[0]} vs {pair[1]}", null_mean)
         written += save_figure(fig, fs, posixpath.join(directory, f"generations_{pair[0]}-{pair[1]}"),
                                config.plots.formats)
         if config.plots.images:

@@ -41,3 +41,25 @@ def test_ray_selection_equals_in_memory_selection(tmp_path, ray_session):
         n_ties += len(a.rank_scores) - len(np.unique(a.rank_scores))
     assert n_ties > 0  # the case exercises tie-breaking
     assert reference.tests == distributed.tests
+
+
+@pytest.mark.ray
+def test_study_with_distributed_selection_writes_the_same_tables(planted, tmp_path, ray_session):
+    import pyarrow.parquet as pq
+
+    from berg_scale.rnc.config import parse_config
+    from berg_scale.rnc.study import run_study
+
+    tables = {}
+    for distributed in (False, True):
+        out = tmp_path / f"rnc-{distributed}"
+        config = parse_config({
+            "responses": planted.url, "out_dir": str(out), "subjects": planted.subjects, "rois": ["V1", "hV4"],
+            "univariate": {"baseline_batches": 3000, "n_bootstrap": 200, "n_permutations": 200,
+                           "distributed": distributed},
+            "plots": {"enabled": False},
+        })
+        run_study(config, log=lambda m: None)
+        tables[distributed] = pq.read_table(out / "univariate" / "controlling.parquet").to_pylist()
+    assert tables[True] == tables[False]
+    assert ray_session.is_initialized()  # a Ray started by someone else is left running
