@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"One worker on cuda:0, {args.shards} shards x {args.images_per_shard} JPEGs (500 x 375 -> 256), "
         f"batch {args.batch_size}, {args.decode_threads} CPU decode threads; readouts fsaverage hV4 "
-        f"(ViT-B/32) + fwRF V1. Timed after one warm-up shard. 'drift' is the largest relative "
-        f"difference of the `:mean` columns against fp32 with CPU decode.",
+        f"(ViT-B/32) + fwRF V1. Timed after one warm-up shard. 'drift' is the largest absolute "
+        f"difference of any response against fp32 with CPU decode, in units of that column's standard "
+        f"deviation over images.",
         "",
         "| precision | decode | images/s end to end | images/s model only | ratio | stage seconds | drift |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -147,27 +148,35 @@ def _model_only(model, decoded, batch_size: int) -> float:
     return statistics.median(rates)
 
 
-def _read_means(output: Path) -> dict[str, dict[str, float]]:
+def _read_means(output: Path) -> dict[str, dict[str, "object"]]:
+    """Every response column as key -> vector (error rows left out)."""
+    import numpy as np
     import pyarrow.parquet as pq
 
-    means: dict[str, dict[str, float]] = {}
+    values: dict[str, dict[str, object]] = {}
     for path in sorted((output / "responses").glob("*.parquet")):
         table = pq.read_table(path)
-        for name in table.column_names:
-            if name.endswith(":mean"):
-                for key, value in zip(table.column("key").to_pylist(), table.column(name).to_pylist()):
-                    means.setdefault(name, {})[key] = value
-    return means
+        keys = table.column("key").to_pylist()
+        for name in table.column_names[5:]:
+            for key, value in zip(keys, table.column(name).to_pylist()):
+                if value is not None:
+                    values.setdefault(name, {})[key] = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    return values
 
 
 def _max_relative_difference(reference, table) -> float:
+    """Largest |difference| over all columns, in units of the reference column's std."""
+    import numpy as np
+
     worst = 0.0
-    for name, values in reference.items():
-        for key, value in values.items():
-            other = table.get(name, {}).get(key)
-            if value is None or other is None:
-                continue
-            worst = max(worst, abs(other - value) / max(abs(value), 1e-6))
+    for name, by_key in reference.items():
+        keys = [key for key in by_key if key in table.get(name, {})]
+        if not keys:
+            continue
+        ref = np.stack([by_key[key] for key in keys])
+        other = np.stack([table[name][key] for key in keys])
+        scale = float(ref.std()) or 1.0
+        worst = max(worst, float(np.abs(other - ref).max()) / scale)
     return worst
 
 

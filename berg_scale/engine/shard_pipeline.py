@@ -95,23 +95,31 @@ def process_shard(
     cancelled: Callable[[], bool] = lambda: False,
     samples: Iterable[Sample] | None = None,
 ) -> dict[str, Any]:
-    """Process and commit one shard; returns the payload written to its `_done` marker."""
+    """Process and commit one shard; returns the payload written to its `_done` marker.
+
+    Three stages overlap: a thread reads the tar ahead, a second one decodes the next
+    chunk (itself fanning out over `executor`) while this thread runs the model on the
+    current one and writes its row group.
+    """
     from berg_scale.engine.read_ahead import ReadAhead
 
     started = time.perf_counter()
     stats = ShardStats()
     source = samples if samples is not None else iter_samples(shard.url, settings.storage)
     device = getattr(model, "device", "cpu")
-    use_gpu_decode = _gpu_decode_wanted(settings.decode, device)
+    decoder = ChunkDecoder(settings, executor, _gpu_decode_wanted(settings.decode, device), device, stats)
     writer = ResponseShardWriter(store, shard.name, schema)
     reader = ReadAhead(source, depth=settings.read_ahead, name=f"read-{shard.name}")
+    decoded_chunks = ReadAhead(
+        (decoder(chunk) for chunk in _chunks(reader, settings.batch_size)), depth=2, name=f"decode-{shard.name}"
+    )
     try:
-        for chunk in _chunks(reader, settings.batch_size):
+        for decoded in decoded_chunks:
             if cancelled():
                 raise ShardCancelled(shard.name)
-            rows, outputs = _encode_chunk(chunk, model, settings, executor, use_gpu_decode, device, stats)
+            outputs = _run_model(decoded, model, stats)
             write_started = time.perf_counter()
-            writer.write(build_record_batch(schema, shard.name, rows, outputs))
+            writer.write(build_record_batch(schema, shard.name, decoded.rows, outputs))
             stats.seconds["write"] += time.perf_counter() - write_started
         stats.seconds["read"] = reader.busy_seconds
         if stats.rows and stats.errors / stats.rows > settings.error_rate_threshold:
@@ -126,9 +134,11 @@ def process_shard(
         output_path = writer.commit()
         stats.seconds["write"] += time.perf_counter() - commit_started
     except BaseException:
+        decoded_chunks.close()
         reader.close()
         writer.abort()
         raise
+    decoded_chunks.close()
     reader.close()
     payload = {
         "input": shard.url,
@@ -149,44 +159,80 @@ def process_shard(
     return payload
 
 
-def _encode_chunk(
-    chunk: list[Sample],
-    model: Any,
-    settings: ShardSettings,
-    executor: Any | None,
-    use_gpu_decode: bool,
-    device: Any,
-    stats: ShardStats,
-) -> tuple[list[RowInfo], dict[str, np.ndarray]]:
-    from berg_scale.io.decode import decode_batch_cpu, decode_jpeg_batch_gpu
+@dataclass
+class DecodedChunk:
+    rows: list[RowInfo]
+    images: Any  # uint8 (n_ok, 3, size, size) tensor, on the decode device
+    ready: Any = None  # CUDA event recorded after a GPU decode, else None
 
-    decode_started = time.perf_counter()
-    payloads = [sample.data if sample.error is None else None for sample in chunk]
-    if use_gpu_decode:
-        result = decode_jpeg_batch_gpu(payloads, device, settings.image_size, settings.crop, executor=executor)
-    else:
-        result = decode_batch_cpu(payloads, settings.image_size, settings.crop, executor=executor)
-    stats.seconds["decode"] += time.perf_counter() - decode_started
 
-    rows: list[RowInfo] = []
-    for sample, error, where in zip(chunk, result.errors, result.decoded_on):
-        reason = sample.error or error
-        rows.append(RowInfo(sample.key, sample.index, reason))
-        if reason is None:
-            stats.decoded_on[where or "cpu"] += 1
+class ChunkDecoder:
+    """Decodes one chunk of samples into rows and a batch of ok images.
+
+    Runs in the decode thread. GPU decodes go on a side CUDA stream and hand the model
+    an event to wait on, so decoding the next chunk overlaps the current forward pass.
+    """
+
+    def __init__(self, settings: ShardSettings, executor: Any, use_gpu: bool, device: Any, stats: ShardStats) -> None:
+        self.settings = settings
+        self.executor = executor
+        self.use_gpu = use_gpu
+        self.device = device
+        self.stats = stats
+        self.stream = None
+        if use_gpu:
+            import torch
+
+            self.stream = torch.cuda.Stream(device=device)
+
+    def __call__(self, chunk: list[Sample]) -> DecodedChunk:
+        from berg_scale.io.decode import decode_batch_cpu, decode_jpeg_batch_gpu
+
+        started = time.perf_counter()
+        payloads = [sample.data if sample.error is None else None for sample in chunk]
+        ready = None
+        if self.use_gpu:
+            import torch
+
+            with torch.cuda.stream(self.stream):
+                result = decode_jpeg_batch_gpu(payloads, self.device, self.settings.image_size,
+                                               self.settings.crop, executor=self.executor)
+                ready = torch.cuda.Event()
+                ready.record(self.stream)
         else:
-            stats.error_reasons[_reason_kind(reason)] += 1
-    ok = [i for i, row in enumerate(rows) if row.ok]
-    stats.rows += len(rows)
-    stats.ok += len(ok)
-    stats.errors += len(rows) - len(ok)
-    outputs: dict[str, np.ndarray] = {}
-    if ok:
-        model_started = time.perf_counter()
+            result = decode_batch_cpu(payloads, self.settings.image_size, self.settings.crop, executor=self.executor)
+        rows: list[RowInfo] = []
+        stats = self.stats
+        for sample, error, where in zip(chunk, result.errors, result.decoded_on):
+            reason = sample.error or error
+            rows.append(RowInfo(sample.key, sample.index, reason))
+            if reason is None:
+                stats.decoded_on[where or "cpu"] += 1
+            else:
+                stats.error_reasons[_reason_kind(reason)] += 1
+        ok = [i for i, row in enumerate(rows) if row.ok]
+        stats.rows += len(rows)
+        stats.ok += len(ok)
+        stats.errors += len(rows) - len(ok)
         images = result.images if len(ok) == len(rows) else result.images[ok]
-        outputs = {name: np.asarray(values) for name, values in model.forward(images).items()}
-        stats.seconds["model"] += time.perf_counter() - model_started
-    return rows, outputs
+        stats.seconds["decode"] += time.perf_counter() - started
+        return DecodedChunk(rows, images, ready)
+
+
+def _run_model(decoded: DecodedChunk, model: Any, stats: ShardStats) -> dict[str, np.ndarray]:
+    if not len(decoded.images):
+        return {}
+    started = time.perf_counter()
+    images = decoded.images
+    if decoded.ready is not None:
+        import torch
+
+        current = torch.cuda.current_stream(images.device)
+        current.wait_event(decoded.ready)
+        images.record_stream(current)  # the decode stream's allocator must not reuse it early
+    outputs = {name: np.asarray(values) for name, values in model.forward(images).items()}
+    stats.seconds["model"] += time.perf_counter() - started
+    return outputs
 
 
 def _reason_kind(reason: str) -> str:
