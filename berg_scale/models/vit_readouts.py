@@ -209,6 +209,7 @@ class VitGroup(ReadoutGroup):
             self.regressions.append(regression)
             self.columns.extend(columns)
         loaded.clear()
+        ctx.shared.pop("metadata", None)  # only needed while building
         assert centre is not None
         self.centre = torch.from_numpy(centre).to(ctx.device)
         self.projection = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
@@ -220,14 +221,20 @@ class VitGroup(ReadoutGroup):
     def _metadata(self, spec: ReadoutSpec) -> tuple[dict[str, Any] | None, str]:
         rel = layout.metadata_file(spec.model_id, spec.subject)
         source = self.ctx.store.url(rel)
+        cache = self.ctx.shared.setdefault("metadata", {})
+        if rel not in cache:
+            cache[rel] = self._read_metadata(rel, source, spec)
+        return cache[rel], source
+
+    def _read_metadata(self, rel: str, source: str, spec: ReadoutSpec) -> dict[str, Any] | None:
         try:
             self.ctx.store.require(rel, "metadata")
         except FileNotFoundError:
-            return None, source
+            return None
         data = self.ctx.store.load(rel, f"{spec.model_id} subject {spec.subject} metadata")
         if not isinstance(data, dict):
             raise WeightFormatError(f"{source}: expected a metadata dict")
-        return data, source
+        return data
 
     def _fsaverage_readout(
         self,
