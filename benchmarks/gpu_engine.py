@@ -76,11 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         factory = ModelSetFactory(str(root), specs, precision=precision, batch_size=args.batch_size,
                                   backbone_path=str(backbone_file(root)))
         model_rate = None
-        for decode in ("cpu", "gpu"):
-            output = work / f"out_{precision}_{decode}"
+        variants = [("cpu", 2), ("gpu", 2)] + ([("cpu", 0), ("gpu", 0)] if precision == "fp32" else [])
+        for decode, ahead in variants:
+            output = work / f"out_{precision}_{decode}_{ahead}"
             shutil.rmtree(output, ignore_errors=True)
             settings = ShardSettings(output=str(output), image_size=256, batch_size=args.batch_size,
-                                     decode=decode, decode_threads=args.decode_threads, device="cuda")
+                                     decode=decode, decode_threads=args.decode_threads, device="cuda",
+                                     decode_ahead=ahead)
             worker = EncoderWorker(0, factory, settings)
             if model_rate is None:
                 model_rate = _model_only(worker.model, decoded, args.batch_size)
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 reference = table
             drift = _max_relative_difference(reference, table)
             stages = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
-            rows.append(f"| {precision} | {decode} ({_fmt(decoded_on)}) | {rate:.0f} | {model_rate:.0f} | "
+            overlap = "overlapped" if ahead else "inline"
+            rows.append(f"| {precision} | {decode} ({_fmt(decoded_on)}), {overlap} | {rate:.0f} | {model_rate:.0f} | "
                         f"{rate / model_rate:.2f} | {stages} | {drift:.1e} |")
             print(rows[-1], file=sys.stderr, flush=True)
             del worker
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"One worker on cuda:0, {args.shards} shards x {args.images_per_shard} JPEGs (500 x 375 -> 256), "
         f"batch {args.batch_size}, {args.decode_threads} CPU decode threads; readouts fsaverage hV4 "
-        f"(ViT-B/32) + fwRF V1. Timed after one warm-up shard. 'drift' is the largest absolute "
+        f"(ViT-B/32) + fwRF V1. Timed after one warm-up shard; 'overlapped' decodes the next chunk in a second thread while the model runs, 'inline' decodes and runs the model in turn. 'drift' is the largest absolute "
         f"difference of any response against fp32 with CPU decode, in units of that column's standard "
         f"deviation over images.",
         "",

@@ -48,6 +48,7 @@ class ShardSettings:
     decode_threads: int = 4
     error_rate_threshold: float = 0.5
     read_ahead: int = 256
+    decode_ahead: int = 2  # chunks decoded ahead of the model (0: decode inline)
     device: str = "auto"
 
 
@@ -110,8 +111,11 @@ def process_shard(
     decoder = ChunkDecoder(settings, executor, _gpu_decode_wanted(settings.decode, device), device, stats)
     writer = ResponseShardWriter(store, shard.name, schema)
     reader = ReadAhead(source, depth=settings.read_ahead, name=f"read-{shard.name}")
-    decoded_chunks = ReadAhead(
-        (decoder(chunk) for chunk in _chunks(reader, settings.batch_size)), depth=2, name=f"decode-{shard.name}"
+    chunks = (decoder(chunk) for chunk in _chunks(reader, settings.batch_size))
+    decoded_chunks = (
+        ReadAhead(chunks, depth=settings.decode_ahead, name=f"decode-{shard.name}")
+        if settings.decode_ahead > 0
+        else _Inline(chunks)
     )
     try:
         for decoded in decoded_chunks:
@@ -233,6 +237,19 @@ def _run_model(decoded: DecodedChunk, model: Any, stats: ShardStats) -> dict[str
     outputs = {name: np.asarray(values) for name, values in model.forward(images).items()}
     stats.seconds["model"] += time.perf_counter() - started
     return outputs
+
+
+class _Inline:
+    """The no-overlap variant of ReadAhead (same interface), for measurements."""
+
+    def __init__(self, iterator: Iterator[Any]) -> None:
+        self.iterator = iterator
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.iterator
+
+    def close(self) -> None:
+        self.iterator.close()
 
 
 def _reason_kind(reason: str) -> str:
