@@ -10,8 +10,6 @@ import posixpath
 import time
 from typing import Callable, Sequence
 
-import numpy as np
-
 from berg_scale import __version__
 from berg_scale.io.storage import filesystem_for
 from berg_scale.rnc.config import StudyConfig, parse_config
@@ -113,7 +111,7 @@ def _univariate(config, store, storage, fs, out_root, rois, pairs, summary, log)
 
 
 def _univariate_plots(config, data, result: UnivariateResult, keys, fs, directory, storage) -> list[str]:
-    from berg_scale.rnc.plots import image_grid_figure, save_figure, scatter_figure
+    from berg_scale.rnc.plots import save_figure, scatter_figure
 
     written = []
     slot = {s: i for i, s in enumerate(data.subjects)}
