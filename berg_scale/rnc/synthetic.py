@@ -86,6 +86,7 @@ def write_synthetic_output(
                 json.dump(marker, handle)
     columns = []
     for name in list(voxel_columns) + list(mean_columns):
+        scalar = name not in voxel_columns
         base = name.split(":")[0]
         model_id, subject, selection = base.split("/")
         entry = {
@@ -93,9 +94,9 @@ def write_synthetic_output(
             "model_id": model_id,
             "subject": int(subject.removeprefix("sub-")),
             "selection": {"roi": selection},
-            "kind": "mean" if name.endswith(":mean") else "responses",
-            "shape": [] if name.endswith(":mean") else [int(np.shape(voxel_columns[name])[1])],
-            "dims": [] if name.endswith(":mean") else ["voxel"],
+            "kind": "mean" if scalar else "responses",
+            "shape": [] if scalar else [int(np.shape(voxel_columns[name])[1])],
+            "dims": [] if scalar else ["voxel"],
             "dtype": dtype,
             "coords": {},
         }
