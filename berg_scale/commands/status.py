@@ -23,7 +23,8 @@ def output_status(output: str, storage=None) -> dict:
     failed = failed_shards(store) - done
     if manifest is None and not done and not failed:
         raise BergScaleError(f"{output} is not a berg-scale output (no run.json, no markers)")
-    inputs = [entry["name"] for entry in (manifest or {}).get("input_shards", [])]
+    inputs = [entry["name"] if isinstance(entry, dict) else str(entry)
+              for entry in (manifest or {}).get("input_shards", [])]
     pending = sorted(set(inputs) - done - failed)
     totals = {"rows": 0, "ok": 0, "errors": 0}
     paths = [store.path(DONE_DIR, f"{name}.json") for name in sorted(done)]

@@ -32,7 +32,7 @@ def build_manifest(
     config_fingerprint: str,
     model_fingerprint: str | None,
     weight_hashes: dict[str, str] | None,
-    input_shards: list[dict[str, str]],
+    input_shards: list[str],
     started_at: float,
     this_run: dict[str, Any] | None = None,
     shards: dict[str, int] | None = None,

@@ -27,6 +27,7 @@ from berg_scale.engine.scheduler import RetryPolicy, SchedulerReport, ShardSched
 from berg_scale.engine.shard_pipeline import ShardSettings
 from berg_scale.errors import BergScaleError, ConfigError
 from berg_scale.io.markers import (
+    TMP_DIR,
     OutputStore,
     clear_output,
     done_shards,
@@ -119,7 +120,7 @@ def run_generation(
         "config_fingerprint": config_fingerprint,
         "model_fingerprint": (previous or {}).get("fingerprints", {}).get("model"),
         "weight_hashes": (previous or {}).get("weight_hashes"),
-        "input_shards": [{"name": s.name, "url": s.url} for s in shards],
+        "input_shards": [s.name for s in shards],  # names only: run.json stays small at 10^6 shards
         "started_at": started_at,
     }
     _write_manifest(store, manifest_args, "running", stats)
@@ -191,6 +192,8 @@ def run_generation(
 
             ray.shutdown()
     stats.finished = time.monotonic()
+    # Workers are stopped: staging files left by cancelled or killed executions are garbage.
+    with_storage_retries(lambda: store.remove_tree(TMP_DIR), "cleaning _tmp/")
     status = "complete" if not report.failed else "incomplete"
     workers = [{"worker": slot.index, "shards_done": slot.shards_done, "losses": slot.losses,
                 "state": slot.state} for slot in slots]

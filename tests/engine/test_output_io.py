@@ -161,7 +161,7 @@ def test_status_of_an_output(tmp_path, capsys):
     json_marker.update(ok=1, errors=1)
     (tmp_path / "out" / "_done" / "s0.json").write_text(json.dumps(json_marker))
     write_failed_marker(store, "s1", {"error": "truncated tar"})
-    write_manifest(store, {"status": "incomplete", "input_shards": [{"name": n, "url": n} for n in ("s0", "s1", "s2")]})
+    write_manifest(store, {"status": "incomplete", "input_shards": ["s0", "s1", "s2"]})
     summary = output_status(str(tmp_path / "out"))
     assert summary["shards"] == {"total": 3, "done": 1, "failed": 1, "pending": 1}
     assert summary["images"] == {"rows": 2, "ok": 1, "errors": 1}

@@ -137,3 +137,16 @@ def test_cli_prints_one_line_and_exits_2(no_workers, tmp_path, capsys):
     assert main(["generate", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("berg-scale generate: error: no input shards matched")
+
+
+def test_ray_job_entry_point_reports_config_errors_in_one_line(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("jobs_generate", "jobs/generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = tmp_path / "run.yaml"
+    path.write_text("input: {shards: x}\nberg_root: /b\nreadouts: []\noutput: o\n")
+    assert module.main([str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "readouts" in err[0]

@@ -55,6 +55,8 @@ def test_straggler_is_executed_speculatively_and_rows_are_not_duplicated(ray_ses
     assert result.scheduler.speculative_won >= 1
     table = output_table(output)
     assert_each_key_once(table, infos)
+    staging = tmp_path / "out" / "_tmp"
+    assert not staging.exists() or not list(staging.iterdir()), "no staging files may be left behind"
     clean_output = str(tmp_path / "clean")
     run_generation(make_config(str(tmp_path / "in"), clean_output, resources={"batch_size": 1}),
                    model_factory=stand_in_factory, show_progress=False)
