@@ -85,7 +85,8 @@ def run_case(case: str, precision: str, n_images: int, components: int, repeats:
     t0 = time.perf_counter()
     models = [ModelSet(str(root), specs, **kwargs) for specs in sets]
     load_s = time.perf_counter() - t0
-    models[0].forward(images[:2])  # warm-up (allocations, kernels)
+    for ms in models:
+        ms.forward(images)  # warm-up at the timed batch size (oneDNN builds kernels per shape)
     elapsed = float("inf")
     for _ in range(repeats):  # best of N: the machine is shared, the minimum is the signal
         t0 = time.perf_counter()

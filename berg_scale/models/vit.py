@@ -8,6 +8,7 @@ strictly, and stop before the final LayerNorm and the classification head.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from berg_scale.errors import BergScaleError
+from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote
 from berg_scale.models.layout import BACKBONE_FILE, BACKBONE_URL
 from berg_scale.models.safe_load import load_checkpoint
 
@@ -36,8 +38,16 @@ def default_backbone_path() -> Path:
     return Path(torch_home) / "hub" / "checkpoints" / BACKBONE_FILE
 
 
-def resolve_backbone_path(backbone_path: str | None) -> Path:
-    """The backbone file to use; never downloads."""
+def resolve_backbone_path(backbone_path: str | None, storage: StorageOptions | None = None) -> str:
+    """The backbone file to use (local path or s3:// URL); never downloads from the web."""
+    if backbone_path and is_remote(str(backbone_path)):
+        fs, remote = filesystem_for(str(backbone_path), storage)
+        if not fs.exists(remote):
+            raise BackboneMissingError(
+                f"ViT-B/32 backbone weights not found at {backbone_path}; upload torchvision's "
+                f"'{BACKBONE_FILE}' there (from {BACKBONE_URL}) or fix backbone_path"
+            )
+        return str(backbone_path)
     path = Path(backbone_path).expanduser() if backbone_path else default_backbone_path()
     if not path.is_file():
         raise BackboneMissingError(
@@ -45,7 +55,7 @@ def resolve_backbone_path(backbone_path: str | None) -> Path:
             f"'{BACKBONE_FILE}' there (or pass backbone_path=...); on a machine with internet: "
             f"curl -L -o {BACKBONE_FILE} {BACKBONE_URL}"
         )
-    return path
+    return str(path)
 
 
 class VitFeatures(nn.Module):
@@ -69,11 +79,18 @@ class VitFeatures(nn.Module):
         return torch.cat(blocks, dim=1).float()
 
 
-def load_vit_b_32(path: Path, device: torch.device) -> VitFeatures:
+def load_vit_b_32(
+    path: str | Path, device: torch.device, storage: StorageOptions | None = None
+) -> VitFeatures:
     """Build torchvision's ViT-B/32 and load the checkpoint strictly (safe loader)."""
     from torchvision.models import vit_b_32
 
-    state = load_checkpoint(str(path), str(path))
+    if is_remote(str(path)):
+        fs, remote = filesystem_for(str(path), storage)
+        with fs.open(remote, "rb") as handle:
+            state = load_checkpoint(io.BytesIO(handle.read()), str(path))
+    else:
+        state = load_checkpoint(str(path), str(path))
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):

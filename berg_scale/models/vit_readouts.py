@@ -139,10 +139,10 @@ class EegModel(VitReadoutModel):
 
 def shared_backbone(ctx: BuildContext) -> VitFeatures:
     """One backbone per device and file, whoever asks for it."""
-    path = resolve_backbone_path(ctx.backbone_path)
+    path = resolve_backbone_path(ctx.backbone_path, ctx.store.storage)
     key = f"vit_b_32:{path}"
     if key not in ctx.shared:
-        ctx.shared[key] = load_vit_b_32(path, ctx.device)
+        ctx.shared[key] = load_vit_b_32(path, ctx.device, ctx.store.storage)
     return ctx.shared[key]
 
 
