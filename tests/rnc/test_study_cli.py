@@ -158,3 +158,21 @@ def test_bad_study_config_fails_cleanly_in_the_job(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("rnc: error:") and "unknown" in done.stderr
+
+
+def test_cli_multivariate_options_reach_the_search(tmp_path, capsys):
+    _multivariate_output(tmp_path / "out")
+    code = cli_main([
+        "rnc", "multivariate", "--responses", str(tmp_path / "out"), "--out", str(tmp_path / "rnc"),
+        "--subjects", "1", "2", "3", "--generations", "3", "--population", "20", "--baseline-batches", "600",
+        "--permutations", "100", "--bootstrap", "100", "--condition", "align", "--storage-dtype", "bfloat16",
+        "--no-plots", "--no-cv",
+    ])
+    assert code == 0
+    assert "multivariate V1-hV4 align" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "rnc" / "summary.json").read_text())
+    assert [(r["condition"], r["fold"]) for r in summary["multivariate"]["final"]] == [("align", "all")]
+    assert summary["config"]["multivariate"]["storage_dtype"] == "bfloat16"
+    assert "univariate" not in summary
+    generations = pq.read_table(tmp_path / "rnc" / "multivariate" / "generations.parquet")
+    assert generations.num_rows == 3
