@@ -154,6 +154,10 @@ def bench_e2e(quick: bool) -> list[str]:
         f"{', '.join(f'{r:.2f}' for r in e2e_rates)} |",
         f"| **ratio** (target >= 0.85) | **{e2e_rate / model_rate:.2f}** | |",
         "",
+        f"Share of the worker's stage time spent in the model (last round): "
+        f"{stats.stage_seconds['model'] / max(sum(stats.stage_seconds.values()), 1e-9):.3f} - the robust "
+        f"figure on a shared machine, where separate rate measurements drift with other load.",
+        "",
         f"Worker start-up (Ray actor, model load, {stats.startup_seconds:.1f} s in the last round) is "
         f"excluded; stage totals of the last round: {stages}; {stats.images} images per round.",
         "",
@@ -202,20 +206,37 @@ def bench_scaling(quick: bool) -> list[str]:
         assert len(report.done) == len(shards), report.failed
         rate = len(shards) * per_shard / elapsed
         base_rate = base_rate or rate
-        rows.append(f"| {n} | {len(shards)} | {elapsed:.2f} | {rate:.1f} | {rate / (base_rate * n):.2f} |")
+        busiest = max(_busy_seconds(report).values())
+        rows.append(f"| {n} | {len(shards)} | {elapsed:.2f} | {rate:.1f} | {rate / (base_rate * n):.2f} | "
+                    f"{busiest / elapsed:.2f} | {_mean_stage(report, 'write'):.2f} |")
         ray.shutdown()
     return [
         "### (b) Scheduler scaling on simulated GPUs",
         "",
         f"Stand-in model with a fixed cost of {seconds_per_image} s per image (sleep), {per_shard} images "
         f"per shard, {shards_per_worker} shards per worker, one actor per simulated GPU, timed after all "
-        f"actors are up. Efficiency = rate / (N x rate with 1 GPU); target >= 0.9.",
+        f"actors are up. Efficiency = rate / (N x rate with 1 GPU); target >= 0.9. 'busy / wall' is the "
+        f"busiest worker's summed shard time over the wall time (1.0 = the scheduler never left it idle); "
+        f"'write s' is the mean time per shard spent writing Parquet and markers, which grows with CPU "
+        f"contention when many workers share few cores.",
         "",
-        "| GPUs | shards | seconds | images/s | efficiency |",
-        "| --- | --- | --- | --- | --- |",
+        "| GPUs | shards | seconds | images/s | efficiency | busiest worker busy / wall | write s per shard |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
     ]
+
+
+def _busy_seconds(report) -> dict[int, float]:
+    busy: dict[int, float] = {}
+    for marker in report.done.values():
+        worker = marker["worker"]["worker"]
+        busy[worker] = busy.get(worker, 0.0) + marker["seconds"]["total"]
+    return busy
+
+
+def _mean_stage(report, stage: str) -> float:
+    return statistics.mean(marker["seconds"][stage] for marker in report.done.values())
 
 
 # --------------------------------------------------------------------------- (c)
