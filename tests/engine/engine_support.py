@@ -171,3 +171,15 @@ class SlowOnceFactory:
         model = SlowModel(self.seconds_per_image, device=device)
         model.slow_seconds = self.slow_seconds if claim(self.flag_path) else 0.0
         return model
+
+
+@dataclass(frozen=True)
+class BrokenFactory:
+    """A model that cannot be built (e.g. a corrupt weight file)."""
+
+    needs_weights: bool = field(default=False, init=False)
+
+    def build(self, device):
+        from berg_scale.errors import UnsafeFileError
+
+        raise UnsafeFileError("weights_sub-01_roi-V1.pt asks for builtins.eval; refusing to load it")

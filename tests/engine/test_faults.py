@@ -139,3 +139,16 @@ def test_every_planted_image_defect_becomes_an_error_row_or_a_decoded_image(ray_
             assert row["stand-in/sub-01/all"] is None and row["stand-in/sub-01/all:mean"] is None
     clean = [row for key, row in rows.items() if key not in planted]
     assert clean and all(row["status"] == "ok" for row in clean)
+
+
+def test_models_that_cannot_load_fail_the_run_with_the_cause(ray_session, tmp_path):
+    from berg_scale.engine.run import run_generation
+    from berg_scale.errors import BergScaleError
+    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from engine_support import BrokenFactory
+
+    write_synthetic_shards(str(tmp_path / "in"), 2, 1)
+    config = make_config(str(tmp_path / "in"), str(tmp_path / "out"), resources={"workers": 2})
+    with pytest.raises(BergScaleError, match="no worker could load the models: .*builtins.eval") as exc_info:
+        run_generation(config, model_factory=BrokenFactory(), show_progress=False)
+    assert "\n" not in str(exc_info.value)
