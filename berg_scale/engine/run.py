@@ -196,7 +196,8 @@ def run_generation(
     with_storage_retries(lambda: store.remove_tree(TMP_DIR), "cleaning _tmp/")
     status = "complete" if not report.failed else "incomplete"
     workers = [{"worker": slot.index, "shards_done": slot.shards_done, "losses": slot.losses,
-                "state": slot.state} for slot in slots]
+                "state": slot.state, **{k: v for k, v in slot.info.items() if k != "worker"}}
+               for slot in slots]
     done_now = with_storage_retries(lambda: done_shards(store), "listing _done/")
     _write_manifest(
         store, manifest_args, status, stats,
@@ -276,6 +277,7 @@ def wait_for_first_worker(slots: list[WorkerSlot], timeout_s: float) -> dict[str
                 errors.append(_root_cause(exc))
                 continue
             slot.state = "idle"
+            slot.info = info.get("info", {})
             # The others keep loading; the scheduler takes them on when they are ready.
             for other_ref, other in waiting.items():
                 other.ready_ref = other_ref

@@ -36,6 +36,7 @@ class WorkerSlot:
     losses: int = 0
     shards_done: int = 0
     next_probe: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)  # device, GPU ids, host, pid (from ready())
 
 
 @dataclass
@@ -190,7 +191,7 @@ class ShardScheduler:
         from ray.exceptions import ActorUnavailableError
 
         try:
-            ray.get(ref)
+            slot.info = ray.get(ref).get("info", {})
         except ActorUnavailableError:
             slot.next_probe = self.clock() + PROBE_INTERVAL_S  # still restarting: ask again
             return

@@ -34,6 +34,9 @@ def test_two_simulated_gpus_two_pinned_workers_both_work(ray_session, tmp_path):
     assert len(visible) == 2 and None not in visible
     assert {w["pid"] for w in workers.values()}.__len__() == 2
     assert all(w["device"] == "cpu" for w in workers.values())  # simulated GPUs: CPU compute
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert {tuple(w["ray_gpu_ids"]) for w in manifest["workers"]} == gpu_ids
+    assert all(w["shards_done"] >= 1 for w in manifest["workers"])
 
 
 def test_straggler_is_executed_speculatively_and_rows_are_not_duplicated(ray_session, tmp_path, stand_in_factory):
