@@ -180,6 +180,7 @@ def run_generation(
             backoff_s=config.retries.backoff_s,
             speculative_tail=config.retries.speculative_tail,
             speculative_min_elapsed_s=config.retries.speculative_min_elapsed_s,
+            startup_timeout_s=config.resources.startup_timeout_s,
         )
         scheduler = ShardScheduler(slots, todo, store, policy, on_done=on_done, on_failed=on_failed)
         report = scheduler.run()

@@ -36,6 +36,7 @@ class WorkerSlot:
     losses: int = 0
     shards_done: int = 0
     next_probe: float = 0.0
+    starting_since: float | None = None
     info: dict[str, Any] = field(default_factory=dict)  # device, GPU ids, host, pid (from ready())
 
 
@@ -55,6 +56,7 @@ class RetryPolicy:
     speculative_tail: bool = True
     speculative_min_elapsed_s: float = 5.0
     speculative_factor: float = 1.5
+    startup_timeout_s: float = 1800.0  # a worker (re)starting for longer is given up
 
 
 @dataclass
@@ -129,7 +131,15 @@ class ShardScheduler:
     def _dispatch(self) -> None:
         now = self.clock()
         for slot in self.slots:
-            if slot.state == "starting" and slot.ready_ref is None and slot.next_probe <= now:
+            if slot.state != "starting":
+                continue
+            slot.starting_since = slot.starting_since or now
+            if now - slot.starting_since > self.policy.startup_timeout_s:
+                slot.state = "dead"  # e.g. its node is gone and no other node has room
+                if slot.ready_ref is not None:
+                    self.restarting.pop(slot.ready_ref, None)
+                continue
+            if slot.ready_ref is None and slot.next_probe <= now:
                 slot.ready_ref = slot.handle.ready.remote()
                 self.restarting[slot.ready_ref] = slot
         for slot in self.slots:
@@ -199,6 +209,7 @@ class ShardScheduler:
             slot.state = "dead"
             return
         slot.state = "idle"
+        slot.starting_since = None
 
     def _on_execution_finished(self, ref: Any) -> None:
         import ray
