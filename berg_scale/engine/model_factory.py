@@ -1,7 +1,8 @@
 """How a worker builds its models: a small picklable recipe sent to each actor.
 
 Only this recipe (paths and readout specs) crosses the process boundary; each worker
-loads the weights itself, once, on its own device.
+loads the weights itself, once, on its own device. A BERG root in object storage is first
+copied into the node-local weight cache, so the workers of one node download it once.
 """
 
 from __future__ import annotations
@@ -22,11 +23,26 @@ class ModelSetFactory:
     storage: Any = None
     needs_weights: bool = field(default=True, init=False)
 
+    def local_berg_root(self) -> str:
+        """The root to load from: a remote root becomes its node-local cached copy."""
+        from berg_scale.io.storage import filesystem_for, is_remote, join
+
+        if not is_remote(self.berg_root):
+            return self.berg_root
+        from berg_scale.weights import ensure_local_weights, files_for_readouts
+
+        weights = files_for_readouts(self.readouts, include_metadata=False)
+        metadata = files_for_readouts(self.readouts, include_weights=False)
+        fs, _ = filesystem_for(self.berg_root, self.storage)
+        # Metadata is optional for some readouts (fwRF without ROI means): copy what exists.
+        present = [rel for rel in metadata if fs.exists(filesystem_for(join(self.berg_root, rel), self.storage)[1])]
+        return ensure_local_weights(self.berg_root, weights + present, storage=self.storage)
+
     def build(self, device: Any) -> Any:
         from berg_scale.models import ModelSet
 
         return ModelSet(
-            self.berg_root,
+            self.local_berg_root(),
             list(self.readouts),
             device=str(device),
             precision=self.precision,
