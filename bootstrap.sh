@@ -23,6 +23,10 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$FINGERPRINT" ]; then
   echo "$FINGERPRINT" > "$STAMP"
 fi
 
+# Subprocesses (Ray job drivers, workers, CLI calls in tests) must find this venv first.
+export VIRTUAL_ENV="$(cd "$VENV" && pwd)"
+export PATH="$VIRTUAL_ENV/bin:$PATH"
+
 # Loopback only: no cloud metadata lookups, no usage reporting, Ray bound to 127.0.0.1.
 export AWS_EC2_METADATA_DISABLED=true
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
@@ -31,11 +35,11 @@ command="${1:-}"
 shift || true
 case "$command" in
   demo)
-    exec "$VENV/bin/berg-scale" demo "$@"
+    exec berg-scale demo "$@"
     ;;
   test)
     set +e
-    "$VENV/bin/python" -m pytest "$@"
+    python -m pytest "$@"
     status=$?
     set -e
     if [ "$status" -eq 5 ]; then

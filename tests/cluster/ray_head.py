@@ -43,6 +43,8 @@ class RayHead:
         ]
         self.env = {**os.environ, **RAY_LOOPBACK_ENV}
         self.env.pop("RAY_ADDRESS", None)
+        # Job entrypoints run `python ...` through the shell: it must be this interpreter.
+        self.env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + self.env.get("PATH", "")
         self.log_path = os.path.join(self.temp_dir, "head.log")
         self.process: subprocess.Popen | None = None
 

@@ -8,11 +8,11 @@ float64 reference reads the very same stored values, so equivalence is unaffecte
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from berg_scale.testing.berg_root import backbone_file, make_synthetic_root
+from model_images import smooth_images
 
 EEG_SUBJECTS = (1, 2)
 FSAVERAGE_SUBJECTS = tuple(range(1, 9))
@@ -42,15 +42,6 @@ def backbone(berg_root):
 @pytest.fixture(scope="session")
 def backbone_state(backbone):
     return torch.load(backbone, map_location="cpu", weights_only=True)
-
-
-def smooth_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Structured uint8 RGB images (blurry blobs plus noise), more natural than pure noise."""
-    rng = np.random.default_rng(seed)
-    coarse = torch.from_numpy(rng.uniform(0, 255, (n, 3, 5, 6)))
-    up = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
-    noisy = up.numpy() + rng.normal(0, 12, (n, 3, height, width))
-    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="session")

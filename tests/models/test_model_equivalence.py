@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import berg_reference as ref
+from model_images import smooth_images
 from berg_scale.models import ModelSet, ReadoutSpec, layout
 
 TOL = 1e-5
@@ -109,8 +110,6 @@ def test_eeg_selections_match_reference(berg_root, backbone, vit_reference, imag
 
 @pytest.mark.parametrize("size", [(241, 300), (227, 227)])
 def test_fwrf_single_and_split_match_reference(berg_root, size):
-    from conftest import smooth_images
-
     images = smooth_images(5, *size, seed=4)
     specs = [ReadoutSpec(FWRF, 1, {"roi": "V1"}, outputs=("responses", "mean")),
              ReadoutSpec(FWRF, 1, {"roi": "lateral"})]

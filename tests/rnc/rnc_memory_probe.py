@@ -1,14 +1,14 @@
 """Run multivariate RNC on many images in a fresh process and report its peak memory.
 
-Used by test_memory.py (and handy by hand): a fresh process makes the peak resident
-set size (ru_maxrss) a measurement of this workload alone.
+Used by test_memory.py (and handy by hand). The peak is the kernel's high-water mark
+of this process's own address space (VmHWM), which starts afresh at exec; ru_maxrss
+would instead inherit the parent's peak across fork+exec and measure the test runner.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import numpy as np
@@ -16,6 +16,14 @@ import torch
 
 from berg_scale.rnc.multivariate import GAParams, PairScorer, genetic_search, multivariate_null
 from berg_scale.rnc.patterns import PatternSet
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
 
 
 def main() -> None:
@@ -48,7 +56,7 @@ def main() -> None:
     done = time.time()
     pattern_bytes = sum(b.numel() * b.element_size() for p in sets for b in p.blocks)
     print(json.dumps({
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         "pattern_bytes": pattern_bytes,
         "best_scores": result.best_scores.tolist(),
         "null_finite": int(np.isfinite(null.train[None]).sum()),
