@@ -14,7 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, TypeVar
 
 import yaml
 from pydantic import (
@@ -29,6 +29,8 @@ from pydantic import (
 
 from berg_scale.errors import ConfigError
 from berg_scale.io.storage import StorageOptions
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -237,12 +239,27 @@ def load_config(
     environ: dict[str, str] | None = None,
 ) -> RunConfig:
     """Read a YAML file (or a dict), apply `key.path=value` overrides, resolve `${VAR}`."""
+    return load_validated(source, RunConfig, overrides, environ)
+
+
+def load_validated(
+    source: str | os.PathLike[str] | dict[str, Any],
+    model: type[ModelT],
+    overrides: Sequence[str] = (),
+    environ: dict[str, str] | None = None,
+    origin: str | None = None,
+) -> ModelT:
+    """YAML file or dict -> `model`, with overrides, `${VAR}` secrets and one-line errors.
+
+    Shared by every typed config of the project (runs, RNC studies), so they all accept
+    the same syntax and report problems the same way.
+    """
     if isinstance(source, dict):
         raw: Any = json.loads(json.dumps(source))
-        origin = "config"
+        origin = origin or "config"
     else:
         path = Path(source)
-        origin = str(path)
+        origin = origin or str(path)
         try:
             text = path.read_text()
         except OSError as exc:
@@ -259,9 +276,9 @@ def load_config(
         apply_override(raw, override)
     raw = _resolve_env(raw, os.environ if environ is None else environ, ())
     try:
-        return RunConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{origin}: {format_validation_error(exc)}") from None
+        raise ConfigError(f"{origin}: {format_validation_error(exc, model)}") from None
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -322,7 +339,7 @@ def _resolve_env(node: Any, environ: Any, path: tuple[str, ...]) -> Any:
     return node
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def format_validation_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:
     """Turn pydantic's multi-line report into one line: path, problem, bad value."""
     messages: list[str] = []
     by_location: dict[str, int] = {}
@@ -339,7 +356,7 @@ def format_validation_error(exc: ValidationError) -> str:
             continue
         by_location[location] = len(messages)
         if kind == "extra_forbidden":
-            allowed = _allowed_keys(error["loc"][:-1])
+            allowed = _allowed_keys(error["loc"][:-1], root or RunConfig)
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
             messages.append(f"{location}: unknown key{hint}")
         elif kind == "missing":
@@ -370,8 +387,8 @@ def _problem(error: dict[str, Any]) -> str:
     return problem[:1].lower() + problem[1:]
 
 
-def _allowed_keys(location: tuple) -> list[str]:
-    model: Any = RunConfig
+def _allowed_keys(location: tuple, root: type[BaseModel]) -> list[str]:
+    model: Any = root
     for part in location:
         if isinstance(part, int):
             continue

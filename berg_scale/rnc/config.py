@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from berg_scale.config import load_validated
 from berg_scale.errors import ConfigError
 from berg_scale.io.storage import StorageOptions
 
@@ -100,31 +100,15 @@ class StudyConfig(_Strict):
         return [tuple(p) for p in self.pairs] if self.pairs else list(itertools.combinations(self.rois, 2))
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "config"
-    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    return f"{source}: {where}: {first['msg']}{more}"
-
-
 def parse_config(data: object, source: str = "config") -> StudyConfig:
+    """A study from a mapping (e.g. command-line options); one ConfigError line on problems."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of settings at the top level")
-    try:
-        return StudyConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+    return load_validated(data, StudyConfig, origin=source)
 
 
-def load_config(path: str | Path) -> StudyConfig:
-    """Read a study YAML with the safe loader; every problem becomes one ConfigError line."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read study config {str(path)!r}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_config(data, str(path))
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), environ: dict[str, str] | None = None
+) -> StudyConfig:
+    """Read a study YAML the same way run configs are read (`--set` overrides, `${VAR}`)."""
+    return load_validated(Path(path), StudyConfig, overrides, environ)
