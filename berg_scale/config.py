@@ -137,6 +137,8 @@ class ResourcesConfig(_Strict):
     decode: Literal["cpu", "gpu", "auto"] = "auto"
     decode_threads: int = Field(4, ge=1, le=256)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Resample images on the CPU as BERG does (exact); null: yes for fp32, no for bf16/fp16.
+    exact_resize: bool | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     startup_timeout_s: float = Field(1800.0, gt=0)
 

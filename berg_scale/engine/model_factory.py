@@ -21,6 +21,7 @@ class ModelSetFactory:
     batch_size: int = 100
     backbone_path: str | None = None
     storage: Any = None
+    exact_resize: bool | None = None
     needs_weights: bool = field(default=True, init=False)
 
     def local_berg_root(self) -> str:
@@ -49,4 +50,5 @@ class ModelSetFactory:
             batch_size=self.batch_size,
             backbone_path=self.backbone_path,
             storage=self.storage,
+            exact_resize=self.exact_resize,
         )

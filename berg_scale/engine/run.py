@@ -92,6 +92,7 @@ def run_generation(
         precision=config.resources.precision,
         batch_size=config.resources.batch_size,
         backbone_path=config.backbone,
+        exact_resize=config.resources.exact_resize,
         storage=storage,
     )
     patterns = config.input.shard_patterns()

@@ -18,7 +18,7 @@ from berg_scale import __version__
 from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import StorageOptions
 from berg_scale.models.base import BuildContext, OutputColumn, ReadoutGroup
-from berg_scale.models.preprocess import check_images, get_recipe
+from berg_scale.models.preprocess import check_images, get_recipe, resize_on_cpu
 from berg_scale.models.registry import get_implementation
 from berg_scale.models.spec import ReadoutSpec
 from berg_scale.models.store import WeightStore
@@ -73,6 +73,7 @@ class ModelSet:
         batch_size: int = 100,
         backbone_path: str | None = None,
         storage: StorageOptions | None = None,
+        exact_resize: bool | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise BergScaleError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -91,6 +92,9 @@ class ModelSet:
             raise BergScaleError(f"readouts requested twice: {duplicates}; merge their outputs instead")
         self.readouts = readouts
         self.precision = precision
+        # BERG resamples on the CPU; CUDA's kernel rounds a few pixels differently, so the
+        # exact path (default for fp32) resamples on the CPU at some cost in GPU throughput.
+        self.exact_resize = precision == "fp32" if exact_resize is None else bool(exact_resize)
         self.batch_size = batch_size
         self.device = resolve_device(device)
         if self.device.type == "cuda" and precision == "fp32":
@@ -129,6 +133,7 @@ class ModelSet:
         payload = {
             "engine": __version__,
             "precision": self.precision,
+            "exact_resize": self.exact_resize,
             "readouts": [json.loads(spec.key) for spec in self.readouts],
             "weights": self.weight_hashes,
         }
@@ -168,7 +173,7 @@ class ModelSet:
         pixels = images.to(self.device, non_blocking=True)
         prepared: dict[str, torch.Tensor] = {}
         results: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
+        with torch.no_grad(), resize_on_cpu(self.exact_resize):
             for group in self.groups:
                 if group.recipe not in prepared:
                     prepared[group.recipe] = get_recipe(group.recipe)(pixels)

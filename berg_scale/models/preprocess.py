@@ -7,7 +7,9 @@ half-to-even back to uint8), which is what BERG calls, so pixels match exactly o
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import contextvars
+from typing import Callable, Iterator
 
 import torch
 from torchvision.transforms import InterpolationMode
@@ -51,10 +53,32 @@ def check_images(images: torch.Tensor) -> None:
         raise ImageInputError(f"images have an empty spatial size {tuple(images.shape[2:])}")
 
 
+_RESIZE_ON_CPU = contextvars.ContextVar("berg_scale_resize_on_cpu", default=False)
+
+
+@contextlib.contextmanager
+def resize_on_cpu(enabled: bool = True) -> Iterator[None]:
+    """Resample CUDA images on the CPU inside this block, as BERG does.
+
+    CUDA's antialiased bilinear kernel sums in another order than the CPU's, and after
+    rounding back to uint8 about 2 in 100,000 pixel values land one grey level away;
+    through the fwRF model that moved responses by ~1e-4 of their range (measured on an
+    H100). The exact (fp32) path therefore pays a round trip to the CPU for the resize.
+    """
+    token = _RESIZE_ON_CPU.set(enabled)
+    try:
+        yield
+    finally:
+        _RESIZE_ON_CPU.reset(token)
+
+
 def resize_uint8(images: torch.Tensor, size: list[int]) -> torch.Tensor:
     """Bilinear antialiased resize of uint8 images, skipped when already at `size`."""
     if list(images.shape[-2:]) == list(size):
         return images
+    if images.device.type != "cpu" and _RESIZE_ON_CPU.get():
+        on_cpu = TF.resize(images.cpu(), size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        return on_cpu.to(images.device, non_blocking=True)
     return TF.resize(images, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 

@@ -141,3 +141,18 @@ def test_cuda_request_without_cuda_is_clear(berg_root):
         pytest.skip("machine has CUDA")
     with pytest.raises(BergScaleError, match="CUDA is not available"):
         ModelSet(str(berg_root), [ReadoutSpec(FWRF, 1, {"roi": "V1"})], device="cuda:0")
+
+
+def test_exact_resize_switch_keeps_cpu_results_and_restores_itself():
+    """The fp32 path's CPU resampling switch is scoped and leaves CPU tensors untouched."""
+    import torch
+
+    from berg_scale.models import preprocess
+
+    images = torch.randint(0, 256, (2, 3, 300, 241), dtype=torch.uint8)
+    plain = preprocess.resize_uint8(images, [227, 227])
+    with preprocess.resize_on_cpu(True):
+        assert preprocess._RESIZE_ON_CPU.get() is True
+        inside = preprocess.resize_uint8(images, [227, 227])
+    assert preprocess._RESIZE_ON_CPU.get() is False
+    assert torch.equal(plain, inside)
