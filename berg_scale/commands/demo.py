@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"demo finished in {time.monotonic() - started:.0f} s; everything is under {out}")
     print(f"  responses:  {config.output}/responses/*.parquet  (commit markers in _done/, manifest run.json,")
-    print(f"              column coordinates in readouts.json)")
+    print("              column coordinates in readouts.json)")
     print(f"  inspect:    berg-scale status {config.output}")
     print("  in Python:  import berg_scale; berg_scale.open_responses(" + repr(config.output) + ").to_table()")
     if rnc_summary is not None:

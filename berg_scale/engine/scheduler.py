@@ -216,7 +216,7 @@ class ShardScheduler:
         from ray.exceptions import RayActorError
 
         execution = self.in_flight.pop(ref)
-        slot, name = execution.slot, execution.shard.name
+        slot = execution.slot
         try:
             result = ray.get(ref)
         except RayActorError as exc:

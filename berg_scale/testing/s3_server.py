@@ -21,8 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from berg_scale.testing.env import TEST_ACCESS_KEY, TEST_SECRET_KEY

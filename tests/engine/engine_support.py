@@ -62,9 +62,6 @@ def make_config(
 
 def reference_responses(model, infos, storage=None, image_size=IMAGE_SIZE) -> dict[str, dict[str, np.ndarray]]:
     """column -> key -> response, from the model run directly on each shard's decoded images."""
-    from berg_scale.io.decode import decode_batch_cpu
-    from berg_scale.io.shard_reader import read_shard
-
     import torch
 
     expected: dict[str, dict[str, np.ndarray]] = {}
