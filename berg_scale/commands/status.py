@@ -1,4 +1,8 @@
-"""Show done / failed / pending shards of an output and the totals of its committed shards."""
+"""Show done / failed / pending shards of an output and the totals of its committed shards.
+
+Exit status: 0 when no shard is quarantined, 1 when any is (so scripts can react), 2 when
+the path is not a berg-scale output.
+"""
 
 from __future__ import annotations
 
@@ -54,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
     storage = StorageOptions(endpoint_url=args.endpoint_url) if args.endpoint_url else None
     summary = output_status(args.output, storage)
+    exit_code = 1 if summary["shards"]["failed"] else 0
     if args.json:
         print(json.dumps(summary, indent=1))
-        return 0
+        return exit_code
     shards, images = summary["shards"], summary["images"]
     print(f"output:  {summary['output']} (last run: {summary['run_status']})")
     print(f"shards:  {shards['done']} done, {shards['failed']} failed, {shards['pending']} pending, "
@@ -70,4 +75,4 @@ def run(args: argparse.Namespace) -> int:
     if summary["pending"]:
         more = shards["pending"] - len(summary["pending"])
         print(f"pending: {', '.join(summary['pending'][:10])}" + (f" (+{more} more)" if more > 0 else ""))
-    return 0
+    return exit_code

@@ -106,7 +106,7 @@ def test_truncated_tar_is_quarantined_and_the_rest_completes(ray_session, tmp_pa
     assert not (tmp_path / "out" / "_done" / "shard-000009.json").exists()
 
     capsys.readouterr()
-    assert main(["status", output]) == 0
+    assert main(["status", output]) == 1  # a quarantined shard: non-zero for scripts
     printed = capsys.readouterr().out
     assert "2 done, 1 failed, 0 pending, of 3" in printed
     assert "shard-000009" in printed and "truncated" in printed

@@ -165,6 +165,6 @@ def test_status_of_an_output(tmp_path, capsys):
     summary = output_status(str(tmp_path / "out"))
     assert summary["shards"] == {"total": 3, "done": 1, "failed": 1, "pending": 1}
     assert summary["images"] == {"rows": 2, "ok": 1, "errors": 1}
-    assert main(["status", str(tmp_path / "out")]) == 0
+    assert main(["status", str(tmp_path / "out")]) == 1  # s1 is quarantined
     out = capsys.readouterr().out
     assert "1 done, 1 failed, 1 pending, of 3" in out and "s1: truncated tar" in out
