@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from berg_scale.errors import BergScaleError
-from berg_scale.io.storage import StorageOptions, filesystem_for
+from berg_scale.io.markers import OutputStore, done_shards
+from berg_scale.io.storage import StorageOptions
 
 DEFAULT_UNIONS: dict[str, tuple[str, ...]] = {"FFA": ("FFA-1", "FFA-2")}
 
@@ -85,36 +86,26 @@ class ResponseStore:
 
     def __init__(self, url: str, storage: StorageOptions | None = None) -> None:
         self.url = url
-        self.fs, self.root = filesystem_for(url, storage)
+        self._store = OutputStore(url, storage)
+        self.fs, self.root = self._store.fs, self._store.root
         self._readouts: dict | None = None
         self._shards: tuple[str, ...] | None = None
 
     # -- layout -------------------------------------------------------------------
     def committed_shards(self) -> tuple[str, ...]:
-        """Shard names with a `_done` marker and a Parquet file, sorted."""
+        """Shard names with a `_done` marker, sorted (the marker is written after the Parquet file)."""
         if self._shards is None:
-            done_dir = posixpath.join(self.root, "_done")
-            if not self.fs.exists(done_dir):
+            names = sorted(done_shards(self._store))
+            if not names:
                 raise ResponsesError(
-                    f"no committed shards under {self.url!r} (missing _done/): "
+                    f"no committed shards under {self.url!r} (no _done/*.json): "
                     "point the study at a finished or partly finished generate output"
                 )
-            names = sorted(
-                posixpath.basename(p)[: -len(".json")]
-                for p in self.fs.ls(done_dir, detail=False)
-                if p.endswith(".json")
-            )
-            present = []
-            for name in names:
-                if self.fs.exists(self.parquet_path(name)):
-                    present.append(name)
-            if not present:
-                raise ResponsesError(f"no committed response shards under {self.url!r}")
-            self._shards = tuple(present)
+            self._shards = tuple(names)
         return self._shards
 
     def parquet_path(self, shard: str) -> str:
-        return posixpath.join(self.root, "responses", f"{shard}.parquet")
+        return self._store.response_path(shard)
 
     def readouts(self) -> dict:
         """Column name -> entry of `readouts.json` (coords such as voxel ncsnr).
