@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torchvision.io import decode_jpeg
 
+from exif_orientations import UPRIGHT
+
 from berg_scale.io.decode import (
     decode_and_prepare,
     decode_jpeg_batch_gpu,
@@ -126,19 +128,6 @@ def test_wrong_shaped_device_output_is_not_trusted():
 
     result = decode_jpeg_batch_gpu(items, "cpu", 16, jpeg_decoder=shrinking_decoder)
     assert result.decoded_on == ["cpu", "cpu"]
-
-
-# EXIF orientation -> the numpy transform that makes stored pixels upright
-UPRIGHT = {
-    1: lambda a: a,
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1, :],
-    5: lambda a: a.transpose(1, 0, 2),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
-    8: lambda a: np.rot90(a, 1),
-}
 
 
 @pytest.mark.parametrize("orientation", sorted(UPRIGHT))

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from exif_orientations import UPRIGHT
+
 from berg_scale.errors import BergScaleError
 from berg_scale.io.decode import (
     DecodeError,
@@ -183,19 +185,6 @@ def test_palette_transparency_is_composited():
     data = _save(palette, "PNG", transparency=1)
     assert (decode_and_prepare(data, 8) == 255).all()
     assert (decode_and_prepare(data, 8, alpha="drop") == [255, 0, 0]).all()
-
-
-# EXIF orientation -> the numpy transform that makes the stored pixels upright
-UPRIGHT = {
-    1: lambda a: a,
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1, :],
-    5: lambda a: a.transpose(1, 0, 2),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
-    8: lambda a: np.rot90(a, 1),
-}
 
 
 @pytest.mark.parametrize("orientation", sorted(UPRIGHT))
