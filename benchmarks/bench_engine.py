@@ -172,7 +172,7 @@ def bench_scaling(quick: bool) -> list[str]:
     from berg_scale.engine.scheduler import RetryPolicy, ShardScheduler
     from berg_scale.engine.shard_pipeline import ShardSettings
     from berg_scale.engine.stand_in_model import FixedCostModelFactory
-    from berg_scale.io.markers import OutputStore
+    from berg_scale.io.output_store import OutputStore
     from berg_scale.io.shard_listing import list_shards
     from berg_scale.testing.synthetic_shards import write_synthetic_shards
 

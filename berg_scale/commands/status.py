@@ -19,7 +19,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def output_status(output: str, storage=None) -> dict:
     """Counts and totals of an output, from its markers and run.json."""
     from berg_scale.errors import BergScaleError
-    from berg_scale.io.markers import DONE_DIR, OutputStore, done_shards, failed_shards, read_manifest
+    from berg_scale.io.output_store import DONE_DIR, OutputStore, done_shards, failed_shards, read_manifest
 
     store = OutputStore(output, storage)
     manifest = read_manifest(store)

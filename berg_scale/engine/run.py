@@ -26,7 +26,7 @@ from berg_scale.engine.progress import ProgressBar, RunStats
 from berg_scale.engine.scheduler import RetryPolicy, SchedulerReport, ShardScheduler, WorkerSlot
 from berg_scale.engine.shard_pipeline import ShardSettings
 from berg_scale.errors import BergScaleError, ConfigError
-from berg_scale.io.markers import (
+from berg_scale.io.output_store import (
     TMP_DIR,
     OutputStore,
     clear_output,

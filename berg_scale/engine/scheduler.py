@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from berg_scale.io.markers import OutputStore, read_done_marker, with_storage_retries, write_failed_marker
+from berg_scale.io.output_store import OutputStore, read_done_marker, with_storage_retries, write_failed_marker
 from berg_scale.io.shard_listing import InputShard
 
 WAIT_TIMEOUT_S = 0.2

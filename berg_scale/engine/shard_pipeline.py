@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from berg_scale.errors import BergScaleError
-from berg_scale.io.markers import OutputStore, read_done_marker, write_done_marker
+from berg_scale.io.output_store import OutputStore, read_done_marker, write_done_marker
 from berg_scale.io.response_writer import ResponseShardWriter, RowInfo, build_record_batch
 from berg_scale.io.shard_listing import InputShard
 from berg_scale.io.storage import StorageOptions

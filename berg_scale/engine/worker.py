@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from berg_scale.engine.shard_pipeline import ShardCancelled, ShardRejected, ShardSettings, process_shard
-from berg_scale.io.markers import OutputStore
+from berg_scale.io.output_store import OutputStore
 from berg_scale.io.response_writer import build_schema, iter_descriptions
 from berg_scale.io.shard_listing import InputShard
 

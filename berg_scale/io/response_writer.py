@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from berg_scale import __version__
-from berg_scale.io.markers import OutputStore
+from berg_scale.io.output_store import OutputStore
 
 METADATA_KEY = b"berg_scale"
 ID_FIELDS = [

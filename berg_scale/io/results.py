@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from berg_scale.errors import BergScaleError
-from berg_scale.io.markers import OutputStore, done_shards, read_readouts
+from berg_scale.io.output_store import OutputStore, done_shards, read_readouts
 from berg_scale.io.response_writer import read_schema_metadata
 from berg_scale.io.storage import StorageOptions
 

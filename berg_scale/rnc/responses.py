@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from berg_scale.errors import BergScaleError
-from berg_scale.io.markers import OutputStore, done_shards
+from berg_scale.io.output_store import OutputStore, done_shards
 from berg_scale.io.storage import StorageOptions
 
 DEFAULT_UNIONS: dict[str, tuple[str, ...]] = {"FFA": ("FFA-1", "FFA-2")}

@@ -32,7 +32,7 @@ def test_s3_to_s3_every_key_once_and_equal_to_direct_modelset(
     ray_session, s3_server, s3_bucket, engine_berg_root, engine_backbone
 ):
     from berg_scale.engine.run import run_generation
-    from berg_scale.io.markers import OutputStore, read_manifest, read_readouts
+    from berg_scale.io.output_store import OutputStore, read_manifest, read_readouts
     from berg_scale.testing.synthetic_shards import write_synthetic_shards
 
     storage = s3_server.storage_options()

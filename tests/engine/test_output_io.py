@@ -65,7 +65,7 @@ def _columns():
 
 
 def _write_shard(tmp_path, rows, outputs, name="s0"):
-    from berg_scale.io.markers import OutputStore, write_done_marker, write_readouts
+    from berg_scale.io.output_store import OutputStore, write_done_marker, write_readouts
     from berg_scale.io.response_writer import ResponseShardWriter, build_record_batch, build_schema, iter_descriptions
 
     store = OutputStore(str(tmp_path / "out"))
@@ -126,7 +126,7 @@ def test_only_committed_shards_are_read(tmp_path):
 
 
 def test_writer_abort_leaves_nothing_behind(tmp_path):
-    from berg_scale.io.markers import OutputStore
+    from berg_scale.io.output_store import OutputStore
     from berg_scale.io.response_writer import ResponseShardWriter, RowInfo, build_record_batch, build_schema, iter_descriptions
 
     store = OutputStore(str(tmp_path / "out"))
@@ -151,7 +151,7 @@ def test_wrong_output_width_is_an_error(tmp_path):
 def test_status_of_an_output(tmp_path, capsys):
     from berg_scale.cli import main
     from berg_scale.commands.status import output_status
-    from berg_scale.io.markers import write_failed_marker, write_manifest
+    from berg_scale.io.output_store import write_failed_marker, write_manifest
     from berg_scale.io.response_writer import RowInfo
 
     rows = [RowInfo("k0", 0), RowInfo("k1", 1, "bad")]
