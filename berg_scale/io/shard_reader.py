@@ -1,20 +1,40 @@
 """Stream the samples of one WebDataset tar shard from local disk or s3://.
 
 The shard is read front to back once, with a background thread fetching the next
-chunks while the caller decodes, so network latency hides behind CPU work. Members
-are grouped into samples by WebDataset's rule: the key is the member path up to the
-first dot of its basename, the rest is the field extension, and consecutive members
-with the same key form one sample.
+chunks while the caller decodes, so network latency hides behind CPU work. `.tar.gz`
+and `.tgz` shards (or any shard whose bytes start like gzip) are decompressed on the
+fly by that same thread.
+
+Rows are images: every key of the shard becomes exactly one `ShardSample`, whatever
+the order of the members. The rules (also in docs/engine.md, "How tars are read"):
+
+* **Keys.** WebDataset's rule: the key is the member path up to the first dot of its
+  basename, the rest is the field extension (lower-cased). Empty and `.` path segments
+  are dropped first, so `./x.png` (what `tar cf x.tar -C dir .` writes) is key `x`.
+  A name byte that is not part of valid UTF-8 is written as `%XX` (uppercase hex), so
+  keys, messages and Parquet strings are always valid text.
+* **Merging.** Consecutive members of one key form a sample, as in WebDataset. Members
+  of one key that are not adjacent are merged too: a key seen without an image is held
+  (json only, bounded by `max_pending_bytes`) until its image arrives; a key that never
+  gets one becomes a "no image member" error row at the end of the archive. A member of
+  a key whose row was already given out (a second image, a late json) is ignored.
+* **Order.** Samples are yielded as soon as their image group is complete; `index` is
+  the key's rank by first appearance in the tar (0..n-1, unique), so sorting by
+  `index` gives tar order. For WebDataset-ordered shards both orders agree except that
+  keys without an image come last.
+* **Member types.** Hard links resolve to the bytes of the member they link to.
+  Symbolic links, devices and FIFOs are never followed: named like an image (or json)
+  they give an error row (or note) naming the member. Folders are skipped.
 
 Two kinds of trouble are kept apart:
 
 * **Sample problems** (no image member, an oversized member, an unreadable json) are
   reported on the sample itself (`ShardSample.error` / `notes`), so they become error
   rows and the rest of the shard still counts.
-* **Archive problems** (cut short, a garbage header, not a tar at all) raise
-  `ShardReadError`. Python's tarfile quietly stops at a damaged header after the first
-  one; here the end of the archive is verified, so a truncated shard can never pass
-  for a shorter complete one.
+* **Archive problems** (cut short, a garbage header, not a tar at all, a damaged gzip
+  stream) raise `ShardReadError`. Python's tarfile quietly stops at a damaged header
+  after the first one; here the end of the archive is verified, so a truncated shard
+  can never pass for a shorter complete one.
 
 Storage errors (network, permissions) propagate unchanged, so a scheduler can retry
 them; `ShardReadError` is permanent for the bytes as stored.
@@ -22,6 +42,7 @@ them; `ShardReadError` is permanent for the bytes as stored.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -29,25 +50,74 @@ import posixpath
 import queue
 import tarfile
 import threading
+import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
 
-from berg_scale.errors import BergScaleError
+from berg_scale.errors import BergScaleError, StorageError
+from berg_scale.io.shard_listing import SHARD_SUFFIXES
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote, join
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
+# One extension (or more) for every format decode.py documents: JPEG, MPO, PNG, WebP,
+# BMP, TIFF and GIF. A member with any other extension is not an image member.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "mpo", "png", "webp", "bmp", "tif", "tiff", "gif")
 JSON_EXTENSION = "json"
+COMPRESSED_SUFFIXES = (".tar.gz", ".tgz")
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 DEFAULT_READ_AHEAD_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_JSON_BYTES = 1024 * 1024
+DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
+DEFAULT_LINK_CACHE_BYTES = 32 * 1024 * 1024
 _BLOCK = tarfile.BLOCKSIZE
+_GZIP_MAGIC = b"\x1f\x8b"
+_PENDING_OVERHEAD_BYTES = 256  # charged per held key for its bookkeeping objects
+_DAMAGED_GZIP = (gzip.BadGzipFile, EOFError, zlib.error)
+_REPACK_ADVICE = (
+    "re-pack it with `berg-scale make-shards` or `tar --sort=name` so that each "
+    "sample's members are adjacent"
+)
+
+
+def escape_name(name: str) -> str:
+    """`name` with every byte that was not valid UTF-8 written as `%XX` (uppercase hex).
+
+    tarfile decodes member names with `surrogateescape`, so such bytes arrive as lone
+    surrogates, which no encoder (Parquet, JSON, a terminal) accepts. Valid text,
+    including a literal `%`, is left as it is, so keys of well-formed names never change.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    parts = []
+    for char in name:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as surrogateescape keeps it
+            parts.append(f"%{code - 0xDC00:02X}")
+        elif 0xD800 <= code <= 0xDFFF:  # any other lone surrogate: its UTF-8-style bytes
+            parts.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+        else:
+            parts.append(char)
+    return "".join(parts)
+
+
+def normalise_member_name(name: str) -> str:
+    """The member path a key is taken from: escaped, without empty or `.` segments.
+
+    `./x.png`, `/x.png` and `a//b.png` name the same file as `x.png` and `a/b.png` for
+    every tar extractor, so they must give the same key.
+    """
+    return "/".join(part for part in escape_name(name).split("/") if part not in ("", "."))
 
 
 class ShardReadError(BergScaleError):
     """The tar itself is damaged or missing; retrying the same bytes will not help."""
 
     def __init__(self, url: str, reason: str) -> None:
+        url, reason = escape_name(url), escape_name(reason)
         super().__init__(
             f"cannot read shard {url}: {reason} (re-create or re-upload the shard)"
         )
@@ -59,7 +129,8 @@ class ShardReadError(BergScaleError):
 class ShardSample:
     """One sample of a shard.
 
-    Unpacks as `(key, index, image, image_ext, json)`. `error` is set exactly when
+    Unpacks as `(key, index, image, image_ext, json)`. `index` is the key's rank by
+    first appearance in the tar (unique within the shard). `error` is set exactly when
     `image` is None and says why; `notes` records non-fatal oddities (an unreadable
     json member, extra image members).
     """
@@ -78,8 +149,8 @@ class ShardSample:
 
 def split_member_name(name: str) -> tuple[str, str] | None:
     """WebDataset's key/extension split (extension lower-cased, as WebDataset does by
-    default), or None for names that belong to no sample."""
-    directory, base = posixpath.split(name)
+    default) of the normalised name, or None for names that belong to no sample."""
+    directory, base = posixpath.split(normalise_member_name(name))
     if base.startswith(".") or "." not in base:
         return None
     stem, ext = base.split(".", 1)
@@ -173,12 +244,16 @@ class ReadAheadFile(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
+    def retained_start(self) -> int:
+        """The first offset a backward seek can still reach (the previous chunk's start)."""
+        return self._chunk_start - len(self._previous)
+
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         if whence == io.SEEK_CUR:
             offset += self._pos
         elif whence != io.SEEK_SET:
             raise io.UnsupportedOperation("read-ahead files cannot seek from the end")
-        retained_start = self._chunk_start - len(self._previous)
+        retained_start = self.retained_start()
         if offset < retained_start:
             raise io.UnsupportedOperation(
                 f"cannot seek back to {offset}; data before {retained_start} is gone"
@@ -242,23 +317,165 @@ def _open_shard(
             raw = fs.open(path, "rb")
     except (FileNotFoundError, IsADirectoryError):
         raise ShardReadError(url, "no such shard") from None
-    depth = max(0, read_ahead_bytes // max(chunk_bytes, 1))
-    return ReadAheadFile(raw, chunk_bytes, depth)
+    return ReadAheadFile(raw, chunk_bytes, _read_ahead_depth(chunk_bytes, read_ahead_bytes))
+
+
+def _read_ahead_depth(chunk_bytes: int, read_ahead_bytes: int) -> int:
+    return max(0, read_ahead_bytes // max(chunk_bytes, 1))
+
+
+class _GunzipStream(io.RawIOBase):
+    """The decompressed bytes of the gzip stream in `compressed`, which it owns.
+
+    It sits under a ReadAheadFile, so decompression runs in the read-ahead thread and
+    tarfile's small backward seeks are served from decompressed chunks already held (a
+    GzipFile seeking backwards would decompress again from the start).
+    """
+
+    def __init__(self, compressed: ReadAheadFile) -> None:
+        super().__init__()
+        self._compressed = compressed
+        self._gzip = gzip.GzipFile(fileobj=compressed, mode="rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._gzip.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._gzip.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._gzip.close()
+        finally:
+            try:
+                self._compressed.close()
+            finally:
+                super().close()
+
+
+class _ShardStream:
+    """The tar bytes of one shard as a forward stream, plus re-reads of earlier ranges.
+
+    Re-reads serve hard links, whose target member came earlier in the stream: from the
+    chunks still held; else, uncompressed, with one ranged read of the stored file;
+    compressed, from the bytes remembered for recent members (`link_cache_bytes`), else
+    by decompressing the shard again up to the target (a gzip stream cannot be entered
+    in the middle). Offsets are positions in the (decompressed) tar stream.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        storage: StorageOptions | None,
+        chunk_bytes: int,
+        read_ahead_bytes: int,
+        link_cache_bytes: int,
+    ) -> None:
+        self.url = url
+        self.storage = storage
+        self.chunk_bytes = chunk_bytes
+        self.read_ahead_bytes = read_ahead_bytes
+        self.link_cache_bytes = link_cache_bytes
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cached_bytes = 0
+        raw = _open_shard(url, storage, chunk_bytes, read_ahead_bytes)
+        try:
+            magic = raw.read(len(_GZIP_MAGIC))
+            raw.seek(0)
+            self.compressed = url.endswith(COMPRESSED_SUFFIXES) or magic == _GZIP_MAGIC
+            if self.compressed:
+                depth = _read_ahead_depth(chunk_bytes, read_ahead_bytes)
+                self.handle = ReadAheadFile(_GunzipStream(raw), chunk_bytes, depth)
+            else:
+                self.handle = raw
+        except BaseException:
+            raw.close()
+            raise
+
+    def remember(self, offset: int, data: bytes) -> None:
+        """Keep a member's bytes just read, in case a hard link names it (compressed only)."""
+        if not self.compressed or not data or len(data) > self.link_cache_bytes:
+            return
+        self._cache[offset] = data
+        self._cached_bytes += len(data)
+        while self._cached_bytes > self.link_cache_bytes:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached_bytes -= len(dropped)
+
+    def read_again(self, offset: int, size: int) -> bytes:
+        """`size` bytes of the tar stream from `offset`, which lies behind the reader."""
+        if size == 0:
+            return b""
+        cached = self._cache.get(offset)
+        if cached is not None and len(cached) == size:
+            self._cache.move_to_end(offset)
+            return cached
+        if offset >= self.handle.retained_start():
+            # tarfile seeks back to its own position before the next header.
+            self.handle.seek(offset)
+            data = self.handle.read(size)
+        elif not self.compressed:
+            fs, path = filesystem_for(self.url, self.storage)
+            data = fs.cat_file(path, start=offset, end=offset + size)
+        else:
+            again = _ShardStream(self.url, self.storage, self.chunk_bytes, self.read_ahead_bytes, 0)
+            try:
+                again.handle.seek(offset)
+                data = again.handle.read(size)
+            finally:
+                again.close()
+        if len(data) != size:
+            raise StorageError(
+                f"reading {escape_name(self.url)} again at byte {offset} for a hard link gave "
+                f"{len(data)} of {size} bytes: the shard changed while it was read; retry"
+            )
+        return data
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 class _SampleBuilder:
-    """Collects the fields of the sample being read and turns them into a ShardSample."""
+    """Collects the fields of one key, from members that may lie far apart, into a sample."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, index: int, late: bool = False) -> None:
         self.key = key
+        self.index = index
+        self.late = late  # this key's row was already given out: its members are ignored
         self.extensions: list[str] = []
         self.data: dict[str, bytes] = {}
         self.notes: list[str] = []
         self.skipped: dict[str, str] = {}
+        self.held_bytes = 0
 
-    def build(self, index: int) -> ShardSample:
+    def add_extension(self, ext: str) -> None:
+        if ext not in self.extensions:
+            self.extensions.append(ext)
+
+    def has_image_member(self) -> bool:
+        """Any member named like an image, readable or not: the key's row can be given out."""
+        return image_field(self.extensions) is not None
+
+    def memory_bytes(self) -> int:
+        """What holding this key costs while it waits for its image (json bytes dominate)."""
+        texts = [self.key, *self.extensions, *self.notes, *self.skipped.values()]
+        return (
+            _PENDING_OVERHEAD_BYTES
+            + sum(len(text) for text in texts)
+            + sum(len(data) for data in self.data.values())
+        )
+
+    def build(self) -> ShardSample:
         notes = list(self.notes)
-        image_ext = image_field(self.extensions)
+        read = [ext for ext in self.extensions if ext in self.data]
+        image_ext = image_field(read) or image_field(self.extensions)
         image = self.data.get(image_ext) if image_ext else None
         error = None
         if image_ext is None:
@@ -272,20 +489,14 @@ class _SampleBuilder:
         parsed = None
         raw_json = self.data.get(JSON_EXTENSION)
         if raw_json is not None:
-            try:
-                value = json.loads(raw_json)
-            except (ValueError, UnicodeDecodeError):
-                notes.append("json member is not valid JSON")
-            else:
-                if isinstance(value, dict):
-                    parsed = value
-                else:
-                    notes.append("json member is not an object")
+            parsed, note = _parse_json(raw_json)
+            if note is not None:
+                notes.append(note)
         elif JSON_EXTENSION in self.skipped:
             notes.append(self.skipped[JSON_EXTENSION])
         return ShardSample(
             key=self.key,
-            index=index,
+            index=self.index,
             image=image,
             image_ext=image_ext if image is not None else None,
             json=parsed,
@@ -294,8 +505,200 @@ class _SampleBuilder:
         )
 
 
+def _parse_json(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """A sidecar's object, or why there is none: a bad sidecar must never sink the shard."""
+    try:
+        value = json.loads(raw)
+    except ValueError:  # includes UnicodeDecodeError
+        return None, "json member is not valid JSON"
+    except RecursionError:
+        return None, "json member is nested too deeply to parse"
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a note, never fatal
+        return None, f"json member could not be parsed ({type(exc).__name__})"
+    if not isinstance(value, dict):
+        return None, "json member is not an object"
+    return value, None
+
+
 def _wanted(ext: str) -> bool:
     return ext == JSON_EXTENSION or image_field([ext]) is not None
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    """Why a member that is neither a file nor a hard link gives no bytes."""
+    if member.issym():
+        return "is a symbolic link (not followed)"
+    if member.ischr():
+        return "is a character device"
+    if member.isblk():
+        return "is a block device"
+    if member.isfifo():
+        return "is a FIFO (named pipe)"
+    kind = member.type.decode("ascii", "backslashreplace")
+    return f"has tar member type {kind!r}, which holds no file data"
+
+
+class _KeyedSamples:
+    """One sample per key from the member stream of one tar (rules: module docstring)."""
+
+    def __init__(
+        self,
+        stream: _ShardStream,
+        max_member_bytes: int,
+        max_json_bytes: int,
+        max_pending_bytes: int,
+    ) -> None:
+        self.stream = stream
+        self.url = stream.url
+        self.max_member_bytes = max_member_bytes
+        self.max_json_bytes = max_json_bytes
+        self.max_pending_bytes = max_pending_bytes
+        self.next_index = 0
+        self.given_out: set[str] = set()
+        self.pending: dict[str, _SampleBuilder] = {}
+        self.pending_bytes = 0
+        # normalised member name -> (offset_data, size) of the bytes it names, so a hard
+        # link can be read; a later member of the same name replaces it, as on extraction
+        self.locations: dict[str, tuple[int, int]] = {}
+
+    def __iter__(self) -> Iterator[ShardSample]:
+        handle = self.stream.handle
+        try:
+            archive = tarfile.open(
+                fileobj=handle, mode="r:", encoding="utf-8", errors="surrogateescape"
+            )
+        except tarfile.ReadError as exc:
+            inside = " inside the gzip stream" if self.stream.compressed else ""
+            raise ShardReadError(self.url, f"not a readable tar{inside} ({exc})") from None
+        current: _SampleBuilder | None = None
+        while True:
+            try:
+                member = archive.next()
+            except tarfile.ReadError as exc:
+                raise ShardReadError(self.url, f"damaged tar ({exc})") from None
+            if member is None:
+                break
+            archive.members.clear()  # earlier TarInfo objects are never needed: flat memory
+            if member.isdir():
+                continue
+            name = normalise_member_name(member.name)
+            self._locate(member, name)
+            parsed = split_member_name(name)
+            if parsed is None:
+                continue
+            key, ext = parsed
+            wanted = _wanted(ext)
+            if not wanted and not (member.isreg() or member.islnk()):
+                continue  # e.g. a symbolic link x.txt: nothing a row would report
+            if current is None or key != current.key:
+                sample = self._finish(current)
+                if sample is not None:
+                    yield sample
+                current = self._builder_for(key)
+            if not current.late:
+                self._add(current, member, name, ext, wanted)
+        _verify_end_of_archive(self.url, handle, archive.offset)
+        sample = self._finish(current)
+        if sample is not None:
+            yield sample
+        for builder in sorted(self.pending.values(), key=lambda held: held.index):
+            yield builder.build()
+
+    def _locate(self, member: tarfile.TarInfo, name: str) -> None:
+        if member.isreg() and not member.issparse():
+            self.locations[name] = (member.offset_data, member.size)
+            return
+        target = None
+        if member.islnk():
+            target = self.locations.get(normalise_member_name(member.linkname))
+        if target is None:
+            self.locations.pop(name, None)
+        else:
+            self.locations[name] = target
+
+    def _builder_for(self, key: str) -> _SampleBuilder:
+        held = self.pending.pop(key, None)
+        if held is not None:  # the rest of a key seen earlier without its image
+            self.pending_bytes -= held.held_bytes
+            return held
+        if key in self.given_out:
+            return _SampleBuilder(key, -1, late=True)
+        builder = _SampleBuilder(key, self.next_index)
+        self.next_index += 1
+        return builder
+
+    def _finish(self, builder: _SampleBuilder | None) -> ShardSample | None:
+        """The sample of a completed group, or None while the key still waits for an image."""
+        if builder is None or builder.late:
+            return None
+        if builder.has_image_member():
+            self.given_out.add(builder.key)
+            return builder.build()
+        builder.held_bytes = builder.memory_bytes()
+        self.pending[builder.key] = builder
+        self.pending_bytes += builder.held_bytes
+        if self.pending_bytes > self.max_pending_bytes:
+            raise ShardReadError(
+                self.url,
+                f"{len(self.pending)} keys seen without an image member so far (latest "
+                f"{builder.key!r}) hold {self.pending_bytes} bytes while waiting for their "
+                f"images, above the {self.max_pending_bytes}-byte limit: the members of "
+                f"its samples are far apart; {_REPACK_ADVICE}",
+            )
+        return None
+
+    def _add(
+        self, builder: _SampleBuilder, member: tarfile.TarInfo, name: str, ext: str, wanted: bool
+    ) -> None:
+        builder.add_extension(ext)
+        if not wanted:
+            return
+        shown = escape_name(member.name)
+        if ext in builder.data or ext in builder.skipped:
+            builder.notes.append(f"duplicate member {shown!r} ignored")
+            return
+        limit = self.max_json_bytes if ext == JSON_EXTENSION else self.max_member_bytes
+        problem = None
+        data = b""
+        if member.isreg():
+            if member.issparse():
+                problem = f"member {shown!r} is a sparse file (unsupported)"
+            elif member.size > limit:
+                problem = f"member {shown!r} is {member.size} bytes, above the {limit}-byte limit"
+            else:
+                data = self._read_member(member, shown)
+        elif member.islnk():
+            target = self.locations.get(name)
+            if target is None:
+                problem = (
+                    f"member {shown!r} is a hard link to {escape_name(member.linkname)!r}, "
+                    "which is not a regular file earlier in the archive"
+                )
+            elif target[1] > limit:
+                problem = (
+                    f"member {shown!r} (a hard link) is {target[1]} bytes, above the "
+                    f"{limit}-byte limit"
+                )
+            else:
+                data = self.stream.read_again(*target)
+        else:
+            problem = f"member {shown!r} {_member_kind(member)}"
+        if problem is not None:
+            builder.skipped[ext] = problem
+        else:
+            builder.data[ext] = data
+
+    def _read_member(self, member: tarfile.TarInfo, shown: str) -> bytes:
+        handle = self.stream.handle
+        handle.seek(member.offset_data)
+        data = handle.read(member.size)
+        if len(data) != member.size:
+            raise ShardReadError(
+                self.url,
+                f"truncated inside member {shown!r} ({len(data)} of {member.size} bytes present)",
+            )
+        self.stream.remember(member.offset_data, data)
+        return data
 
 
 def iter_shard_samples(
@@ -306,65 +709,27 @@ def iter_shard_samples(
     read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+    link_cache_bytes: int = DEFAULT_LINK_CACHE_BYTES,
 ) -> Iterator[ShardSample]:
-    """Yield the samples of one shard in order; raises ShardReadError on a damaged tar.
+    """Yield one sample per key of one shard; raises ShardReadError on a damaged tar.
 
     `read_ahead_bytes=0` reads synchronously. Only image and json members are loaded
-    into memory; members above `max_member_bytes` become sample errors instead.
+    into memory; members above `max_member_bytes` (json: `max_json_bytes`) become sample
+    errors (notes) instead. Keys waiting for an image member that comes later may hold
+    `max_pending_bytes` in all; beyond that the shard is refused with advice to re-pack
+    it, rather than memory growing with the shard. Compressed shards keep the bytes of
+    recent members (`link_cache_bytes`) so that hard links to them need no second pass.
     """
-    handle = _open_shard(url, storage, chunk_bytes, read_ahead_bytes)
+    stream = _ShardStream(url, storage, chunk_bytes, read_ahead_bytes, link_cache_bytes)
     try:
-        try:
-            archive = tarfile.open(fileobj=handle, mode="r:")
-        except tarfile.ReadError as exc:
-            raise ShardReadError(url, f"not a readable uncompressed tar ({exc})") from None
-        index = 0
-        current: _SampleBuilder | None = None
-        while True:
-            try:
-                member = archive.next()
-            except tarfile.ReadError as exc:
-                raise ShardReadError(url, f"damaged tar ({exc})") from None
-            if member is None:
-                break
-            if not member.isreg():
-                continue
-            parsed = split_member_name(member.name)
-            if parsed is None:
-                continue
-            key, ext = parsed
-            if current is None or key != current.key:
-                if current is not None:
-                    yield current.build(index)
-                    index += 1
-                current = _SampleBuilder(key)
-            current.extensions.append(ext)
-            if not _wanted(ext):
-                continue
-            limit = max_json_bytes if ext == JSON_EXTENSION else max_member_bytes
-            if member.issparse():
-                current.skipped[ext] = f"member {member.name!r} is a sparse file (unsupported)"
-                continue
-            if member.size > limit:
-                current.skipped[ext] = (
-                    f"member {member.name!r} is {member.size} bytes, above the "
-                    f"{limit}-byte limit"
-                )
-                continue
-            handle.seek(member.offset_data)
-            data = handle.read(member.size)
-            if len(data) != member.size:
-                raise ShardReadError(
-                    url,
-                    f"truncated inside member {member.name!r} "
-                    f"({len(data)} of {member.size} bytes present)",
-                )
-            current.data[ext] = data
-        _verify_end_of_archive(url, handle, archive.offset)
-        if current is not None:
-            yield current.build(index)
+        yield from _KeyedSamples(stream, max_member_bytes, max_json_bytes, max_pending_bytes)
+    except _DAMAGED_GZIP as exc:
+        if not stream.compressed:
+            raise
+        raise ShardReadError(url, f"damaged gzip stream ({type(exc).__name__}: {exc})") from None
     finally:
-        handle.close()
+        stream.close()
 
 
 def _verify_end_of_archive(url: str, handle: ReadAheadFile, offset: int) -> None:
@@ -382,12 +747,12 @@ def _verify_end_of_archive(url: str, handle: ReadAheadFile, offset: int) -> None
 
 
 def read_shard(url: str, storage: StorageOptions | None = None, **options: Any) -> list[ShardSample]:
-    """All samples of a shard as a list (convenience for small shards and tests)."""
-    return list(iter_shard_samples(url, storage, **options))
+    """All samples of a shard in tar order (by `index`), for small shards and tests."""
+    return sorted(iter_shard_samples(url, storage, **options), key=lambda sample: sample.index)
 
 
 def list_tar_shards(prefix: str, storage: StorageOptions | None = None) -> list[str]:
-    """Sorted URLs of the `*.tar` files directly under a folder or s3:// prefix."""
+    """Sorted URLs of the shards (`.tar`, `.tar.gz`, `.tgz`) directly under a folder or prefix."""
     fs, path = filesystem_for(prefix, storage)
     try:
         entries = fs.ls(path, detail=False)
@@ -396,7 +761,7 @@ def list_tar_shards(prefix: str, storage: StorageOptions | None = None) -> list[
     names = sorted(
         posixpath.basename(entry.rstrip("/"))
         for entry in entries
-        if entry.endswith(".tar") and not posixpath.basename(entry).startswith(".")
+        if entry.endswith(SHARD_SUFFIXES) and not posixpath.basename(entry).startswith(".")
     )
     return [join(prefix, name) for name in names]
 
@@ -406,9 +771,11 @@ __all__ = [
     "ReadAheadFile",
     "ShardReadError",
     "ShardSample",
+    "escape_name",
     "image_field",
     "iter_shard_samples",
     "list_tar_shards",
+    "normalise_member_name",
     "read_shard",
     "split_member_name",
 ]

@@ -142,17 +142,23 @@ def test_grouping_member_types_and_limits(tmp_path):
         )
     )
     samples = read_shard(str(path), max_member_bytes=4096)
-    # links and folders are not files of a sample (and links are never followed)
-    assert [s.key for s in samples] == ["a", "b", "c", "d", "a"]
+    # folders are skipped; a symbolic link named like an image is an error row naming it
+    # (never followed); the late second image of key "a" gives no second row
+    assert [s.key for s in samples] == ["a", "link", "b", "c", "d"]
+    assert [s.index for s in samples] == [0, 1, 2, 3, 4]
     a = samples[0]
     assert (a.image, a.image_ext, a.json) == (b"A-image", "jpg", {"label": 1})
     assert any("extra image members" in note for note in a.notes)
-    assert samples[1].error == "no image member (found: cls, json)"
-    assert samples[1].json is None and "not valid JSON" in samples[1].notes[0]
-    assert samples[2].image is None and "limit" in samples[2].error
-    assert samples[3].image == b"D" and samples[3].json is None
-    assert "not an object" in samples[3].notes[0]
-    assert samples[4].image == b"A-again" and samples[4].index == 4
+    assert samples[1].image is None
+    assert samples[1].error == "member 'link.jpg' is a symbolic link (not followed)"
+    assert samples[2].error == "no image member (found: cls, json)"
+    assert samples[2].json is None and "not valid JSON" in samples[2].notes[0]
+    assert samples[3].image is None and "limit" in samples[3].error
+    assert samples[4].image == b"D" and samples[4].json is None
+    assert "not an object" in samples[4].notes[0]
+    # streaming order: keys without an image member come after the others
+    streamed = [s.key for s in iter_shard_samples(str(path), max_member_bytes=4096)]
+    assert streamed == ["a", "link", "c", "d", "b"]
 
 
 def test_storage_errors_propagate_unchanged():
