@@ -1,10 +1,10 @@
 """Turn the user's shard specification into a sorted list of input shards.
 
 Accepted forms, for local paths and s3:// alike: a single tar, a folder/prefix (every
-`.tar` below it), a glob (`s3://b/x/*.tar`, `data/**/*.tar`) and WebDataset brace ranges
-(`s3://b/x/{000000..000999}.tar`). Each shard gets an output name derived from its path
-relative to the pattern's root, so a retried or resumed shard always writes the same
-output key, whichever worker runs it.
+`.tar`, `.tar.gz` and `.tgz` below it), a glob (`s3://b/x/*.tar`, `data/**/*.tar`) and
+WebDataset brace ranges (`s3://b/x/{000000..000999}.tar`). Each shard gets an output name
+derived from its path relative to the pattern's root, so a retried or resumed shard
+always writes the same output key, whichever worker runs it.
 """
 
 from __future__ import annotations
@@ -40,26 +40,41 @@ def list_shards(patterns: str | Iterable[str], storage: StorageOptions | None = 
         for shard in _list_one(pattern, storage):
             previous = shards.get(shard.name)
             if previous is not None and previous.url != shard.url:
-                raise ConfigError(
-                    f"input shards {previous.url} and {shard.url} map to the same output name "
-                    f"{shard.name!r}; rename one or list them under one folder"
-                )
+                raise ConfigError(_collision_message(previous, shard))
             shards[shard.name] = shard
     if not shards:
         raise ConfigError(
             f"no input shards matched {', '.join(patterns)}: check input.shards "
-            f"(expects .tar files, a folder, a glob or a brace range)"
+            f"(expects .tar, .tar.gz or .tgz files, a folder, a glob or a brace range)"
         )
     return sorted(shards.values())
 
 
+def _collision_message(previous: InputShard, shard: InputShard) -> str:
+    """Why two shards share an output name, with only the advice that fits the case."""
+    both = f"input shards {previous.url} and {shard.url} map to the same output name {shard.name!r}"
+    if previous.relative == shard.relative:
+        # The same relative path under two patterns' roots (e.g. one/s.tar and two/s.tar).
+        return (
+            f"{both}: they have the same path {shard.relative!r} below their patterns' "
+            "folders; rename one, or name their common parent folder as the single pattern "
+            "so that their relative paths differ"
+        )
+    return (
+        f"{both}: their paths {previous.relative!r} and {shard.relative!r} differ only in "
+        "characters that output names replace ('/' becomes '__', anything but letters, "
+        "digits, '.', '_' and '-' becomes '_'); rename one"
+    )
+
+
 def shard_output_name(relative: str) -> str:
-    """The file stem used under responses/, _done/ and _failed/ for one input shard."""
-    stem = relative
-    for suffix in SHARD_SUFFIXES:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    """The file stem used under responses/, _done/ and _failed/ for one input shard.
+
+    Only a plain `.tar` suffix is removed (so existing outputs keep their names);
+    compressed shards keep theirs (`x.tar.gz`, `x.tgz`), so `x.tar` beside `x.tar.gz`
+    gets two outputs instead of a collision.
+    """
+    stem = relative[: -len(".tar")] if relative.endswith(".tar") else relative
     parts = [part for part in stem.split("/") if part not in ("", ".", "..")]
     cleaned = [_UNSAFE_CHARACTERS.sub("_", part).strip("_") or "_" for part in parts]
     name = "__".join(cleaned)
