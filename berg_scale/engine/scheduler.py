@@ -3,7 +3,9 @@
 Each free worker gets the next shard as soon as it finishes one (fast workers take
 more); the driver waits on all in-flight calls with `ray.wait`. A shard whose worker
 dies is requeued once the actor has restarted; a shard that fails is retried with
-back-off until `max_attempts`, then quarantined with its error in `_failed/`. When the
+back-off until `max_attempts`, then quarantined with its error in `_failed/`; a shard
+the worker rejects (damaged tar, too many bad images: the same bytes would fail again)
+is quarantined after that one attempt. When the
 queue is empty and workers are idle, the slowest running shards are executed again on
 the idle workers; whichever execution commits first wins, the other is cancelled.
 Output keys are derived from the shard name and written atomically, so a duplicate

@@ -20,6 +20,12 @@ from berg_scale.engine.shard_pipeline import ShardCancelled, ShardRejected, Shar
 from berg_scale.io.output_store import OutputStore
 from berg_scale.io.response_writer import build_schema, iter_descriptions
 from berg_scale.io.shard_listing import InputShard
+from berg_scale.io.shard_reader import ShardReadError
+
+# Failures that come from the input bytes themselves (a damaged tar or gzip stream, a
+# shard with too many bad images): running the same shard again fails the same way,
+# so the driver quarantines it at once instead of retrying.
+PERMANENT_ERRORS = (ShardRejected, ShardReadError)
 
 
 class EncoderWorker:
@@ -82,8 +88,8 @@ class EncoderWorker:
             )
         except ShardCancelled:
             return {**base, "status": "cancelled"}
-        except ShardRejected as exc:
-            return {**base, "status": "rejected", "error": str(exc)}
+        except PERMANENT_ERRORS as exc:
+            return {**base, "status": "rejected", "error": " ".join(str(exc).split())[:2000]}
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries
             return {
                 **base,
