@@ -58,11 +58,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except BergScaleError as exc:
-        print(f"berg-scale {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _report(args.command, exc)
     except KeyboardInterrupt:
         print(f"berg-scale {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # Last resort: storage, credential, endpoint and file errors that no command
+        # translated still become one line with the fix; anything else is a bug and
+        # keeps its traceback.
+        from berg_scale.io.storage_errors import translate_storage_error
+
+        translated = translate_storage_error(exc)
+        if translated is None:
+            raise
+        return _report(args.command, translated)
+
+
+def _report(command: str, exc: BaseException) -> int:
+    """Print an error as exactly one line (exit status 2, as the docs promise)."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"berg-scale {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

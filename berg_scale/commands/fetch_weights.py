@@ -99,6 +99,7 @@ def _requests(args: argparse.Namespace) -> list:
 
 def run(args: argparse.Namespace) -> int:
     from berg_scale.io.storage import StorageOptions
+    from berg_scale.io.storage_errors import storage_errors
     from berg_scale.weights.fetch import fetch_weights, load_hashes
     from berg_scale.weights.selection import DEFAULT_BUCKET, DEFAULT_REGION
 
@@ -111,17 +112,19 @@ def run(args: argparse.Namespace) -> int:
         anon=anon,
     )
     hashes = load_hashes(args.hashes) if args.hashes else None
-    report = fetch_weights(
-        _requests(args),
-        args.dest,
-        storage,
-        bucket=bucket,
-        hashes=hashes,
-        dry_run=args.dry_run,
-        progress=not args.no_progress,
-        include_metadata=not args.no_metadata,
-        include_weights=not args.metadata_only,
-    )
+    requests = _requests(args)
+    with storage_errors(bucket, storage, what="read"):
+        report = fetch_weights(
+            requests,
+            args.dest,
+            storage,
+            bucket=bucket,
+            hashes=hashes,
+            dry_run=args.dry_run,
+            progress=not args.no_progress,
+            include_metadata=not args.no_metadata,
+            include_weights=not args.metadata_only,
+        )
     if args.dry_run:
         print(report.table())
     print(report.summary())

@@ -65,12 +65,13 @@ def run(args: argparse.Namespace) -> int:
     from berg_scale.io.decode import DEFAULT_MAX_PIXELS
     from berg_scale.io.pack_folder import pack_folder, walk_images
     from berg_scale.io.storage import StorageOptions
+    from berg_scale.io.storage_errors import storage_errors
 
     storage = StorageOptions(endpoint_url=args.endpoint_url, region=args.region)
     # Counting first gives the bar a total; the walk is cheap next to reading images.
     show_total = not args.quiet and os.path.isdir(args.src_dir)
     total = len(walk_images(args.src_dir)[0]) if show_total else None
-    with tqdm(
+    with storage_errors(args.dest, storage, what="write"), tqdm(
         total=total, unit="img", desc="packing", disable=args.quiet or None, file=sys.stderr
     ) as bar:
         report = pack_folder(

@@ -47,22 +47,33 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from berg_scale.config import load_config
-    from berg_scale.errors import BergScaleError
+    from berg_scale.errors import BergScaleError, StorageError
+    from berg_scale.io.storage_errors import storage_errors, underlying_storage_error
     from berg_scale.planning import make_plan
 
     if args.images is not None and args.images < 0:
         raise BergScaleError("--images must be >= 0")
     _refuse_study_config(args.config)
     config = load_config(args.config, overrides=args.overrides)
-    plan = make_plan(
-        config,
-        config_path=args.config,
-        images=args.images,
-        images_per_second_per_gpu=args.images_per_second_per_gpu,
-        gpus=args.gpus,
-        berg_root=args.berg_root,
-        assume_width=args.assume_width,
-    )
+    # Planning reads the input shards and possibly a remote berg_root with the config's storage.
+    storage = config.storage_options()
+    try:
+        with storage_errors(None, storage, what="read"):
+            plan = make_plan(
+                config,
+                config_path=args.config,
+                images=args.images,
+                images_per_second_per_gpu=args.images_per_second_per_gpu,
+                gpus=args.gpus,
+                berg_root=args.berg_root,
+                assume_width=args.assume_width,
+            )
+    except BergScaleError as exc:
+        detailed = underlying_storage_error(exc, options=storage, what="read")
+        if detailed is None:
+            raise
+        hint = "; or pass --images N to plan without reading the input shards" if "--images" in str(exc) else ""
+        raise StorageError(f"{detailed}{hint}") from exc
     if args.json:
         print(json.dumps({
             "images": plan.images,

@@ -93,10 +93,13 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from berg_scale.io.storage_errors import storage_errors
     from berg_scale.rnc.study import run_study
 
     config = build_config(args)
-    summary = run_study(config)
+    # The study reads `responses` and writes `out_dir`: the error names which path failed.
+    with storage_errors(None, config.storage.options(), what="read or write"):
+        summary = run_study(config)
     for row in summary.get("univariate", {}).get("statistics", []):
         print(
             f"univariate {row['roi_1']}-{row['roi_2']} {row['condition']:<12} {row['roi']:<5} "

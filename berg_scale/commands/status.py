@@ -55,9 +55,11 @@ def output_status(output: str, storage=None) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from berg_scale.io.storage import StorageOptions
+    from berg_scale.io.storage_errors import storage_errors
 
     storage = StorageOptions(endpoint_url=args.endpoint_url) if args.endpoint_url else None
-    summary = output_status(args.output, storage)
+    with storage_errors(args.output, storage or StorageOptions(), what="read"):
+        summary = output_status(args.output, storage)
     exit_code = 1 if summary["shards"]["failed"] else 0
     if args.json:
         print(json.dumps(summary, indent=1))

@@ -33,6 +33,14 @@ def run(args: argparse.Namespace) -> int:
     from berg_scale.models.registry import get_card
     from berg_scale.testing.berg_root import backbone_file, make_synthetic_root
 
+    from berg_scale.io.storage import is_remote
+    from berg_scale.io.storage_errors import storage_errors
+
+    if is_remote(args.root):
+        raise BergScaleError(
+            f"synth-root writes a local folder, got {args.root!r}: write it locally, then copy "
+            "it to object storage (e.g. aws s3 sync)"
+        )
     if args.fwrf_voxels < 1 or args.fsaverage_components < 1:
         raise BergScaleError("--fwrf-voxels and --fsaverage-components must be at least 1")
     for model_id in args.models:
@@ -40,17 +48,18 @@ def run(args: argparse.Namespace) -> int:
         bad = [s for s in args.subjects if s not in card.subjects]
         if bad:
             raise BergScaleError(f"{model_id} has subjects {list(card.subjects)}; not {bad}")
-    root = make_synthetic_root(
-        args.root,
-        models=args.models,
-        subjects=args.subjects,
-        rois=args.rois,
-        seed=args.seed,
-        fwrf_voxels=args.fwrf_voxels,
-        fsaverage_components=args.fsaverage_components,
-        eeg_components_dtype="float16" if args.eeg_float16 else "float32",
-        write_backbone=not args.no_backbone,
-    )
+    with storage_errors(args.root, what="write"):
+        root = make_synthetic_root(
+            args.root,
+            models=args.models,
+            subjects=args.subjects,
+            rois=args.rois,
+            seed=args.seed,
+            fwrf_voxels=args.fwrf_voxels,
+            fsaverage_components=args.fsaverage_components,
+            eeg_components_dtype="float16" if args.eeg_float16 else "float32",
+            write_backbone=not args.no_backbone,
+        )
     print(f"synthetic BERG root written to {root}")
     if not args.no_backbone:
         print(f"ViT-B/32 backbone (random weights): {backbone_file(root)}")

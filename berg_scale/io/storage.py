@@ -17,6 +17,12 @@ from berg_scale.errors import StorageError
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
 
+# botocore's defaults (legacy retries: 5 attempts with exponential back-off, 60 s connect
+# timeout) hold a command for 10+ s against an endpoint that refuses connections and for
+# minutes against one that drops them. Three attempts in standard mode still ride out a
+# throttled or briefly unavailable server, and a down endpoint fails in a few seconds.
+BOTOCORE_CONFIG: dict[str, Any] = {"connect_timeout": 5, "retries": {"max_attempts": 3, "mode": "standard"}}
+
 
 @dataclass(frozen=True)
 class StorageOptions:
@@ -44,7 +50,11 @@ class StorageOptions:
             client_kwargs["endpoint_url"] = endpoint
         if self.region:
             client_kwargs["region_name"] = self.region
-        kwargs: dict[str, Any] = {"anon": self.anon, "client_kwargs": client_kwargs}
+        kwargs: dict[str, Any] = {
+            "anon": self.anon,
+            "client_kwargs": client_kwargs,
+            "config_kwargs": dict(BOTOCORE_CONFIG),
+        }
         if self.key and not self.anon:
             kwargs["key"] = self.key
             kwargs["secret"] = self.secret

@@ -21,6 +21,7 @@ import fsspec
 
 from berg_scale.errors import BergScaleError, StorageError
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote, join, to_url
+from berg_scale.io.storage_errors import endpoint_of_filesystem, exception_chain, translate_storage_error
 from berg_scale.weights.locking import directory_lock
 from berg_scale.weights.selection import DEFAULT_BUCKET, DEFAULT_REGION, files_for_readouts
 
@@ -155,13 +156,30 @@ def _check_relative(path: str) -> str:
     return "/".join(parts)
 
 
-def _storage_error(exc: BaseException, url: str) -> StorageError:
-    hint = (
-        "BERG's public bucket needs anonymous access (--anon, region us-west-2); a private "
-        "bucket needs credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile) "
-        "and --no-anon"
+BERG_ACCESS_HINT = (
+    "BERG's public bucket needs anonymous access (--anon, region us-west-2), a private "
+    "bucket needs credentials and --no-anon"
+)
+
+
+def _storage_error(exc: BaseException, url: str, fs: fsspec.AbstractFileSystem | None = None) -> StorageError:
+    """One line for a failed read of the source, with BERG's access rules when they matter."""
+    translated = translate_storage_error(
+        exc, url, what="read", endpoint=endpoint_of_filesystem(fs) if fs is not None else None,
+        anonymous_hint=BERG_ACCESS_HINT,
     )
-    return StorageError(f"cannot read {url}: {type(exc).__name__}: {exc}; {hint}")
+    if translated is None:
+        translated = StorageError(f"cannot read {url}: {type(exc).__name__}: {' '.join(str(exc).split())}")
+    return translated
+
+
+def _missing_bucket(exc: BaseException) -> bool:
+    """A missing bucket is a wrong --bucket, not a list of missing files."""
+    return any(
+        (getattr(item, "response", None) or {}).get("Error", {}).get("Code") == "NoSuchBucket"
+        for item in exception_chain(exc)
+        if isinstance(getattr(item, "response", None), dict)
+    )
 
 
 def _read_part_info(path: str) -> dict[str, Any] | None:
@@ -206,11 +224,15 @@ def plan_files(
         remote = join(source_root, rel)
         try:
             info = fs.info(remote)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            if _missing_bucket(exc):
+                raise _storage_error(exc, to_url(fs, remote), fs) from None
             missing.append(rel)
             continue
-        except (PermissionError, OSError) as exc:
-            raise _storage_error(exc, to_url(fs, remote)) from None
+        except Exception as exc:  # noqa: BLE001 - botocore's errors are not all OSErrors
+            if translate_storage_error(exc) is None:
+                raise
+            raise _storage_error(exc, to_url(fs, remote), fs) from None
         if info.get("type", "file") != "file" or info.get("size") is None:
             missing.append(rel)
             continue
@@ -279,8 +301,10 @@ def _transfer(
                     [remote] * len(ranges), [r[0] for r in ranges], [r[1] for r in ranges],
                     on_error="raise",
                 )
-            except (PermissionError, OSError) as exc:
-                raise _storage_error(exc, to_url(fs, remote)) from None
+            except Exception as exc:  # noqa: BLE001 - botocore's errors are not all OSErrors
+                if translate_storage_error(exc) is None:
+                    raise
+                raise _storage_error(exc, to_url(fs, remote), fs) from None
             for (first, last), data in zip(ranges, blocks):
                 if len(data) != last - first:
                     raise StorageError(

@@ -1,0 +1,296 @@
+"""Every command reports storage, credential, endpoint and file errors as one line.
+
+Each case runs the real CLI in-process against the loopback S3 server (wrong
+credentials, no credentials) or against a loopback port with nothing listening (an
+endpoint that is down), and checks the exit status (2), that stderr is exactly one
+line without a traceback, and that the line names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from berg_scale.cli import main
+from berg_scale.testing.s3_server import free_port
+
+pytestmark = pytest.mark.s3
+
+FWRF = ["--models", "fmri-nsd-fwrf", "--subjects", "1", "--rois", "V1"]
+CREDENTIAL_FIX = "AWS_ACCESS_KEY_ID"
+# "rejected the credentials" (the server said why) or "refused access" (a bodiless 403).
+WRONG_CREDENTIALS = "credentials"
+ENDPOINT_FIX = "--endpoint-url"
+# A down endpoint must fail fast: botocore's defaults took 10+ s per command.
+DOWN_ENDPOINT_BUDGET_S = 20.0
+
+
+@pytest.fixture(autouse=True)
+def fresh_s3_clients():
+    """s3fs caches filesystems (and their credentials) per process; start each case clean."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def wrong_credentials(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+
+
+@pytest.fixture
+def no_credentials(monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def down_endpoint(monkeypatch) -> str:
+    """A loopback port with nothing listening, also as the environment's endpoint."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    return endpoint
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, command: str, *needles: str) -> str:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith(f"berg-scale {command}: error: "), line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+def _images(folder: Path, n: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (32, 24), (i * 40, 10, 200)).save(folder / f"img{i}.png")
+    return folder
+
+
+def _run_config(tmp_path: Path, shards: str, **storage) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "input": {"shards": shards},
+        "berg_root": str(tmp_path / "berg_root"),
+        "readouts": [{"model": "fmri-nsd-fwrf", "subjects": [1], "rois": ["V1"]}],
+        "output": str(tmp_path / "out"),
+        **({"storage": storage} if storage else {}),
+    }))
+    return path
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_with_wrong_credentials(s3_bucket, wrong_credentials, capsys):
+    code, err = run_cli(capsys, "status", f"{s3_bucket}/out")
+    assert_one_line_error(code, err, "status", WRONG_CREDENTIALS, CREDENTIAL_FIX)
+
+
+def test_status_without_credentials(s3_bucket, no_credentials, capsys):
+    code, err = run_cli(capsys, "status", f"{s3_bucket}/out")
+    assert_one_line_error(code, err, "status", "no S3 credentials", CREDENTIAL_FIX, "--anon")
+
+
+def test_status_with_a_down_endpoint_fails_fast(down_endpoint, capsys):
+    started = time.monotonic()
+    code, err = run_cli(capsys, "status", "s3://bucket/out", "--endpoint-url", down_endpoint)
+    elapsed = time.monotonic() - started
+    assert_one_line_error(code, err, "status", f"cannot reach the S3 endpoint {down_endpoint}", ENDPOINT_FIX)
+    assert elapsed < DOWN_ENDPOINT_BUDGET_S
+
+
+# --------------------------------------------------------------------------- fetch-weights
+
+
+def _fetch_args(bucket: str, dest: Path, endpoint: str) -> list[str]:
+    return ["fetch-weights", *FWRF, "--to", str(dest), "--bucket", bucket,
+            "--endpoint-url", endpoint, "--no-anon", "--no-progress"]
+
+
+def test_fetch_weights_with_wrong_credentials(s3_server, s3_bucket, wrong_credentials, tmp_path, capsys):
+    code, err = run_cli(capsys, *_fetch_args(s3_bucket, tmp_path / "root", s3_server.endpoint_url))
+    assert_one_line_error(code, err, "fetch-weights", WRONG_CREDENTIALS, CREDENTIAL_FIX, "--anon")
+
+
+def test_fetch_weights_without_credentials(s3_server, s3_bucket, no_credentials, tmp_path, capsys):
+    code, err = run_cli(capsys, *_fetch_args(s3_bucket, tmp_path / "root", s3_server.endpoint_url))
+    assert_one_line_error(code, err, "fetch-weights", "no S3 credentials", CREDENTIAL_FIX, "--anon")
+
+
+def test_fetch_weights_with_a_down_endpoint_fails_fast(down_endpoint, tmp_path, capsys):
+    started = time.monotonic()
+    code, err = run_cli(capsys, *_fetch_args("s3://bucket", tmp_path / "root", down_endpoint))
+    elapsed = time.monotonic() - started
+    assert_one_line_error(code, err, "fetch-weights", f"cannot reach the S3 endpoint {down_endpoint}",
+                          ENDPOINT_FIX)
+    assert elapsed < DOWN_ENDPOINT_BUDGET_S
+
+
+def test_fetch_weights_from_a_missing_bucket_names_it(s3_server, tmp_path, capsys):
+    code, err = run_cli(capsys, *_fetch_args("s3://no-such-bucket-here", tmp_path / "root",
+                                             s3_server.endpoint_url))
+    assert_one_line_error(code, err, "fetch-weights", "no-such-bucket-here")
+
+
+def test_fetch_weights_into_an_unwritable_destination(s3_server, s3_bucket, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, err = run_cli(capsys, *_fetch_args(s3_bucket, blocker / "root", s3_server.endpoint_url))
+    assert_one_line_error(code, err, "fetch-weights", str(blocker))
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_plan_with_wrong_credentials(s3_bucket, wrong_credentials, tmp_path, capsys):
+    config = _run_config(tmp_path, f"{s3_bucket}/shards/")
+    code, err = run_cli(capsys, "plan", str(config))
+    assert_one_line_error(code, err, "plan", WRONG_CREDENTIALS, CREDENTIAL_FIX, "--images")
+
+
+def test_plan_without_credentials(s3_bucket, no_credentials, tmp_path, capsys):
+    config = _run_config(tmp_path, f"{s3_bucket}/shards/")
+    code, err = run_cli(capsys, "plan", str(config))
+    assert_one_line_error(code, err, "plan", "no S3 credentials", CREDENTIAL_FIX)
+
+
+def test_plan_with_a_down_endpoint_fails_fast(down_endpoint, tmp_path, capsys):
+    config = _run_config(tmp_path, "s3://bucket/shards/", endpoint_url=down_endpoint)
+    started = time.monotonic()
+    code, err = run_cli(capsys, "plan", str(config))
+    elapsed = time.monotonic() - started
+    assert_one_line_error(code, err, "plan", "cannot reach the S3 endpoint", down_endpoint, ENDPOINT_FIX)
+    assert elapsed < DOWN_ENDPOINT_BUDGET_S
+
+
+def test_plan_with_a_missing_config_file(tmp_path, capsys):
+    code, err = run_cli(capsys, "plan", str(tmp_path / "missing.yaml"))
+    assert_one_line_error(code, err, "plan", "missing.yaml")
+
+
+# --------------------------------------------------------------------------- rnc
+
+
+def _rnc_args(responses: str, out: Path, *extra: str) -> list[str]:
+    return ["rnc", "univariate", "--responses", responses, "--out", str(out), "--rois", "V1", "hV4",
+            "--no-plots", *extra]
+
+
+def test_rnc_with_wrong_credentials(s3_bucket, wrong_credentials, tmp_path, capsys):
+    code, err = run_cli(capsys, *_rnc_args(f"{s3_bucket}/out", tmp_path / "rnc"))
+    assert_one_line_error(code, err, "rnc", WRONG_CREDENTIALS, CREDENTIAL_FIX)
+
+
+def test_rnc_without_credentials(s3_bucket, no_credentials, tmp_path, capsys):
+    code, err = run_cli(capsys, *_rnc_args(f"{s3_bucket}/out", tmp_path / "rnc"))
+    assert_one_line_error(code, err, "rnc", "no S3 credentials", CREDENTIAL_FIX)
+
+
+def test_rnc_with_a_down_endpoint_fails_fast(down_endpoint, tmp_path, capsys):
+    started = time.monotonic()
+    code, err = run_cli(capsys, *_rnc_args("s3://bucket/out", tmp_path / "rnc", "--endpoint-url", down_endpoint))
+    elapsed = time.monotonic() - started
+    assert_one_line_error(code, err, "rnc", f"cannot reach the S3 endpoint {down_endpoint}", ENDPOINT_FIX)
+    assert elapsed < DOWN_ENDPOINT_BUDGET_S
+
+
+# --------------------------------------------------------------------------- make-shards
+
+
+def test_make_shards_to_s3_with_wrong_credentials(s3_bucket, wrong_credentials, tmp_path, capsys):
+    src = _images(tmp_path / "images")
+    code, err = run_cli(capsys, "make-shards", str(src), f"{s3_bucket}/shards", "--quiet")
+    assert_one_line_error(code, err, "make-shards", WRONG_CREDENTIALS, CREDENTIAL_FIX)
+
+
+def test_make_shards_to_s3_without_credentials(s3_bucket, no_credentials, tmp_path, capsys):
+    src = _images(tmp_path / "images")
+    code, err = run_cli(capsys, "make-shards", str(src), f"{s3_bucket}/shards", "--quiet")
+    assert_one_line_error(code, err, "make-shards", "no S3 credentials", CREDENTIAL_FIX)
+
+
+def test_make_shards_to_a_down_endpoint_fails_fast(down_endpoint, tmp_path, capsys):
+    src = _images(tmp_path / "images")
+    started = time.monotonic()
+    code, err = run_cli(capsys, "make-shards", str(src), "s3://bucket/shards", "--quiet",
+                        "--endpoint-url", down_endpoint)
+    elapsed = time.monotonic() - started
+    assert_one_line_error(code, err, "make-shards", f"cannot reach the S3 endpoint {down_endpoint}",
+                          ENDPOINT_FIX)
+    assert elapsed < DOWN_ENDPOINT_BUDGET_S
+
+
+def test_make_shards_into_a_file_path(tmp_path, capsys):
+    src = _images(tmp_path / "images")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, err = run_cli(capsys, "make-shards", str(src), str(blocker / "shards"), "--quiet")
+    assert_one_line_error(code, err, "make-shards", str(blocker))
+
+
+# --------------------------------------------------------------------------- synth-root
+
+
+def test_synth_root_into_a_file_path(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, err = run_cli(capsys, "synth-root", str(blocker / "root"), "--models", "fmri-nsd-fwrf",
+                        "--no-backbone")
+    assert_one_line_error(code, err, "synth-root", str(blocker), "fix the path")
+
+
+def test_synth_root_refuses_an_s3_url(capsys):
+    code, err = run_cli(capsys, "synth-root", "s3://bucket/root", "--models", "fmri-nsd-fwrf", "--no-backbone")
+    assert_one_line_error(code, err, "synth-root", "local folder", "aws s3 sync")
+
+
+# --------------------------------------------------------------------------- last resort
+
+
+def test_top_level_handler_translates_what_a_command_let_through(monkeypatch, capsys):
+    """A command that forgets to translate still gives one line, not a traceback."""
+    import berg_scale.commands.status as status
+
+    def broken(output, storage=None):
+        raise PermissionError(13, "Permission denied", "/data/out/run.json")
+
+    monkeypatch.setattr(status, "output_status", broken)
+    monkeypatch.setattr("berg_scale.io.storage_errors.storage_errors", _no_translation)
+    code, err = run_cli(capsys, "status", "/data/out")
+    assert_one_line_error(code, err, "status", "/data/out/run.json", "permission denied")
+
+
+def test_bugs_keep_their_traceback(monkeypatch):
+    import berg_scale.commands.status as status
+
+    def broken(output, storage=None):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(status, "output_status", broken)
+    with pytest.raises(ZeroDivisionError):
+        main(["status", "/data/out"])
+
+
+def _no_translation(*args, **kwargs):
+    import contextlib
+
+    return contextlib.nullcontext()
