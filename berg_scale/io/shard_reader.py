@@ -438,6 +438,15 @@ class _ShardStream:
             )
         return data
 
+    def drain(self) -> None:
+        """Decompress to the end of the gzip stream, so that its CRC and length are checked.
+
+        Deflate stores incompressible data (JPEG, PNG) verbatim, so a flipped byte in an
+        image would otherwise pass unnoticed; data after the stream is refused the same way.
+        """
+        while self.handle.read(self.chunk_bytes):
+            pass
+
     def close(self) -> None:
         self.handle.close()
 
@@ -598,6 +607,8 @@ class _KeyedSamples:
             if not current.late:
                 self._add(current, member, name, ext, wanted)
         _verify_end_of_archive(self.url, handle, archive.offset)
+        if self.stream.compressed:
+            self.stream.drain()
         sample = self._finish(current)
         if sample is not None:
             yield sample
