@@ -5,14 +5,23 @@ and an `argparse.Namespace`, so neither loads with the plain safe options. Both
 readers here resolve only the handful of globals those files need; anything else (a
 pickle asking for `os.system`, say) is refused with `UnsafeFileError` before any
 object is built from it.
+
+Sizes are untrusted too: a header (or a pickle) that claims more values than the file
+holds would make NumPy or torch try to allocate terabytes and fail with a MemoryError
+that names no file, or get the process killed. Claims are checked against the file's
+size first, and the file is named when they do not fit.
 """
 
 from __future__ import annotations
 
 import _codecs
 import io
+import math
+import os
 import pickle
+import pickletools
 import re
+import zipfile
 from typing import IO, Any, Callable
 
 import numpy as np
@@ -65,6 +74,87 @@ PLAIN_BUILTINS: dict[str, Any] = {
 INERT_GLOBALS: dict[str, Any] = {"argparse.Namespace": InertObject}
 
 
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def _too_large(source: str, claim: str, needed: int, available: int) -> BergScaleError:
+    return BergScaleError(
+        f"{source}: {claim} ({_human(needed)}) but the file holds only {_human(available)}; "
+        "the file is truncated or damaged, re-download it"
+    )
+
+
+def _remaining_bytes(file: IO[bytes]) -> int | None:
+    """Bytes from the current position to the end, or None when the stream cannot tell."""
+    try:
+        here = file.tell()
+        end = file.seek(0, io.SEEK_END)
+        file.seek(here)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return max(0, int(end) - int(here))
+
+
+class _ArrayClassToken:
+    """Stands for `numpy.ndarray` in a pickle: passed to the reconstructor, never called.
+
+    NumPy pickles name the class only as `_reconstruct`'s first argument; calling it
+    directly (`ndarray((10**12,))`) would allocate whatever shape the pickle asks for.
+    """
+
+    def __init__(self, source: str) -> None:
+        self._source = source
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsafeFileError(
+            f"{self._source}: refusing to load: the pickle calls numpy.ndarray directly, "
+            "which BERG files never do; the file is corrupt or not a BERG file (re-download it)"
+        )
+
+
+def _bounded_globals(source: str, budget: int | None) -> dict[str, Any]:
+    """Allocating constructors, limited to what a file of `budget` bytes can fill."""
+    token = _ArrayClassToken(source)
+
+    def check(needed: int, claim: str) -> None:
+        if budget is not None and needed > budget:
+            raise _too_large(source, claim, needed, budget)
+
+    def reconstruct(subtype: Any, shape: Any, dtype: Any, *rest: Any) -> Any:
+        if subtype is token:
+            subtype = np.ndarray
+        dims = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+        if not all(isinstance(d, int) and d >= 0 for d in dims):
+            raise BergScaleError(f"{source}: the pickle asks for an array of shape {shape!r}; the file is damaged")
+        try:
+            itemsize = max(1, np.dtype(dtype).itemsize)
+        except TypeError:
+            itemsize = 1
+        check(math.prod(dims) * itemsize, f"the pickle asks for an array of shape {dims}")
+        return _reconstruct(subtype, shape, dtype, *rest)
+
+    def sized(kind: type) -> Callable[..., Any]:
+        def build(*args: Any) -> Any:
+            if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+                check(args[0], f"the pickle asks for a {kind.__name__} of {args[0]} bytes")
+            return kind(*args)
+
+        return build
+
+    return {
+        "numpy.core.multiarray._reconstruct": reconstruct,
+        "numpy._core.multiarray._reconstruct": reconstruct,
+        "numpy.ndarray": token,
+        "builtins.bytes": sized(bytes),
+        "builtins.bytearray": sized(bytearray),
+    }
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: IO[bytes], source: str, allowed: dict[str, Any]) -> None:
         super().__init__(file)
@@ -85,12 +175,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafeFileError(f"{self._source}: refusing to load: unexpected persistent id in pickle")
 
 
-def restricted_unpickle(file: IO[bytes], source: str, extra: dict[str, Any] | None = None) -> Any:
-    """Unpickle allowing only NumPy reconstruction names and plain builtins."""
-    allowed = {**NUMPY_GLOBALS, **PLAIN_BUILTINS, **(extra or {})}
+def restricted_unpickle(
+    file: IO[bytes], source: str, extra: dict[str, Any] | None = None, max_bytes: int | None = None
+) -> Any:
+    """Unpickle allowing only NumPy reconstruction names and plain builtins.
+
+    Arrays and byte buffers the pickle builds may not exceed `max_bytes` (default: the
+    bytes left in `file`, when it can tell): their contents come from the file, so a
+    larger claim means a damaged or crafted file.
+    """
+    budget = _remaining_bytes(file) if max_bytes is None else max_bytes
+    allowed = {**NUMPY_GLOBALS, **PLAIN_BUILTINS, **_bounded_globals(source, budget), **(extra or {})}
     try:
         return _RestrictedUnpickler(file, source, allowed).load()
-    except UnsafeFileError:
+    except BergScaleError:
         raise
     except Exception as exc:  # corrupt stream: many exception types are possible
         raise BergScaleError(f"{source}: cannot read pickle ({type(exc).__name__}: {exc}); "
@@ -114,6 +212,7 @@ def load_npy(file: IO[bytes], source: str) -> Any:
             raise ValueError(f"unsupported .npy version {version}")
     except ValueError as exc:
         raise BergScaleError(f"{source}: not a valid .npy file ({exc}); re-download it") from None
+    _check_npy_size(file, source, shape, dtype)
     if not dtype.hasobject:
         file.seek(0)
         try:
@@ -124,6 +223,23 @@ def load_npy(file: IO[bytes], source: str) -> Any:
     if not isinstance(array, np.ndarray):
         raise BergScaleError(f"{source}: expected a pickled NumPy array, found {type(array).__name__}")
     return array.item() if array.shape == () else array
+
+
+def _check_npy_size(file: IO[bytes], source: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse a header whose shape x itemsize needs more bytes than follow it."""
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise BergScaleError(f"{source}: not a valid .npy file (shape {shape!r}); re-download it")
+    remaining = _remaining_bytes(file)
+    if remaining is None:
+        return
+    count = math.prod(shape)
+    if dtype.hasobject:
+        # Each pickled element takes at least one byte.
+        needed, what = count, f"{count} pickled objects"
+    else:
+        needed, what = count * dtype.itemsize, f"{count} values of {dtype}"
+    if needed > remaining:
+        raise _too_large(source, f"the .npy header promises shape {shape}, {what}", needed, remaining)
 
 
 _UNSUPPORTED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
@@ -144,15 +260,22 @@ def _torch_safe_globals() -> list[Any]:
 def load_checkpoint(file: IO[bytes] | str, source: str) -> Any:
     """Load a `torch.save` file with `weights_only=True` and an explicit allowlist.
 
-    Tensors land on the CPU whatever device they were saved from.
+    Tensors land on the CPU whatever device they were saved from. The sizes the file
+    claims are checked against its length first (`check_checkpoint_sizes`).
     """
     import torch
 
+    check_checkpoint_sizes(file, source)
     try:
         with torch.serialization.safe_globals(_torch_safe_globals()):
             return torch.load(file, map_location="cpu", weights_only=True)
     except UnsafeFileError as exc:
         raise UnsafeFileError(f"{source}: {exc}") from None
+    except MemoryError:
+        raise BergScaleError(
+            f"{source}: the checkpoint asks for more memory than this machine has; the file "
+            "is damaged or not a BERG checkpoint, re-download it"
+        ) from None
     except Exception as exc:  # torch raises UnpicklingError or RuntimeError for bad files
         text = str(exc)
         match = _UNSUPPORTED_GLOBAL.search(text)
@@ -170,6 +293,78 @@ def load_checkpoint(file: IO[bytes] | str, source: str) -> Any:
             f"{source}: cannot read PyTorch checkpoint ({first[:300]}); the file is damaged "
             "or incomplete, re-download it"
         ) from None
+
+
+def check_checkpoint_sizes(file: IO[bytes] | str, source: str) -> None:
+    """Refuse a `torch.save` file whose records or storages claim more bytes than it has.
+
+    Zip checkpoints (torch >= 1.6) list each record's offset and size in the central
+    directory; legacy ones name each storage's element count in the pickle and allocate
+    it before reading the bytes. Either claim must fit in the file.
+    """
+    handle: IO[bytes]
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "rb") as handle:
+            return check_checkpoint_sizes(handle, source)
+    handle = file
+    start = handle.tell()
+    size = _remaining_bytes(handle)
+    if size is None:
+        return
+    try:
+        magic = handle.read(4)
+        handle.seek(start)
+        if magic == b"PK\x03\x04":
+            _check_zip_records(handle, source, size)
+        else:
+            _check_legacy_storages(handle, source, size)
+    finally:
+        handle.seek(start)
+
+
+def _check_zip_records(handle: IO[bytes], source: str, size: int) -> None:
+    try:
+        infos = zipfile.ZipFile(handle).infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise BergScaleError(
+            f"{source}: cannot read PyTorch checkpoint ({exc}); the file is damaged or incomplete, "
+            "re-download it"
+        ) from None
+    for info in infos:
+        end = info.header_offset + info.compress_size
+        if end > size:
+            raise _too_large(source, f"the checkpoint's record {info.filename!r} ends at byte {end}", end, size)
+
+
+_INT_OPCODES = frozenset({"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"})
+
+
+def _check_legacy_storages(handle: IO[bytes], source: str, size: int) -> None:
+    """Sum the element counts of the storages a legacy checkpoint's pickle declares.
+
+    The format is four pickles (magic number, protocol, system info, the object) and
+    then the raw storages; each storage is a persistent id tuple whose last integer
+    before BINPERSID is its element count. Every element takes at least one byte.
+    """
+    claimed: dict[str, int] = {}
+    try:
+        for _ in range(4):
+            ints: list[int] = []
+            key: str | None = None
+            for opcode, arg, _pos in pickletools.genops(handle):
+                if opcode.name == "MARK":
+                    ints, key = [], None
+                elif opcode.name in _INT_OPCODES and isinstance(arg, int) and not isinstance(arg, bool):
+                    ints.append(arg)
+                elif isinstance(arg, str) and opcode.name.endswith("UNICODE") and key is None and arg != "storage":
+                    key = arg
+                elif opcode.name == "BINPERSID" and ints:
+                    claimed[key or str(len(claimed))] = ints[-1]
+    except Exception:  # noqa: BLE001 - not a pickle stream: torch reports it with its own words
+        return
+    needed = sum(claimed.values())
+    if needed > size:
+        raise _too_large(source, f"the checkpoint declares storages of {needed} elements", needed, size)
 
 
 def read_bytes_loader(opener: Callable[[], IO[bytes]], source: str, kind: str) -> Any:
