@@ -1,10 +1,14 @@
 """A whole generation run, from a validated config to a committed output folder.
 
-Order matters: everything that can be checked from the driver (config, storage access,
-shard list, weight files, the fingerprint of an existing output) is checked before any
-worker starts; workers start next, the first one that is ready describes the output
-columns (written once to readouts.json) and the model fingerprint; only then is work
-handed out. The manifest is written at the start (status "running") and at the end.
+The conductor only orders the parts; each lives in its own module:
+
+1. preflight (`preflight`): storage access, the shard list, weight files present;
+2. the lease (`io.output_lease`): one driver per output, taken before anything is read;
+3. the ledger (`ledger`): weights hashed on the driver, every committed shard's marker
+   compared with this run's config, weights and inputs; a mismatch is refused here,
+   before any worker starts and before `run.json` is touched;
+4. the worker pool (`worker_pool`) and the scheduler (`scheduler`);
+5. `run.json`, written only once every refusal has passed, and rewritten at the end.
 
 readouts.json comes from a worker rather than the driver: computing column coordinates
 needs the weight files (fsaverage ROI tables, EEG channel lists), and loading models on
@@ -19,13 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from berg_scale.config import RunConfig
+from berg_scale.engine.ledger import LedgerMismatch, RunBinding, hash_weights, reconcile
 from berg_scale.engine.manifest import build_manifest
 from berg_scale.engine.model_factory import ModelSetFactory
 from berg_scale.engine.preflight import check_storage, check_weights, list_input_shards
 from berg_scale.engine.progress import ProgressBar, RunStats
 from berg_scale.engine.scheduler import RetryPolicy, SchedulerReport, ShardScheduler, WorkerSlot
 from berg_scale.engine.shard_pipeline import ShardSettings
-from berg_scale.errors import BergScaleError, ConfigError
+from berg_scale.engine.worker_pool import start_workers, stop_workers, wait_for_first_worker
+from berg_scale.io.output_lease import OutputLease, new_run_id
 from berg_scale.io.output_store import (
     TMP_DIR,
     OutputStore,
@@ -73,6 +79,7 @@ def run_generation(
     config: RunConfig,
     *,
     overwrite: bool = False,
+    take_over: bool = False,
     model_factory: Any | None = None,
     show_progress: bool | None = None,
     ray_address: str | None = None,
@@ -95,40 +102,68 @@ def run_generation(
         exact_resize=config.resources.exact_resize,
         storage=storage,
     )
-    patterns = config.input.shard_patterns()
+    needs_weights = getattr(factory, "needs_weights", True)
 
     # --- preflight: nothing below starts a worker ------------------------------------
+    patterns = config.input.shard_patterns()
     roles = {"input": patterns, "output": [config.output]}
-    if getattr(factory, "needs_weights", True):
+    if needs_weights:
         roles["berg_root"] = [config.berg_root]
     check_storage(roles, storage)
     shards = list_input_shards(patterns, storage)
-    if getattr(factory, "needs_weights", True):
+    if needs_weights:
         check_weights(config.berg_root, specs, storage, config.backbone)
-    store = OutputStore(config.output, storage)
-    config_fingerprint = config.input_fingerprint()
+
+    run_id = new_run_id()
+    store = OutputStore(config.output, storage, run_id=run_id)
+    lease = OutputLease(store, run_id)
+    with_storage_retries(lambda: lease.acquire(take_over=take_over), "taking the output's lease")
+    try:
+        if lease.taken_over:
+            previous_run = lease.taken_over.get("run_id")
+            log(f"took over the lease of run {previous_run} (host {lease.taken_over.get('host')}, "
+                f"pid {lease.taken_over.get('pid')}), which is no longer running")
+            if previous_run:
+                with_storage_retries(lambda: store.remove_tree(f"{TMP_DIR}/{previous_run}"),
+                                     "cleaning the stopped run's staging files")
+        return _run_holding_lease(config, factory, store, lease, shards, specs, needs_weights,
+                                  overwrite=overwrite, started_at=started_at, show_progress=show_progress,
+                                  ray_address=ray_address, allow_auto_address=allow_auto_address, log=log)
+    finally:
+        lease.release()
+
+
+def _run_holding_lease(
+    config: RunConfig, factory: Any, store: OutputStore, lease: OutputLease, shards: list[InputShard],
+    specs: list[Any], needs_weights: bool, *, overwrite: bool, started_at: float, show_progress: bool,
+    ray_address: str | None, allow_auto_address: bool, log: Callable[[str], None],
+) -> RunResult:
+    storage = store.storage
+    weights = hash_weights(config.berg_root, specs, storage, config.backbone) if needs_weights else {}
+    binding = RunBinding(config.input_fingerprint(), weights)
     previous = with_storage_retries(lambda: read_manifest(store), "reading run.json")
     if overwrite:
         with_storage_retries(lambda: clear_output(store), "clearing the output")
         previous = None
-    elif previous is not None:
-        _check_same_config(previous, config_fingerprint, config.output)
-    done = with_storage_retries(lambda: done_shards(store), "listing _done/")
-    todo = [shard for shard in shards if shard.name not in done]
+    plan = reconcile(store, shards, binding, previous)
+    if plan.relocated:
+        log(f"{len(plan.relocated)} committed shard(s) are now read from a new location with the "
+            f"same size and stamp (first: {plan.relocated[0]}); kept")
+    todo = plan.todo
     stats = RunStats(shards_total=len(shards), shards_skipped=len(shards) - len(todo))
     manifest_args: dict[str, Any] = {
         "config": config.redacted(),
-        "config_fingerprint": config_fingerprint,
+        "config_fingerprint": binding.config_fingerprint,
         "model_fingerprint": (previous or {}).get("fingerprints", {}).get("model"),
-        "weight_hashes": (previous or {}).get("weight_hashes"),
+        "weight_hashes": weights or (previous or {}).get("weight_hashes"),
         "input_shards": [s.name for s in shards],  # names only: run.json stays small at 10^6 shards
         "started_at": started_at,
+        "run_id": store.run_id,
     }
-    _write_manifest(store, manifest_args, "running", stats)
     if not todo:
         log(f"nothing to do: all {len(shards)} shards of {config.output} are committed")
         stats.finished = time.monotonic()
-        _write_manifest(store, manifest_args, "complete", stats, shards_done=len(done))
+        _write_manifest(store, manifest_args, "complete", stats, shards_done=len(shards))
         return RunResult(config.output, "nothing-to-do", stats)
 
     # --- workers ------------------------------------------------------------------------
@@ -144,16 +179,19 @@ def run_generation(
         decode_threads=config.resources.decode_threads,
         error_rate_threshold=config.retries.error_rate_threshold,
         device=config.resources.device,
+        run_id=store.run_id,
+        binding=binding.marker_fields(),
     )
     we_started_ray = ensure_ray(ray_address, allow_auto=allow_auto_address)
     slots: list[WorkerSlot] = []
     progress: ProgressBar | None = None
+    report: SchedulerReport | None = None
     try:
         slots = start_workers(config, factory, settings, n_shards=len(todo))
         first = wait_for_first_worker(slots, config.resources.startup_timeout_s)
-        _check_same_model(previous, first["fingerprint"], config.output)
+        _check_same_model(previous, first, weights, config.output)
         manifest_args["model_fingerprint"] = first["fingerprint"]
-        manifest_args["weight_hashes"] = first["weight_hashes"]
+        manifest_args["model_weight_hashes"] = first["weight_hashes"]
         _write_manifest(store, manifest_args, "running", stats)
         if overwrite or with_storage_retries(lambda: read_readouts(store), "reading readouts.json") is None:
             import ray
@@ -168,10 +206,12 @@ def run_generation(
         progress = ProgressBar(stats, enabled=show_progress)
 
         def on_done(name: str, marker: dict[str, Any]) -> None:
+            lease.check()
             stats.add_marker(marker)
             progress.update()
 
         def on_failed(name: str, info: dict[str, Any]) -> None:
+            lease.check()
             stats.shards_failed += 1
             progress.update()
             log(f"quarantined shard {name} after {info.get('attempts')} attempt(s): {info.get('error')}")
@@ -188,14 +228,14 @@ def run_generation(
     finally:
         if progress is not None:
             progress.close()
-        _stop_workers(slots)
+        stop_workers(slots)
         if we_started_ray:
             import ray
 
             ray.shutdown()
+        # Workers are stopped: this run's staging files are garbage (other runs' are not ours).
+        with_storage_retries(lambda: store.remove_tree(store.staging_folder()), "cleaning this run's _tmp/")
     stats.finished = time.monotonic()
-    # Workers are stopped: staging files left by cancelled or killed executions are garbage.
-    with_storage_retries(lambda: store.remove_tree(TMP_DIR), "cleaning _tmp/")
     status = "complete" if not report.failed else "incomplete"
     workers = [{"worker": slot.index, "shards_done": slot.shards_done, "losses": slot.losses,
                 "state": slot.state, **{k: v for k, v in slot.info.items() if k != "worker"}}
@@ -211,122 +251,27 @@ def run_generation(
     return RunResult(config.output, status, stats, dict(report.failed), workers, report)
 
 
-# --------------------------------------------------------------------------- workers
-
-
-def resolve_worker_count(config: RunConfig, n_shards: int) -> tuple[int, float]:
-    """(number of workers, GPUs per worker) from the config and the cluster's resources."""
-    import ray
-
-    resources = ray.cluster_resources()
-    gpus = float(resources.get("GPU", 0))
-    cpus = float(resources.get("CPU", 1))
-    per = config.resources
-    use_gpus = per.device != "cpu" and per.gpus_per_worker > 0 and gpus > 0
-    if per.device == "cuda" and not use_gpus:
-        raise ConfigError("resources.device is 'cuda' but the Ray cluster has no GPUs")
-    gpus_per_worker = per.gpus_per_worker if use_gpus else 0.0
-    if per.workers == "auto":
-        count = int(gpus // gpus_per_worker) if use_gpus else int(cpus // per.cpus_per_worker)
-    else:
-        count = int(per.workers)
-    return max(1, min(count, n_shards)), gpus_per_worker
-
-
-def start_workers(config: RunConfig, factory: Any, settings: ShardSettings, n_shards: int) -> list[WorkerSlot]:
-    from berg_scale.engine.worker import remote_worker_class
-
-    count, gpus_per_worker = resolve_worker_count(config, n_shards)
-    actor = remote_worker_class()
-    slots = []
-    for index in range(count):
-        handle = actor.options(
-            num_gpus=gpus_per_worker,
-            num_cpus=config.resources.cpus_per_worker,
-            max_restarts=config.retries.max_worker_restarts,
-            max_task_retries=0,
-            name=None,
-        ).remote(index, factory, settings)
-        slot = WorkerSlot(index=index, handle=handle, state="starting")
-        slot.ready_ref = handle.ready.remote()
-        slots.append(slot)
-    return slots
-
-
-def wait_for_first_worker(slots: list[WorkerSlot], timeout_s: float) -> dict[str, Any]:
-    """Block until one worker has its models loaded; a worker that cannot start is fatal
-    only when none can."""
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    waiting = {slot.ready_ref: slot for slot in slots}
-    errors: list[str] = []
-    while waiting:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BergScaleError(
-                f"no worker became ready within {timeout_s:.0f} s: the cluster lacks the "
-                f"requested resources (resources.workers / gpus_per_worker / cpus_per_worker)"
-            )
-        ready, _ = ray.wait(list(waiting), num_returns=1, timeout=min(remaining, 5.0))
-        for ref in ready:
-            slot = waiting.pop(ref)
-            slot.ready_ref = None
-            try:
-                info = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - constructor errors arrive wrapped
-                slot.state = "dead"
-                errors.append(_root_cause(exc))
-                continue
-            slot.state = "idle"
-            slot.info = info.get("info", {})
-            # The others keep loading; the scheduler takes them on when they are ready.
-            for other_ref, other in waiting.items():
-                other.ready_ref = other_ref
-            return info
-    raise BergScaleError(f"no worker could load the models: {errors[0] if errors else 'unknown error'}")
-
-
-def _stop_workers(slots: list[WorkerSlot]) -> None:
-    try:
-        import ray
-    except ImportError:
-        return
-    for slot in slots:
-        try:
-            ray.kill(slot.handle, no_restart=True)
-        except Exception:  # noqa: BLE001 - already dead
-            pass
-
-
-def _root_cause(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None) or exc.__cause__
-    text = str(cause or exc)
-    lines = [line for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "error" in line:
-            return line.strip()[:500]
-    return (lines[-1] if lines else type(exc).__name__)[:500]
-
-
 # --------------------------------------------------------------------------- manifest
 
 
-def _check_same_config(previous: dict[str, Any], fingerprint: str, output: str) -> None:
-    old = previous.get("fingerprints", {}).get("config")
-    if old and old != fingerprint:
-        raise ConfigError(
-            f"{output} holds responses of a different config (readouts or input settings "
-            f"changed): use a new output, or --overwrite to discard the existing one"
-        )
-
-
-def _check_same_model(previous: dict[str, Any] | None, fingerprint: str, output: str) -> None:
+def _check_same_model(
+    previous: dict[str, Any] | None, first: dict[str, Any], weights: dict[str, str], output: str
+) -> None:
+    """The worker's view must agree with the driver's (files can change in between)."""
+    for relative, digest in (first.get("weight_hashes") or {}).items():
+        expected = weights.get(relative)
+        if expected is not None and expected != digest:
+            raise LedgerMismatch(
+                f"{relative} under berg_root changed while the run started (sha256 {expected[:12]} "
+                f"on the driver, {digest[:12]} on a worker): wait until the copy is complete and run again"
+            )
     old = (previous or {}).get("fingerprints", {}).get("model")
+    fingerprint = first["fingerprint"]
     if old and old != fingerprint:
-        raise ConfigError(
-            f"{output} was written with different model weights or precision (fingerprint "
-            f"{old[:12]} != {fingerprint[:12]}): use a new output, or --overwrite to discard it"
+        raise LedgerMismatch(
+            f"{output} was written with a different model (weights, precision, resampling or "
+            f"engine version; fingerprint {old[:12]} != {fingerprint[:12]}): use a new output, "
+            f"or --overwrite to discard it"
         )
 
 

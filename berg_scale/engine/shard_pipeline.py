@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from berg_scale.errors import BergScaleError
-from berg_scale.io.output_store import OutputStore, read_done_marker, write_done_marker
+from berg_scale.io.output_store import OutputStore, commit_shard, read_done_marker
 from berg_scale.io.response_writer import ResponseShardWriter, RowInfo, build_record_batch
 from berg_scale.io.shard_listing import InputShard
 from berg_scale.io.storage import StorageOptions
@@ -50,6 +50,10 @@ class ShardSettings:
     read_ahead: int = 256
     decode_ahead: int = 2  # chunks decoded ahead of the model (0: decode inline)
     device: str = "auto"
+    run_id: str | None = None  # staging folder of this run under _tmp/
+    # What the driver checked this run against (config fingerprint, weight hashes): every
+    # marker records it, so a later run can tell whether a committed shard is still valid.
+    binding: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,9 +138,6 @@ def process_shard(
             )
         if cancelled() or read_done_marker(store, shard.name) is not None:
             raise ShardCancelled(shard.name)  # first commit wins
-        commit_started = time.perf_counter()
-        output_path = writer.commit()
-        stats.seconds["write"] += time.perf_counter() - commit_started
     except BaseException:
         decoded_chunks.close()
         reader.close()
@@ -146,21 +147,30 @@ def process_shard(
     reader.close()
     payload = {
         "input": shard.url,
-        "output": store.url_of(output_path),
+        "input_size": shard.size,
+        "input_stamp": shard.stamp,
         "rows": stats.rows,
         "ok": stats.ok,
         "errors": stats.errors,
         "error_reasons": dict(stats.error_reasons.most_common(20)),
         "decoded_on": dict(stats.decoded_on),
-        "seconds": {**{k: round(v, 6) for k, v in stats.seconds.items()},
-                    "total": round(time.perf_counter() - started, 6)},
         "attempt": attempt,
         "worker": worker or {},
+        "run_id": settings.run_id,
         "weight_hashes": dict(getattr(model, "weight_hashes", {}) or {}),
         "model_fingerprint": getattr(model, "fingerprint", None),
+        **{key: value for key, value in settings.binding.items()},
     }
-    write_done_marker(store, shard.name, payload)
-    return payload
+    payload["seconds"] = _seconds(stats, started, time.perf_counter())
+    try:
+        return commit_shard(store, shard.name, writer, payload)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _seconds(stats: ShardStats, started: float, now: float) -> dict[str, float]:
+    return {**{k: round(v, 6) for k, v in stats.seconds.items()}, "total": round(now - started, 6)}
 
 
 @dataclass

@@ -49,7 +49,7 @@ class EncoderWorker:
                 "crop": settings.crop,
             },
         )
-        self.store = OutputStore(settings.output, settings.storage)
+        self.store = OutputStore(settings.output, settings.storage, run_id=settings.run_id)
         _preload_pipeline_modules()
         self.executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._cancelled: set[str] = set()

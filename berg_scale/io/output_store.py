@@ -5,13 +5,20 @@ Layout of an output root (local folder or s3:// prefix):
     responses/<shard>.parquet   one file per input shard (written by `response_writer`)
     _done/<shard>.json          commit marker, written last; readers trust only these
     _failed/<shard>.json        a shard quarantined after its last attempt, with the error
-    _tmp/                       staging area for atomic writes (safe to delete when idle)
+    _tmp/<run id>/              one run's staging area for atomic writes (removed by that run)
+    _lease.json                 the lease of the run writing the output (`output_lease`)
     run.json                    manifest: redacted config, fingerprints, versions, totals
     readouts.json               every output column's coordinates (voxels, channels, times)
 
-Every file is written to `_tmp/` first and then moved into place, so a reader never sees
-a half-written file, and a duplicate (speculative) execution of a shard overwrites the
-same keys with the same content instead of adding rows.
+Every file is written to its run's staging folder first and then moved into place, so a
+reader never sees a half-written file, and a duplicate (speculative) execution of a
+shard overwrites the same keys with the same content instead of adding rows. Each run
+stages under its own folder and removes only that folder: a run never deletes what
+another run (or an earlier, killed one) is in the middle of writing.
+
+This module is the one home of the format: the engine commits through `commit_shard`,
+and `status`, RNC and the result helpers read committed shards through `done_shards`
+and `read_done_markers`.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from berg_scale.errors import StorageError
 from berg_scale.io.storage import StorageOptions, filesystem_for, to_url
@@ -38,9 +45,10 @@ T = TypeVar("T")
 class OutputStore:
     """Paths and atomic writes inside one output root."""
 
-    def __init__(self, output: str, storage: StorageOptions | None = None) -> None:
+    def __init__(self, output: str, storage: StorageOptions | None = None, run_id: str | None = None) -> None:
         self.url = output
         self.storage = storage
+        self.run_id = run_id
         self.fs, self.root = filesystem_for(output, storage)
 
     # ------------------------------------------------------------------ paths
@@ -56,9 +64,13 @@ class OutputStore:
     def failed_path(self, shard: str) -> str:
         return self.path(FAILED_DIR, f"{shard}.json")
 
+    def staging_folder(self) -> str:
+        """This run's staging folder, relative to the root (`_tmp/<run id>`)."""
+        return f"{TMP_DIR}/{self.run_id}" if self.run_id else TMP_DIR
+
     def temp_path(self, final_path: str) -> str:
         name = final_path.rsplit("/", 1)[-1]
-        return self.path(TMP_DIR, f"{uuid.uuid4().hex}-{name}")
+        return self.path(self.staging_folder(), f"{uuid.uuid4().hex}-{name}")
 
     def url_of(self, path: str) -> str:
         return to_url(self.fs, path)
@@ -130,6 +142,41 @@ def done_shards(store: OutputStore) -> set[str]:
 
 def failed_shards(store: OutputStore) -> set[str]:
     return store.list_names(FAILED_DIR, ".json")
+
+
+def read_done_markers(store: OutputStore, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Commit markers of many shards in batched, concurrent reads (one listing, no probes)."""
+    names = sorted(set(names))
+    if not names:
+        return {}
+    paths = {store.done_path(name): name for name in names}
+    markers: dict[str, dict[str, Any]] = {}
+    batch = 1000
+    keys = list(paths)
+    for start in range(0, len(keys), batch):
+        found = store.fs.cat(keys[start:start + batch], on_error="omit")
+        for path, raw in found.items():
+            name = paths.get(path) or paths.get(store.fs._strip_protocol(path))
+            if name is None:
+                continue
+            try:
+                markers[name] = json.loads(raw)
+            except ValueError:
+                markers[name] = {"shard": name, "unreadable": True}
+    return markers
+
+
+def commit_shard(store: OutputStore, shard: str, staged: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Publish a shard: its Parquet file first, then its marker (the commit point).
+
+    `staged` is the shard's open ResponseShardWriter. Readers trust only shards with a
+    marker, so a crash between the two leaves an uncommitted file that the next execution
+    overwrites.
+    """
+    output_path = staged.commit()
+    marker = {**payload, "output": store.url_of(output_path)}
+    write_done_marker(store, shard, marker)
+    return marker
 
 
 def write_done_marker(store: OutputStore, shard: str, payload: dict[str, Any]) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 from berg_scale.errors import ConfigError, StorageError
 from berg_scale.io.storage import StorageOptions, filesystem_for, to_url
@@ -29,6 +29,12 @@ class InputShard:
     name: str
     url: str
     relative: str
+    size: int | None = field(default=None, compare=False)
+    stamp: str | None = field(default=None, compare=False)  # ETag on S3, mtime on disk
+
+    def identity(self) -> dict[str, Any]:
+        """What a commit marker records about its input, to recognise the same bytes later."""
+        return {"url": self.url, "size": self.size, "stamp": self.stamp}
 
 
 def list_shards(patterns: str | Iterable[str], storage: StorageOptions | None = None) -> list[InputShard]:
@@ -92,41 +98,67 @@ def _list_one(pattern: str, storage: StorageOptions | None) -> list[InputShard]:
     else:
         expanded = [path]
     is_brace = len(expanded) > 1 or expanded[0] != path
-    results: list[tuple[str, str]] = []  # (path in fs, root)
+    results: list[tuple[str, str, dict[str, Any]]] = []  # (path in fs, root, listing info)
     try:
         if is_brace:
             results = _existing_members(fs, expanded, pattern)
         elif any(ch in path for ch in _WILDCARDS):
             root = _static_prefix(path)
-            results = [(p, root) for p in sorted(fs.glob(path)) if _is_shard(p)]
+            found = fs.glob(path, detail=True)
+            results = [(p, root, found[p]) for p in sorted(found) if _is_shard(p) and _is_file(found[p])]
         elif _is_shard(path):
-            if not fs.exists(path):
-                raise ConfigError(f"input shard {pattern} does not exist")
-            results = [(path, posixpath.dirname(path.rstrip("/")))]
+            try:
+                info = fs.info(path)
+            except FileNotFoundError:
+                raise ConfigError(f"input shard {pattern} does not exist") from None
+            results = [(path, posixpath.dirname(path.rstrip("/")), info)]
         else:
             root = path.rstrip("/")
             if not fs.exists(root):
                 raise ConfigError(f"input folder {pattern} does not exist")
-            results = [(p, root) for p in sorted(fs.find(root)) if _is_shard(p)]
+            found = fs.find(root, detail=True)
+            results = [(p, root, found[p]) for p in sorted(found) if _is_shard(p) and _is_file(found[p])]
     except (ConfigError, StorageError):
         raise
     except (PermissionError, FileNotFoundError, OSError) as exc:
         raise StorageError(f"cannot list input shards {pattern}: {_describe(exc)}") from exc
     shards = []
-    for found, root in results:
+    for found, root, info in results:
         relative = posixpath.relpath(found, root) if root else found
-        shards.append(InputShard(name=shard_output_name(relative), url=to_url(fs, found), relative=relative))
+        shards.append(InputShard(name=shard_output_name(relative), url=to_url(fs, found), relative=relative,
+                                 size=_size_of(info), stamp=_stamp_of(info)))
     return shards
 
 
-def _existing_members(fs, expanded: list[str], pattern: str) -> list[tuple[str, str]]:
+def _is_file(info: dict[str, Any]) -> bool:
+    return info.get("type", "file") != "directory"
+
+
+def _size_of(info: dict[str, Any]) -> int | None:
+    size = info.get("size", info.get("Size"))
+    return int(size) if size is not None else None
+
+
+def _stamp_of(info: dict[str, Any]) -> str | None:
+    """A change stamp from the listing: S3's ETag (content hash), else the modification time."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    mtime = info.get("mtime", info.get("LastModified"))
+    if mtime is None:
+        return None
+    return repr(float(mtime)) if isinstance(mtime, (int, float)) else str(mtime)
+
+
+def _existing_members(fs: Any, expanded: list[str], pattern: str) -> list[tuple[str, str, dict[str, Any]]]:
     """Check brace members by listing each parent folder once (not one request per shard)."""
     root = _static_prefix(expanded[0])
     parents = sorted({posixpath.dirname(p) for p in expanded})
-    present: set[str] = set()
+    present: dict[str, dict[str, Any]] = {}
     for parent in parents:
         try:
-            present.update(entry.rstrip("/") for entry in fs.ls(parent, detail=False))
+            for entry in fs.ls(parent, detail=True):
+                present[entry["name"].rstrip("/")] = entry
         except FileNotFoundError:
             continue
     missing = [p for p in expanded if p not in present]
@@ -138,7 +170,7 @@ def _existing_members(fs, expanded: list[str], pattern: str) -> list[tuple[str, 
     for p in expanded:
         if not _is_shard(p):
             raise ConfigError(f"{p} from {pattern} is not a .tar shard")
-    return [(p, root) for p in expanded]
+    return [(p, root, present[p]) for p in expanded]
 
 
 def _static_prefix(path: str) -> str:

@@ -1,0 +1,253 @@
+"""The run ledger: which committed shards are still valid for the run about to start.
+
+Each commit marker (`_done/<shard>.json`) records what made its shard: the input's URL,
+size and change stamp (ETag on S3, mtime on disk), the config fingerprint and the sha256
+of every weight and metadata file. Before a run skips, adopts or overwrites anything,
+the driver compares those records with what it is about to do and refuses, in one line
+that names what changed and the way out, when they disagree:
+
+* a different config (readouts, input settings, precision),
+* different weights under `berg_root` (named file by file),
+* committed shards whose input bytes changed, or that now come from another dataset,
+* committed shards that are no longer among `input.shards`, including the same file
+  reached under a new shard name (a moved input root), which would otherwise be
+  written a second time.
+
+A committed shard whose input moved but whose size and stamp are unchanged is the same
+bytes and is kept. Extending `input.shards` and resuming only adds work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from berg_scale.errors import ConfigError
+from berg_scale.io.output_store import OutputStore, done_shards, read_done_markers, with_storage_retries
+from berg_scale.io.shard_listing import InputShard
+from berg_scale.io.storage import StorageOptions, filesystem_for
+
+WAY_OUT = "use --overwrite to discard the existing responses, or a new output"
+
+
+class LedgerMismatch(ConfigError):
+    """The output holds responses that the run about to start would not produce."""
+
+
+@dataclass(frozen=True)
+class RunBinding:
+    """What this run's responses depend on, as recorded in every marker it writes."""
+
+    config_fingerprint: str
+    weights: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+
+    def marker_fields(self) -> dict[str, Any]:
+        return {"config_fingerprint": self.config_fingerprint, "weights": dict(self.weights)}
+
+
+@dataclass
+class LedgerPlan:
+    """The outcome of reconciling an output with a run: what to do and what to keep."""
+
+    todo: list[InputShard]
+    committed: list[str]
+    relocated: list[str] = field(default_factory=list)  # kept: same bytes, new location
+
+
+def hash_weights(
+    berg_root: str, specs: Sequence[Any], storage: StorageOptions | None, backbone: str | None = None
+) -> dict[str, str]:
+    """sha256 of every file the readouts read (weights and metadata), on the driver.
+
+    Hashing here, before any worker starts, is what lets a changed berg_root be refused
+    before GPUs are taken; workers hash the same files again when they load them and the
+    run stops if the two disagree.
+    """
+    from berg_scale.engine.preflight import required_weight_files
+    from berg_scale.models.store import WeightStore
+
+    store = WeightStore(berg_root, storage)
+    files = sorted({relative for _, relative in required_weight_files(specs)})
+    hashes = {relative: store.sha256(relative) for relative in files}
+    if backbone and any("vit_b_32" in spec.model_id for spec in specs):
+        hashes[f"backbone:{backbone.rsplit('/', 1)[-1]}"] = _sha256_of(backbone, storage)
+    return hashes
+
+
+def _sha256_of(url: str, storage: StorageOptions | None) -> str:
+    import hashlib
+
+    fs, path = filesystem_for(url, storage)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(8 * 2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def reconcile(
+    store: OutputStore,
+    shards: Sequence[InputShard],
+    binding: RunBinding,
+    previous: dict[str, Any] | None,
+) -> LedgerPlan:
+    """Decide what to run; raise LedgerMismatch when the output cannot be resumed as is."""
+    _check_config(store.url, previous, binding)
+    done = with_storage_retries(lambda: done_shards(store), "listing _done/")
+    markers = with_storage_retries(lambda: read_done_markers(store, done), "reading _done/ markers")
+    _check_marker_configs(store.url, markers, binding)
+    _check_weights(store.url, markers, previous, binding)
+    by_name = {shard.name: shard for shard in shards}
+    relocated = _check_inputs(store.url, markers, by_name)
+    _check_not_listed(store.url, markers, by_name)
+    todo = [shard for shard in shards if shard.name not in markers]
+    return LedgerPlan(todo=todo, committed=sorted(markers), relocated=relocated)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_config(output: str, previous: dict[str, Any] | None, binding: RunBinding) -> None:
+    old = (previous or {}).get("fingerprints", {}).get("config")
+    if old and old != binding.config_fingerprint:
+        raise LedgerMismatch(
+            f"{output} holds responses of a different config ({_config_change(previous)}): {WAY_OUT}"
+        )
+
+
+def _config_change(previous: dict[str, Any] | None) -> str:
+    config = (previous or {}).get("config") or {}
+    readouts = config.get("readouts")
+    if readouts:
+        names = [f"{r.get('model_id')}/sub-{r.get('subject')}" for r in readouts if isinstance(r, dict)]
+        return f"readouts, input settings or precision changed; it was made with {', '.join(names[:4])}" + (
+            f" and {len(names) - 4} more" if len(names) > 4 else ""
+        )
+    return "readouts, input settings or precision changed"
+
+
+def _check_marker_configs(output: str, markers: dict[str, dict[str, Any]], binding: RunBinding) -> None:
+    other = sorted(name for name, marker in markers.items()
+                   if marker.get("config_fingerprint") not in (None, binding.config_fingerprint))
+    if other:
+        raise LedgerMismatch(
+            f"{len(other)} committed shard(s) of {output} were made with a different config "
+            f"(first: {other[0]}; readouts, input settings or precision changed): {WAY_OUT}"
+        )
+
+
+def _check_weights(
+    output: str, markers: dict[str, dict[str, Any]], previous: dict[str, Any] | None, binding: RunBinding
+) -> None:
+    if not binding.weights:
+        return  # a model without weight files (stand-ins); workers' fingerprints still guard
+    changed: dict[str, tuple[str, str]] = {}
+    affected: set[str] = set()
+    records: list[tuple[str | None, dict[str, str]]] = [
+        (name, marker.get("weights") or marker.get("weight_hashes") or {}) for name, marker in markers.items()
+    ]
+    if previous and previous.get("weight_hashes"):
+        records.append((None, previous["weight_hashes"]))
+    for name, recorded in records:
+        for relative, old in recorded.items():
+            new = binding.weights.get(relative)
+            if new is not None and old != new:
+                changed.setdefault(relative, (old, new))
+                if name is not None:
+                    affected.add(name)
+    if not changed:
+        return
+    relative, (old, new) = sorted(changed.items())[0]
+    more = f" and {len(changed) - 1} more file(s)" if len(changed) > 1 else ""
+    shards = f"{len(affected)} committed shard(s)" if affected else "the committed shards"
+    raise LedgerMismatch(
+        f"the weights under berg_root differ from those that made {shards} of {output}: "
+        f"{relative} changed (sha256 {old[:12]} -> {new[:12]}){more}; {WAY_OUT}"
+    )
+
+
+def _same_bytes(marker: dict[str, Any], shard: InputShard) -> bool | None:
+    """True/False when size and stamp were recorded on both sides; None when unknown."""
+    size, stamp = marker.get("input_size"), marker.get("input_stamp")
+    if size is None or stamp is None or shard.size is None or shard.stamp is None:
+        return None
+    return int(size) == int(shard.size) and str(stamp) == str(shard.stamp)
+
+
+def _describe_input(url: Any, size: Any, stamp: Any) -> str:
+    details = ", ".join(str(part) for part in (f"{size} bytes" if size is not None else None,
+                                               _stamp_text(stamp)) if part)
+    return f"{url} ({details})" if details else str(url)
+
+
+def _stamp_text(stamp: Any) -> str | None:
+    if stamp is None:
+        return None
+    try:
+        import time
+
+        return "modified " + time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(stamp)))
+    except ValueError:
+        return f"ETag {str(stamp)[:12]}"
+
+
+def _check_inputs(output: str, markers: dict[str, dict[str, Any]], by_name: dict[str, InputShard]) -> list[str]:
+    changed: list[tuple[str, str, str, str]] = []
+    relocated: list[str] = []
+    for name, marker in sorted(markers.items()):
+        shard = by_name.get(name)
+        if shard is None:
+            continue
+        same = _same_bytes(marker, shard)
+        old_url = marker.get("input")
+        if old_url == shard.url and same is not False:
+            continue
+        if old_url != shard.url and same:
+            relocated.append(name)
+            continue
+        before = _describe_input(old_url, marker.get("input_size"), marker.get("input_stamp"))
+        after = _describe_input(shard.url, shard.size, shard.stamp)
+        what = "changed since it was committed" if old_url == shard.url else "now comes from a different file"
+        changed.append((name, before, after, what))
+    if changed:
+        name, before, after, what = changed[0]
+        raise LedgerMismatch(
+            f"the input of {len(changed)} committed shard(s) of {output} {what} (first: {name}: "
+            f"{before} -> {after}); {WAY_OUT} (or point input.shards back at the original data)"
+        )
+    return relocated
+
+
+def _check_not_listed(output: str, markers: dict[str, dict[str, Any]], by_name: dict[str, InputShard]) -> None:
+    orphans = sorted(name for name in markers if name not in by_name)
+    if not orphans:
+        return
+    by_bytes = {(shard.size, shard.stamp): shard for shard in by_name.values()
+                if shard.size is not None and shard.stamp is not None and shard.name not in markers}
+    for name in orphans:
+        marker = markers[name]
+        key = (marker.get("input_size"), marker.get("input_stamp"))
+        twin = by_bytes.get(key) if None not in key else None
+        if twin is not None:
+            raise LedgerMismatch(
+                f"input shard {twin.url} (output name {twin.name!r}) is the same file as committed "
+                f"shard {name!r} (from {marker.get('input')}: same size and "
+                f"{'ETag' if not _is_number(key[1]) else 'mtime'}): the input root moved, so its "
+                f"images would be written twice; point input.shards at the folder the output was "
+                f"made from (shard names are paths relative to it), or {WAY_OUT}"
+            )
+    first = markers[orphans[0]]
+    raise LedgerMismatch(
+        f"{len(orphans)} committed shard(s) of {output} are not among input.shards (first: "
+        f"{orphans[0]!r} from {first.get('input')}): the output would hold images that are not in "
+        f"the input; add them back to input.shards, or {WAY_OUT}"
+    )
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+

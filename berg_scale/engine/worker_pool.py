@@ -1,0 +1,111 @@
+"""The driver's pool of EncoderWorker actors: how many, how they start, how they stop.
+
+The first worker that has its models loaded describes the output (columns, fingerprint);
+the others keep loading and the scheduler takes them on when they are ready. A worker
+that cannot start is fatal only when none can.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from berg_scale.config import RunConfig
+from berg_scale.engine.scheduler import WorkerSlot
+from berg_scale.engine.shard_pipeline import ShardSettings
+from berg_scale.errors import BergScaleError, ConfigError
+
+
+def resolve_worker_count(config: RunConfig, n_shards: int) -> tuple[int, float]:
+    """(number of workers, GPUs per worker) from the config and the cluster's resources."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1))
+    per = config.resources
+    use_gpus = per.device != "cpu" and per.gpus_per_worker > 0 and gpus > 0
+    if per.device == "cuda" and not use_gpus:
+        raise ConfigError("resources.device is 'cuda' but the Ray cluster has no GPUs")
+    gpus_per_worker = per.gpus_per_worker if use_gpus else 0.0
+    if per.workers == "auto":
+        count = int(gpus // gpus_per_worker) if use_gpus else int(cpus // per.cpus_per_worker)
+    else:
+        count = int(per.workers)
+    return max(1, min(count, n_shards)), gpus_per_worker
+
+
+def start_workers(config: RunConfig, factory: Any, settings: ShardSettings, n_shards: int) -> list[WorkerSlot]:
+    from berg_scale.engine.worker import remote_worker_class
+
+    count, gpus_per_worker = resolve_worker_count(config, n_shards)
+    actor = remote_worker_class()
+    slots = []
+    for index in range(count):
+        handle = actor.options(
+            num_gpus=gpus_per_worker,
+            num_cpus=config.resources.cpus_per_worker,
+            max_restarts=config.retries.max_worker_restarts,
+            max_task_retries=0,
+            name=None,
+        ).remote(index, factory, settings)
+        slot = WorkerSlot(index=index, handle=handle, state="starting")
+        slot.ready_ref = handle.ready.remote()
+        slots.append(slot)
+    return slots
+
+
+def wait_for_first_worker(slots: list[WorkerSlot], timeout_s: float) -> dict[str, Any]:
+    """Block until one worker has its models loaded; a worker that cannot start is fatal
+    only when none can."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    waiting = {slot.ready_ref: slot for slot in slots}
+    errors: list[str] = []
+    while waiting:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BergScaleError(
+                f"no worker became ready within {timeout_s:.0f} s: the cluster lacks the "
+                f"requested resources (resources.workers / gpus_per_worker / cpus_per_worker)"
+            )
+        ready, _ = ray.wait(list(waiting), num_returns=1, timeout=min(remaining, 5.0))
+        for ref in ready:
+            slot = waiting.pop(ref)
+            slot.ready_ref = None
+            try:
+                info = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - constructor errors arrive wrapped
+                slot.state = "dead"
+                errors.append(root_cause(exc))
+                continue
+            slot.state = "idle"
+            slot.info = info.get("info", {})
+            # The others keep loading; the scheduler takes them on when they are ready.
+            for other_ref, other in waiting.items():
+                other.ready_ref = other_ref
+            return info
+    raise BergScaleError(f"no worker could load the models: {errors[0] if errors else 'unknown error'}")
+
+
+def stop_workers(slots: list[WorkerSlot]) -> None:
+    try:
+        import ray
+    except ImportError:
+        return
+    for slot in slots:
+        try:
+            ray.kill(slot.handle, no_restart=True)
+        except Exception:  # noqa: BLE001 - already dead
+            pass
+
+
+def root_cause(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc.__cause__
+    text = str(cause or exc)
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line.strip()[:500]
+    return (lines[-1] if lines else type(exc).__name__)[:500]
