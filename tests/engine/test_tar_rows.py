@@ -1,0 +1,122 @@
+"""Through a worker (shard pipeline, Parquet writer, commit): tars made by plain GNU tar,
+plain and gzip-compressed, give every image exactly one row; damaged shards come back
+as rejected (quarantined at once by the driver), not as retryable errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from berg_scale.testing.synthetic_shards import encode, synthetic_image
+
+pytestmark = pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
+
+COLUMN = "stand-in/sub-01/all"
+
+
+def _worker(output: str):
+    from berg_scale.engine.shard_pipeline import ShardSettings
+    from berg_scale.engine.stand_in_model import FixedCostModelFactory
+    from berg_scale.engine.worker import EncoderWorker
+
+    settings = ShardSettings(output=output, image_size=32, batch_size=4, decode_threads=1,
+                             decode_ahead=0, device="cpu")
+    return EncoderWorker(0, FixedCostModelFactory(), settings)
+
+
+def _folder(src) -> tuple[set[str], set[str]]:
+    """Images as users keep them, plus the awkward members: (image keys, error keys)."""
+    rng = np.random.default_rng(4)
+    images = set()
+    for i in range(10):
+        key = f"img-{i:02d}"
+        data = encode(synthetic_image(rng, 40, 30), "png" if i % 2 else "jpg")
+        (src / f"{key}.{'png' if i % 2 else 'jpg'}").write_bytes(data)
+        (src / f"{key}.json").write_bytes(json.dumps({"i": i}).encode())
+        images.add(key)
+    os.link(src / "img-00.jpg", src / "copy-of-00.jpg")  # GNU tar stores a hard link
+    images.add("copy-of-00")
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic_image(rng, 24, 24)).save(buffer, "GIF")
+    (src / "anim.gif").write_bytes(buffer.getvalue())
+    images.add("anim")
+    with open(os.path.join(os.fsencode(src), b"caf\xe9.png"), "wb") as handle:  # not UTF-8
+        handle.write(encode(synthetic_image(rng, 20, 20), "png"))
+    images.add("caf%E9")
+    (src / "deep.jpg").write_bytes(encode(synthetic_image(rng, 16, 16), "jpg"))
+    (src / "deep.json").write_bytes(b"[" * 5000 + b"]" * 5000)
+    images.add("deep")
+    os.symlink("img-01.png", src / "alias.png")
+    return images, {"alias"}
+
+
+def test_gnu_tar_shards_give_every_image_exactly_one_row(tmp_path):
+    import pyarrow.compute as pc
+
+    from berg_scale.io.results import open_responses
+    from berg_scale.io.shard_listing import list_shards
+
+    src = tmp_path / "src"
+    src.mkdir()
+    images, errors = _folder(src)
+    shard_dir = tmp_path / "in"
+    shard_dir.mkdir()
+    # readdir order and "./" names: a sample's members are usually not adjacent
+    subprocess.run(["tar", "cf", str(shard_dir / "folder.tar"), "-C", str(src), "."], check=True)
+    subprocess.run(["tar", "czf", str(shard_dir / "folder.tar.gz"), "-C", str(src), "."], check=True)
+    shards = list_shards(str(shard_dir))
+    assert [s.name for s in shards] == ["folder", "folder.tar.gz"]
+
+    output = str(tmp_path / "out")
+    worker = _worker(output)
+    for shard in shards:
+        result = worker.process(shard, 1)
+        assert result["status"] == "done", result
+        assert result["marker"]["rows"] == len(images) + len(errors)
+        assert result["marker"]["ok"] == len(images)
+
+    table = open_responses(output).to_table()
+    per_shard = {}
+    for shard in shards:
+        rows = table.filter(pc.equal(table["shard"], shard.name)).to_pylist()
+        keys = [row["key"] for row in rows]
+        assert sorted(keys) == sorted(images | errors) and len(set(keys)) == len(keys)
+        assert sorted(row["index"] for row in rows) == list(range(len(keys)))
+        by_key = {row["key"]: row for row in rows}
+        for key in images:
+            assert by_key[key]["status"] == "ok" and by_key[key][COLUMN] is not None, key
+        assert by_key["alias"]["status"] == "error"
+        assert by_key["alias"]["error"] == "member './alias.png' is a symbolic link (not followed)"
+        per_shard[shard.name] = by_key
+    plain, compressed = per_shard["folder"], per_shard["folder.tar.gz"]
+    for key in images:  # the gzip path hands the model the very same bytes
+        assert plain[key][COLUMN] == compressed[key][COLUMN], key
+    assert plain["copy-of-00"][COLUMN] == plain["img-00"][COLUMN]  # the hard link's bytes
+
+
+@pytest.mark.parametrize("damage", ["truncated-tar", "damaged-gzip"])
+def test_a_damaged_shard_comes_back_rejected_with_its_reason(tmp_path, damage):
+    from berg_scale.io.shard_listing import InputShard
+    from berg_scale.testing.synthetic_shards import write_corrupt_shard
+
+    if damage == "truncated-tar":
+        path = tmp_path / "bad.tar"
+        write_corrupt_shard(str(path), "mid_member", n_images=4)
+        reason = "truncated"
+    else:
+        path = tmp_path / "bad.tgz"
+        path.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"not deflate data" * 50)
+        reason = "gzip stream"
+    result = _worker(str(tmp_path / "out")).process(
+        InputShard(name=path.name, url=str(path), relative=path.name), 1
+    )
+    assert result["status"] == "rejected", result
+    assert reason in result["error"] and str(path) in result["error"]
+    assert not (tmp_path / "out" / "_done").exists() or not os.listdir(tmp_path / "out" / "_done")
