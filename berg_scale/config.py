@@ -14,11 +14,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar
+from typing import Annotated, Any, Literal, Sequence, TypeVar
 
 import yaml
 from pydantic import (
+    AllowInfNan,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -32,7 +34,37 @@ from berg_scale.io.storage import StorageOptions
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# `${NAME}` or `${NAME:-default}`; anything else between `${` and `}` is refused.
+_ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+_ENV_BODY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+
+# Longest wait between two attempts of a shard: a retry exists to ride out a passing
+# outage, and one bad input must not hold a run for hours.
+MAX_BACKOFF_S = 300.0
+
+
+def _not_bool(kind: str):
+    """YAML's `true`/`false` are Python bools, and pydantic would take them as 1/0."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be {kind}, not a boolean (true/false)")
+        return value
+
+    return check
+
+
+def _bool_only(value: Any) -> Any:
+    """Numbers are not booleans either (a `1` meant for a count must not turn a switch on)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError("must be true or false, not a number")
+    return value
+
+
+# Shared field types: every number in a config refuses booleans, floats refuse NaN/inf.
+Int = Annotated[int, BeforeValidator(_not_bool("an integer"))]
+Float = Annotated[float, BeforeValidator(_not_bool("a number")), AllowInfNan(False)]
+Bool = Annotated[bool, BeforeValidator(_bool_only)]
 
 
 class _Strict(BaseModel):
@@ -45,7 +77,7 @@ class InputConfig(_Strict):
     shards: str | list[str] = Field(
         description="local folder/file, s3:// prefix, glob, or brace pattern {000000..000999}"
     )
-    image_size: int = Field(256, ge=16, le=4096)
+    image_size: Int = Field(256, ge=16, le=4096)
     crop: Literal["center", "none"] = "center"
 
     @field_validator("shards")
@@ -64,12 +96,12 @@ class ReadoutConfig(_Strict):
     """One model over one or more subjects and selections; expands to `ReadoutSpec`s."""
 
     model: str
-    subjects: list[int] | Literal["all"] = "all"
+    subjects: list[Int] | Literal["all"] = "all"
     rois: list[str] | None = None
     selections: list[dict[str, Any]] | None = None
     outputs: list[Literal["responses", "mean"]] = Field(default_factory=lambda: ["responses"])
     dtype: Literal["float32", "float16"] = "float32"
-    ncsnr_threshold: float = 0.5
+    ncsnr_threshold: Float = 0.5
     downsample: Literal["fsaverage5"] | None = None
 
     @field_validator("model")
@@ -130,17 +162,17 @@ class ReadoutConfig(_Strict):
 class ResourcesConfig(_Strict):
     """How much of the cluster a run uses and how each worker spends it."""
 
-    workers: int | Literal["auto"] = "auto"
-    gpus_per_worker: float = Field(1.0, ge=0)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    batch_size: int = Field(100, ge=1, le=100_000)
+    workers: Int | Literal["auto"] = "auto"
+    gpus_per_worker: Float = Field(1.0, ge=0)
+    cpus_per_worker: Float = Field(1.0, gt=0)
+    batch_size: Int = Field(100, ge=1, le=100_000)
     decode: Literal["cpu", "gpu", "auto"] = "auto"
-    decode_threads: int = Field(4, ge=1, le=256)
+    decode_threads: Int = Field(4, ge=1, le=256)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # Resample images on the CPU as BERG does (exact); null: yes for fp32, no for bf16/fp16.
-    exact_resize: bool | None = None
+    exact_resize: Bool | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    startup_timeout_s: float = Field(1800.0, gt=0)
+    startup_timeout_s: Float = Field(1800.0, gt=0)
 
     @field_validator("workers")
     @classmethod
@@ -153,12 +185,13 @@ class ResourcesConfig(_Strict):
 class RetriesConfig(_Strict):
     """How hard the scheduler tries before it gives up on a shard or a worker."""
 
-    max_attempts: int = Field(3, ge=1, le=100)
-    error_rate_threshold: float = Field(0.5, ge=0.0, le=1.0)
-    speculative_tail: bool = True
-    speculative_min_elapsed_s: float = Field(5.0, ge=0.0)
-    max_worker_restarts: int = Field(3, ge=0)
-    backoff_s: float = Field(1.0, ge=0.0)
+    max_attempts: Int = Field(3, ge=1, le=100)
+    error_rate_threshold: Float = Field(0.5, ge=0.0, le=1.0)
+    speculative_tail: Bool = True
+    speculative_min_elapsed_s: Float = Field(5.0, ge=0.0)
+    max_worker_restarts: Int = Field(3, ge=0)
+    # Wait before retry n is n x backoff_s, never more than MAX_BACKOFF_S.
+    backoff_s: Float = Field(1.0, ge=0.0, le=MAX_BACKOFF_S)
 
 
 class StorageConfig(_Strict):
@@ -166,7 +199,7 @@ class StorageConfig(_Strict):
 
     endpoint_url: str | None = None
     region: str | None = None
-    anon: bool = False
+    anon: Bool = False
     key: SecretStr | None = None
     secret: SecretStr | None = None
 
@@ -327,18 +360,54 @@ def _resolve_env(node: Any, environ: Any, path: tuple[str, ...]) -> Any:
     if isinstance(node, list):
         return [_resolve_env(value, environ, (*path, str(i))) for i, value in enumerate(node)]
     if isinstance(node, str):
-
-        def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in environ:
-                where = ".".join(path) or "config"
-                raise ConfigError(
-                    f"{where}: environment variable {name} is not set (export it or edit the config)"
-                )
-            return environ[name]
-
-        return _ENV_REFERENCE.sub(substitute, node)
+        return _substitute_env(node, environ, ".".join(path) or "config")
     return node
+
+
+def _substitute_env(text: str, environ: Any, where: str) -> str:
+    """Expand `${NAME}` and `${NAME:-default}` (shell meaning: default when unset or empty).
+
+    Anything else that starts with `${` is refused: taken literally it would become a
+    folder or bucket key named `${...`, which nobody means.
+    """
+    secret = where.rsplit(".", 1)[-1] in ("key", "secret")
+
+    def shown(reference: str) -> str:
+        return "(value hidden)" if secret else repr(reference)
+
+    def substitute(match: re.Match[str]) -> str:
+        body = _ENV_BODY.fullmatch(match.group(1))
+        if body is None:
+            raise ConfigError(
+                f"{where}: malformed environment reference {shown(match.group(0))}: write "
+                "${NAME} or ${NAME:-default} (NAME: letters, digits and _, not starting with a digit)"
+            )
+        name, default = body.group(1), body.group(2)
+        value = environ.get(name)
+        if default is not None:
+            if "${" in default:
+                raise ConfigError(
+                    f"{where}: nested environment reference in {shown(match.group(0))} is not "
+                    "supported: give a literal default"
+                )
+            return value if value else default
+        if value is None:
+            raise ConfigError(
+                f"{where}: environment variable {name} is not set (export it, give a default "
+                f"with ${{{name}:-default}}, or edit the config)"
+            )
+        return value
+
+    result = _ENV_REFERENCE.sub(substitute, text)
+    # Whatever `${` is left had no closing brace.
+    leftover = _ENV_REFERENCE.sub("", text)
+    if "${" in leftover:
+        start = leftover.index("${")
+        raise ConfigError(
+            f"{where}: unterminated environment reference {shown(leftover[start:start + 40])}: "
+            "close it with '}', as in ${NAME} or ${NAME:-default}"
+        )
+    return result
 
 
 def format_validation_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:

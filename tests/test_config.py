@@ -130,3 +130,140 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
     assert "not valid YAML" in _error(path)
     path.write_text("- just\n- a list\n")
     assert "top level must be a mapping" in _error(path)
+
+
+# --------------------------------------------------------------------------- strict edges
+
+
+@pytest.mark.parametrize("section, field, value", [
+    ("resources", "workers", True),
+    ("resources", "batch_size", True),
+    ("resources", "decode_threads", False),
+    ("resources", "gpus_per_worker", True),
+    ("resources", "cpus_per_worker", True),
+    ("resources", "startup_timeout_s", True),
+    ("retries", "max_attempts", True),
+    ("retries", "error_rate_threshold", False),
+    ("retries", "speculative_min_elapsed_s", True),
+    ("retries", "max_worker_restarts", True),
+    ("retries", "backoff_s", True),
+    ("input", "image_size", True),
+])
+def test_booleans_are_not_numbers(section, field, value):
+    raw = _base()
+    raw.setdefault(section, {})[field] = value
+    if section == "input":
+        raw["input"] = {**raw["input"], field: value}
+    message = _error(raw)
+    assert f"{section}.{field}" in message and "not a boolean" in message
+
+
+def test_booleans_are_not_subjects_or_thresholds():
+    message = _error(_base(readouts=[{"model": "fmri-nsd-fwrf", "subjects": [True], "rois": ["V1"]}]))
+    assert "readouts.0.subjects.0" in message and "not a boolean" in message
+    message = _error(_base(readouts=[{"model": "fmri-nsd-fwrf", "rois": ["V1"], "ncsnr_threshold": True}]))
+    assert "readouts.0.ncsnr_threshold" in message and "not a boolean" in message
+
+
+def test_booleans_given_on_the_command_line_are_refused_too():
+    message = _error(_base(), overrides=["resources.workers=true"])
+    assert "resources.workers" in message and "not a boolean" in message
+
+
+def test_numbers_are_not_booleans():
+    for section, field in (("retries", "speculative_tail"), ("storage", "anon"), ("resources", "exact_resize")):
+        raw = _base()
+        raw[section] = {field: 1}
+        message = _error(raw)
+        assert f"{section}.{field}" in message and "true or false" in message
+
+
+def test_numbers_still_accept_what_they_did():
+    config = load_config(_base(resources={"workers": 4, "gpus_per_worker": 1, "cpus_per_worker": 2.5,
+                                          "exact_resize": True},
+                               retries={"backoff_s": 0, "speculative_tail": False}))
+    assert config.resources.workers == 4 and config.resources.gpus_per_worker == 1.0
+    assert config.retries.backoff_s == 0.0 and config.retries.speculative_tail is False
+    # Values from ${VAR} are strings; numeric ones keep working.
+    config = load_config(_base(resources={"workers": "${BS_WORKERS}", "batch_size": "${BS_BATCH:-32}"}),
+                         environ={"BS_WORKERS": "8"})
+    assert config.resources.workers == 8 and config.resources.batch_size == 32
+
+
+def test_floats_refuse_nan_and_infinity():
+    for value in (float("nan"), float("inf")):
+        message = _error(_base(resources={"startup_timeout_s": value}))
+        assert "resources.startup_timeout_s" in message
+
+
+def test_backoff_is_capped():
+    from berg_scale.config import MAX_BACKOFF_S
+
+    assert load_config(_base(retries={"backoff_s": MAX_BACKOFF_S})).retries.backoff_s == MAX_BACKOFF_S
+    message = _error(_base(retries={"backoff_s": 7200}))
+    assert "retries.backoff_s" in message and "300" in message
+
+
+def test_scheduler_wait_between_attempts_never_exceeds_the_cap(tmp_path):
+    """The wait grows with the attempt number; with many attempts it stops at the cap."""
+    from berg_scale.config import MAX_BACKOFF_S
+    from berg_scale.engine.scheduler import Execution, RetryPolicy, ShardScheduler, WorkerSlot
+    from berg_scale.io.output_store import OutputStore
+    from berg_scale.io.shard_listing import InputShard
+
+    shard = InputShard(name="shard-000000", url=str(tmp_path / "shard-000000.tar"), relative="shard-000000.tar")
+    policy = RetryPolicy(max_attempts=100, backoff_s=MAX_BACKOFF_S)
+    scheduler = ShardScheduler([], [shard], OutputStore(str(tmp_path / "out")), policy, clock=lambda: 1000.0)
+    scheduler.pending.clear()
+    slot = WorkerSlot(index=0, handle=None)
+    for attempt, expected in ((1, MAX_BACKOFF_S), (50, MAX_BACKOFF_S)):
+        scheduler.attempts[shard.name] = attempt
+        scheduler._attempt_failed(Execution(shard, attempt, slot, started=0.0), "boom", transient=True)
+        assert scheduler.not_before[shard.name] - 1000.0 == expected
+    small = ShardScheduler([], [shard], OutputStore(str(tmp_path / "out")), RetryPolicy(backoff_s=2.0),
+                           clock=lambda: 0.0)
+    small.attempts[shard.name] = 2
+    small._attempt_failed(Execution(shard, 2, slot, started=0.0), "boom", transient=True)
+    assert small.not_before[shard.name] == 4.0
+
+
+def test_env_default_is_used_when_unset_or_empty():
+    raw = _base(output="${BS_OUT:-s3://bucket/default-out}", berg_root="${BS_ROOT:-/data/berg}/v1")
+    assert load_config(raw, environ={}).output == "s3://bucket/default-out"
+    assert load_config(raw, environ={"BS_OUT": ""}).output == "s3://bucket/default-out"
+    config = load_config(raw, environ={"BS_OUT": "s3://bucket/mine", "BS_ROOT": "/mnt/berg"})
+    assert config.output == "s3://bucket/mine" and config.berg_root == "/mnt/berg/v1"
+    assert load_config(_base(output="/out/${BS_EMPTY:-}x"), environ={}).output == "/out/x"
+
+
+@pytest.mark.parametrize("text", ["${BS_OUT-default}", "${BS OUT}", "${1BS}", "${}", "${BS_OUT:=x}",
+                                  "/out/${BS_OUT", "${BS_OUT:-${BS_OTHER}}"])
+def test_malformed_env_references_are_refused(text, tmp_path):
+    message = _error(_base(output=text), environ={"BS_OUT": "x", "BS_OTHER": "y"})
+    assert message.startswith("output: ")
+    assert "${NAME}" in message or "literal default" in message
+    assert not (tmp_path / "${BS_OUT:-").exists()
+
+
+def test_env_defaults_for_secrets_stay_hidden():
+    raw = _base(storage={"key": "${BS_KEY:-default-key-123}", "secret": "${BS_SECRET:-hidden-secret-456}"})
+    config = load_config(raw, environ={})
+    assert config.storage_options().secret == "hidden-secret-456"
+    dumped = json.dumps(config.redacted())
+    assert "hidden-secret-456" not in dumped and "default-key-123" not in dumped
+    message = _error(_base(storage={"secret": "${BS_SECRET:-oops-secret"}), environ={})
+    assert "storage.secret" in message and "oops-secret" not in message
+
+
+def test_cli_reports_config_edges_as_one_line(tmp_path, capsys):
+    from berg_scale.cli import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(_base(resources={"workers": True})))
+    assert main(["plan", str(path), "--images", "10"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "resources.workers" in err and "not a boolean" in err
+    path.write_text(yaml.safe_dump(_base(output="${BS_UNSET_OUT:-")))
+    assert main(["plan", str(path), "--images", "10"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "unterminated environment reference" in err

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from berg_scale.config import MAX_BACKOFF_S
 from berg_scale.io.output_store import OutputStore, read_done_marker, with_storage_retries, write_failed_marker
 from berg_scale.io.shard_listing import InputShard
 
@@ -55,6 +56,7 @@ class Execution:
 class RetryPolicy:
     max_attempts: int = 3
     backoff_s: float = 1.0
+    max_backoff_s: float = MAX_BACKOFF_S  # the wait grows with each attempt up to this
     speculative_tail: bool = True
     speculative_min_elapsed_s: float = 5.0
     speculative_factor: float = 1.5
@@ -280,7 +282,8 @@ class ShardScheduler:
         if not transient or self.attempts.get(name, 0) >= self.policy.max_attempts:
             self._quarantine(execution.shard, error)
             return
-        self.not_before[name] = self.clock() + self.policy.backoff_s * self.attempts.get(name, 1)
+        delay = min(self.policy.backoff_s * self.attempts.get(name, 1), self.policy.max_backoff_s)
+        self.not_before[name] = self.clock() + delay
         self.pending.append(execution.shard)
 
     def _quarantine(self, shard: InputShard, error: str) -> None:
