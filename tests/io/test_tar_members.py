@@ -6,7 +6,6 @@ layouts GNU tar cannot be asked for directly)."""
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
