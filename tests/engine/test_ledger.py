@@ -1,0 +1,193 @@
+"""Reruns with something changed: every committed response stays bound to its causes.
+
+Each case runs `berg-scale generate` as a user would, then changes one thing (weights,
+input bytes, the dataset behind the same names, the input root) and runs it again. The
+rerun either does the right thing or refuses in one line; it never leaves a table that
+mixes causes, and a refused run leaves run.json as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine_support import FWRF, IMAGE_SIZE
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def fwrf_roots(tmp_path_factory, engine_berg_root):
+    """Two BERG roots that differ only in the fwRF V1 weights (root B is a linked copy)."""
+    from berg_scale.models.layout import metadata_file, weight_files
+    from berg_scale.testing.berg_root import _write_fwrf
+
+    root_b = tmp_path_factory.mktemp("berg_root_b") / "root"
+    shutil.copytree(engine_berg_root, root_b, copy_function=os.link)
+    relative = weight_files(FWRF, 1, "V1")[0]
+    for linked in (relative, metadata_file(FWRF, 1, "V1")):
+        (root_b / linked).unlink()  # never write through a hard link into root A
+    _write_fwrf(root_b, 1, "V1", 0, seed=99, n_voxels=6)
+    return engine_berg_root, str(root_b), relative
+
+
+def _write_config(path: Path, shards: str, output: str, berg_root: str) -> str:
+    config = {
+        "input": {"shards": shards, "image_size": IMAGE_SIZE},
+        "berg_root": berg_root,
+        "readouts": [{"model": FWRF, "subjects": [1], "rois": ["V1"], "outputs": ["responses", "mean"]}],
+        "output": output,
+        "resources": {"workers": 1, "batch_size": 4, "decode_threads": 1, "cpus_per_worker": 1},
+        "retries": {"max_attempts": 1, "backoff_s": 0.1, "speculative_tail": False},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _generate(capsys, config: str, *extra: str) -> tuple[int, str]:
+    from berg_scale.cli import main
+
+    capsys.readouterr()
+    code = main(["generate", config, "--no-progress", *extra])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def _error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines, "a refusal must say why"
+    assert "Traceback" not in err
+    return lines[-1]
+
+
+def _keys(output: str) -> list[str]:
+    from berg_scale.io.results import open_responses
+
+    return open_responses(output).to_table().column("key").to_pylist()
+
+
+def _first_response(output: str) -> list[float]:
+    from berg_scale.io.results import open_responses
+
+    table = open_responses(output).to_table().sort_by("key")
+    return table.column(f"{FWRF}/sub-01/V1").to_pylist()[0]
+
+
+def test_rerun_with_other_weights_is_refused_naming_the_file(ray_session, tmp_path, capsys, fwrf_roots):
+    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+
+    root_a, root_b, relative = fwrf_roots
+    infos = write_synthetic_shards(str(tmp_path / "in"), 2, 3, seed=1)
+    output = str(tmp_path / "out")
+    config_a = _write_config(tmp_path / "a.yaml", str(tmp_path / "in"), output, root_a)
+    assert _generate(capsys, config_a)[0] == 0
+    run_json = (tmp_path / "out" / "run.json").read_bytes()
+    before = _first_response(output)
+
+    config_b = _write_config(tmp_path / "b.yaml", str(tmp_path / "in"), output, root_b)
+    code, err = _generate(capsys, config_b)
+    line = _error_line(err)
+    assert code == 2
+    assert relative in line and "weights" in line and "--overwrite" in line
+    assert (tmp_path / "out" / "run.json").read_bytes() == run_json, "a refused run must not touch run.json"
+    assert _first_response(output) == before
+
+    code, _ = _generate(capsys, config_b, "--overwrite")
+    assert code == 0
+    assert sorted(_keys(output)) == sorted(k for info in infos for k in info.keys)
+    assert _first_response(output) != before, "--overwrite regenerates with the new weights"
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert manifest["config"]["berg_root"] == root_b
+    from berg_scale.models.store import WeightStore
+
+    assert manifest["weight_hashes"][relative] == WeightStore(root_b).sha256(relative)
+    marker = json.loads((tmp_path / "out" / "_done" / "shard-000000.json").read_text())
+    assert marker["weights"][relative] == manifest["weight_hashes"][relative]
+
+
+def test_same_tar_names_from_another_dataset_are_refused(ray_session, tmp_path, capsys, fwrf_roots):
+    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+
+    write_synthetic_shards(str(tmp_path / "first"), 2, 3, seed=1)
+    write_synthetic_shards(str(tmp_path / "second"), 2, 4, seed=2)
+    output = str(tmp_path / "out")
+    assert _generate(capsys, _write_config(tmp_path / "a.yaml", str(tmp_path / "first"), output, fwrf_roots[0]))[0] == 0
+    keys = sorted(_keys(output))
+
+    code, err = _generate(capsys, _write_config(tmp_path / "b.yaml", str(tmp_path / "second"), output, fwrf_roots[0]))
+    line = _error_line(err)
+    assert code == 2 and "different file" in line and "shard-000000" in line and "--overwrite" in line
+    assert sorted(_keys(output)) == keys
+
+
+def test_input_rewritten_in_place_is_refused(ray_session, tmp_path, capsys, fwrf_roots):
+    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+
+    write_synthetic_shards(str(tmp_path / "in"), 2, 3, seed=1)
+    output = str(tmp_path / "out")
+    config = _write_config(tmp_path / "a.yaml", str(tmp_path / "in"), output, fwrf_roots[0])
+    assert _generate(capsys, config)[0] == 0
+    write_synthetic_shards(str(tmp_path / "in"), 2, 5, seed=7)  # same names, new images
+
+    code, err = _generate(capsys, config)
+    line = _error_line(err)
+    assert code == 2 and "changed since it was committed" in line
+
+
+def test_moved_root_with_new_shard_names_is_refused_not_written_twice(ray_session, tmp_path, capsys, fwrf_roots):
+    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+
+    infos = write_synthetic_shards(str(tmp_path / "data"), 2, 3, seed=1)
+    output = str(tmp_path / "out")
+    config = _write_config(tmp_path / "a.yaml", str(tmp_path / "data"), output, fwrf_roots[0])
+    assert _generate(capsys, config)[0] == 0
+    # The user moves the tars one level down and keeps pointing at the old root: the shard
+    # names become sub__shard-00000x, but the files are the same (os.rename keeps mtimes).
+    (tmp_path / "data" / "sub").mkdir()
+    for name in ("shard-000000.tar", "shard-000001.tar"):
+        os.rename(tmp_path / "data" / name, tmp_path / "data" / "sub" / name)
+
+    code, err = _generate(capsys, config)
+    line = _error_line(err)
+    assert code == 2 and "same file as committed shard" in line and "written twice" in line
+    keys = _keys(output)
+    assert len(keys) == len(set(keys)) == sum(len(info.keys) for info in infos)
+
+
+def test_moved_folder_with_same_names_is_the_same_input(ray_session, tmp_path, capsys, fwrf_roots):
+    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+
+    write_synthetic_shards(str(tmp_path / "old"), 2, 3, seed=1)
+    output = str(tmp_path / "out")
+    assert _generate(capsys, _write_config(tmp_path / "a.yaml", str(tmp_path / "old"), output, fwrf_roots[0]))[0] == 0
+    os.rename(tmp_path / "old", tmp_path / "new")
+
+    code, err = _generate(capsys, _write_config(tmp_path / "b.yaml", str(tmp_path / "new"), output, fwrf_roots[0]))
+    assert code == 0 and "nothing to do" in err and "new location" in err
+
+
+def test_extending_input_shards_resumes_and_dropping_one_is_refused(ray_session, tmp_path, capsys, fwrf_roots):
+    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+
+    infos = write_synthetic_shards(str(tmp_path / "in"), 3, 2, seed=4)
+    output = str(tmp_path / "out")
+    first = _write_config(tmp_path / "a.yaml", str(tmp_path / "in" / "shard-{000000..000001}.tar"), output,
+                          fwrf_roots[0])
+    assert _generate(capsys, first)[0] == 0
+    extended = _write_config(tmp_path / "b.yaml", str(tmp_path / "in" / "shard-{000000..000002}.tar"), output,
+                             fwrf_roots[0])
+    code, err = _generate(capsys, extended)
+    assert code == 0 and "generating 1 shards (2 already done)" in err
+    assert sorted(_keys(output)) == sorted(k for info in infos for k in info.keys)
+
+    shrunk = _write_config(tmp_path / "c.yaml", str(tmp_path / "in" / "shard-000000.tar"), output, fwrf_roots[0])
+    code, err = _generate(capsys, shrunk)
+    line = _error_line(err)
+    assert code == 2 and "not among input.shards" in line
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert len(manifest["input_shards"]) == 3, "run.json still describes the files beside it"
