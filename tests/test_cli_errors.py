@@ -290,7 +290,90 @@ def test_bugs_keep_their_traceback(monkeypatch):
         main(["status", "/data/out"])
 
 
+def test_a_bug_while_handling_a_file_error_keeps_its_traceback(monkeypatch):
+    import berg_scale.commands.status as status
+
+    def broken(output, storage=None):
+        try:
+            raise FileNotFoundError(2, "No such file or directory", "/data/out/run.json")
+        except FileNotFoundError:
+            return {}["shards"]
+
+    monkeypatch.setattr(status, "output_status", broken)
+    with pytest.raises(KeyError):
+        main(["status", "/data/out"])
+
+
 def _no_translation(*args, **kwargs):
     import contextlib
 
     return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- the translation itself
+
+
+def _client_error(code: str, operation: str = "HeadObject"):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": f"{code} message"}}, operation)
+
+
+@pytest.mark.parametrize("make, needles", [
+    (lambda: OSError(28, "No space left on device", "/scratch/out/x.parquet"), ("/scratch/out/x.parquet", "free space")),
+    (lambda: OSError(30, "Read-only file system", "/ro/out"), ("/ro/out", "read-only")),
+    (lambda: FileNotFoundError(2, "No such file or directory", "/data/none"), ("/data/none does not exist",)),
+    (lambda: IsADirectoryError(21, "Is a directory", "/data/dir"), ("/data/dir", "folder, not a file")),
+    (lambda: _client_error("NoSuchBucket", "ListObjectsV2"), ("'bucket' does not exist", "create it")),
+    (lambda: _client_error("SignatureDoesNotMatch"), ("rejected the credentials", "SignatureDoesNotMatch")),
+    (lambda: _client_error("ExpiredToken"), ("rejected the credentials", CREDENTIAL_FIX)),
+    (lambda: _client_error("AccessDenied"), ("refused access", CREDENTIAL_FIX, "--anon")),
+    (lambda: _client_error("InternalError"), ("S3 request", "failed", "run again")),
+])
+def test_translation_names_problem_and_fix(make, needles):
+    from berg_scale.io.storage_errors import translate_storage_error
+
+    translated = translate_storage_error(make(), url="s3://bucket/out")
+    assert translated is not None
+    message = str(translated)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_translation_of_botocore_errors_without_context():
+    from botocore.exceptions import (
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        SSLError,
+    )
+
+    from berg_scale.io.storage_errors import translate_storage_error
+
+    down = translate_storage_error(EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b/k"))
+    assert "cannot reach the S3 endpoint http://127.0.0.1:9 " in str(down)
+    assert "cannot reach" in str(translate_storage_error(ConnectTimeoutError(endpoint_url="http://127.0.0.1:9")))
+    assert "no S3 credentials" in str(translate_storage_error(NoCredentialsError()))
+    assert "--region" in str(translate_storage_error(NoRegionError()))
+    assert "AWS_CA_BUNDLE" in str(translate_storage_error(SSLError(endpoint_url="https://127.0.0.1:9", error="x")))
+    assert translate_storage_error(ValueError("a bug")) is None
+
+
+def test_local_permission_error_is_not_blamed_on_the_bucket():
+    from berg_scale.io.storage_errors import translate_storage_error
+
+    local = PermissionError(13, "Permission denied", "/root/berg")
+    message = str(translate_storage_error(local, url="s3://bucket/berg"))
+    assert message.startswith("/root/berg: permission denied") and "credentials" not in message
+
+
+def test_s3_clients_fail_fast_by_default_and_callers_can_override():
+    from berg_scale.io.storage import StorageOptions
+
+    kwargs = StorageOptions(endpoint_url="http://127.0.0.1:9").s3fs_kwargs()
+    assert kwargs["config_kwargs"]["connect_timeout"] <= 5
+    assert kwargs["config_kwargs"]["retries"]["max_attempts"] <= 3
+    custom = {"connect_timeout": 1, "retries": {"max_attempts": 1}}
+    assert StorageOptions(extra={"config_kwargs": custom}).s3fs_kwargs()["config_kwargs"] == custom

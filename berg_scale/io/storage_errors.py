@@ -43,6 +43,8 @@ _UNREACHABLE = {
     "ProxyConnectionError", "ConnectionRefusedError", "ConnectionResetError", "ConnectionAbortedError",
     "FSTimeoutError", "gaierror", "ServerTimeoutError",
 }
+# What the exception itself must be for its chain to be read as a storage problem.
+_STORAGE_ROOTS = {"OSError", "BotoCoreError", "ClientError"}
 _TLS = {"SSLError", "ClientSSLError", "ClientConnectorCertificateError", "SSLCertVerificationError"}
 
 # errno -> what to do about it, for local files and folders.
@@ -147,6 +149,9 @@ def translate_storage_error(
     """
     if isinstance(exc, BergScaleError):
         return exc if isinstance(exc, StorageError) else None
+    if not _names(exc) & _STORAGE_ROOTS:
+        # A KeyError raised while handling a FileNotFoundError is a bug, not a missing file.
+        return None
     chain = exception_chain(exc)
     names = set().union(*(_names(item) for item in chain))
     codes = {code for code in map(_error_code, chain) if code}
