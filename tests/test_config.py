@@ -102,26 +102,25 @@ def test_env_var_secrets_are_resolved_and_never_dumped(tmp_path):
     assert "storage.secret: environment variable BS_TEST_SECRET is not set" in message
 
 
-def test_secrets_never_reach_run_json(tmp_path, monkeypatch):
-    """run.json is written from the redacted dump, before any worker starts."""
+@pytest.mark.ray
+def test_secrets_never_reach_run_json(ray_session, tmp_path):
+    """run.json and the commit markers are written from the redacted dump."""
     from berg_scale.engine.run import run_generation
     from berg_scale.engine.stand_in_model import FixedCostModelFactory
-
-    def stop(*args, **kwargs):
-        raise RuntimeError("stop before workers")
-
-    monkeypatch.setattr("berg_scale.engine.ray_connect.ensure_ray", stop)
     from berg_scale.testing.synthetic_shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "in"), 1, 1)
     raw = _base(input={"shards": str(tmp_path / "in")}, output=str(tmp_path / "out"),
                 storage={"key": "${BS_TEST_KEY}", "secret": "${BS_TEST_SECRET}"})
+    raw["resources"] = {**raw.get("resources", {}), "workers": 1, "cpus_per_worker": 1}
     config = load_config(raw, environ={"BS_TEST_KEY": "key-abc", "BS_TEST_SECRET": "secret-xyz"})
-    with pytest.raises(RuntimeError, match="stop before workers"):
-        run_generation(config, model_factory=FixedCostModelFactory(), show_progress=False)
-    manifest = (tmp_path / "out" / "run.json").read_text()
-    assert "secret-xyz" not in manifest and "key-abc" not in manifest
-    assert json.loads(manifest)["config"]["storage"]["secret"] == "**********"
+    result = run_generation(config, model_factory=FixedCostModelFactory(), show_progress=False)
+    assert result.exit_code == 0
+    for path in [tmp_path / "out" / "run.json", *sorted((tmp_path / "out" / "_done").iterdir())]:
+        text = path.read_text()
+        assert "secret-xyz" not in text and "key-abc" not in text
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert manifest["config"]["storage"]["secret"] == "**********"
 
 
 def test_not_yaml_and_not_a_mapping(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def output_status(output: str, storage=None) -> dict:
     """Counts and totals of an output, from its markers and run.json."""
     from berg_scale.errors import BergScaleError
-    from berg_scale.io.output_store import DONE_DIR, OutputStore, done_shards, failed_shards, read_manifest
+    from berg_scale.io.output_lease import read_lease
+    from berg_scale.io.output_store import OutputStore, done_shards, failed_shards, read_done_markers, read_manifest
 
     store = OutputStore(output, storage)
     manifest = read_manifest(store)
@@ -27,28 +29,33 @@ def output_status(output: str, storage=None) -> dict:
     failed = failed_shards(store) - done
     if manifest is None and not done and not failed:
         raise BergScaleError(f"{output} is not a berg-scale output (no run.json, no markers)")
-    inputs = [entry["name"] if isinstance(entry, dict) else str(entry)
-              for entry in (manifest or {}).get("input_shards", [])]
-    pending = sorted(set(inputs) - done - failed)
+    inputs = {entry["name"] if isinstance(entry, dict) else str(entry)
+              for entry in (manifest or {}).get("input_shards", [])}
+    # Counts are of the shards run.json lists; committed shards it does not list are reported
+    # apart (they can only come from outside a run, e.g. copied in by hand).
+    unlisted = sorted(done - inputs) if inputs else []
+    listed_done = done & inputs if inputs else done
+    listed_failed = failed & inputs if inputs else failed
+    pending = sorted(inputs - done - failed)
     totals = {"rows": 0, "ok": 0, "errors": 0}
-    paths = [store.path(DONE_DIR, f"{name}.json") for name in sorted(done)]
-    if paths:
-        for raw in store.fs.cat(paths).values():
-            marker = json.loads(raw)
-            for key in totals:
-                totals[key] += int(marker.get(key, 0))
+    for marker in read_done_markers(store, done).values():
+        for key in totals:
+            totals[key] += int(marker.get(key, 0))
     failures = {}
     for name in sorted(failed):
         marker = store.read_json(store.failed_path(name)) or {}
         failures[name] = marker.get("error", "")
+    lease = read_lease(store)
     return {
         "output": output,
         "run_status": (manifest or {}).get("status", "unknown"),
-        "shards": {"total": len(inputs) or len(done | failed), "done": len(done),
-                   "failed": len(failed), "pending": len(pending)},
+        "shards": {"total": len(inputs) or len(done | failed), "done": len(listed_done),
+                   "failed": len(listed_failed), "pending": len(pending), "unlisted": len(unlisted)},
         "images": totals,
         "failed": failures,
         "pending": pending[:50],
+        "unlisted": unlisted[:50],
+        "lease": lease,
         "this_run": (manifest or {}).get("this_run", {}),
     }
 
@@ -69,6 +76,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"shards:  {shards['done']} done, {shards['failed']} failed, {shards['pending']} pending, "
           f"of {shards['total']}")
     print(f"images:  {images['rows']} rows, {images['ok']} ok, {images['errors']} error rows")
+    if shards["unlisted"]:
+        print(f"unlisted: {shards['unlisted']} committed shard(s) not in run.json's input shards "
+              f"(first: {summary['unlisted'][0]})")
+    lease = summary["lease"]
+    if lease:
+        age = time.time() - float(lease.get("renewed_at") or 0)
+        print(f"writer:  run {lease.get('run_id')} on {lease.get('host')} (pid {lease.get('pid')}), "
+              f"lease renewed {age:.0f} s ago" + (" (stale)" if age > float(lease.get("ttl_s") or 120) else ""))
     rate = summary["this_run"].get("images_per_second")
     if rate:
         print(f"last run: {summary['this_run'].get('images', 0)} images at {rate:.1f} images/s")

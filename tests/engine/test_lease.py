@@ -220,3 +220,26 @@ def test_two_drivers_started_together_on_a_fresh_output(tmp_path, engine_berg_ro
         {f"{FWRF}/sub-01/V1"} if "responses" in manifest["config"]["readouts"][0]["outputs"] else set()
     )
     assert wanted <= columns and len(columns - {"key", "shard", "index", "status", "error"}) == len(wanted)
+
+
+def test_status_counts_listed_shards_and_names_the_writer(tmp_path, capsys):
+    from berg_scale.cli import main
+    from berg_scale.io.output_lease import OutputLease
+    from berg_scale.io.output_store import OutputStore, write_done_marker, write_manifest
+
+    output = str(tmp_path / "out")
+    store = OutputStore(output)
+    write_manifest(store, {"status": "running", "input_shards": ["a", "b", "c", "d"]})
+    for name in ("a", "b", "e"):
+        write_done_marker(store, name, {"rows": 2, "ok": 2, "errors": 0})
+    lease = OutputLease(store, "live-run")
+    lease.acquire()
+    try:
+        capsys.readouterr()
+        assert main(["status", output]) == 0
+        out = capsys.readouterr().out
+    finally:
+        lease.release()
+    assert "2 done, 0 failed, 2 pending, of 4" in out
+    assert "unlisted: 1 committed shard(s)" in out and "(first: e)" in out
+    assert "writer:  run live-run" in out

@@ -163,7 +163,7 @@ def test_status_of_an_output(tmp_path, capsys):
     write_failed_marker(store, "s1", {"error": "truncated tar"})
     write_manifest(store, {"status": "incomplete", "input_shards": ["s0", "s1", "s2"]})
     summary = output_status(str(tmp_path / "out"))
-    assert summary["shards"] == {"total": 3, "done": 1, "failed": 1, "pending": 1}
+    assert summary["shards"] == {"total": 3, "done": 1, "failed": 1, "pending": 1, "unlisted": 0}
     assert summary["images"] == {"rows": 2, "ok": 1, "errors": 1}
     assert main(["status", str(tmp_path / "out")]) == 1  # s1 is quarantined
     out = capsys.readouterr().out
