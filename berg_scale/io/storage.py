@@ -7,6 +7,7 @@ GCS interop, AWS) are selected with the standard AWS variables or explicit optio
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,12 +54,12 @@ class StorageOptions:
         kwargs: dict[str, Any] = {
             "anon": self.anon,
             "client_kwargs": client_kwargs,
-            "config_kwargs": dict(BOTOCORE_CONFIG),
+            "config_kwargs": copy.deepcopy(BOTOCORE_CONFIG),  # botocore edits the retries dict in place
         }
         if self.key and not self.anon:
             kwargs["key"] = self.key
             kwargs["secret"] = self.secret
-        kwargs.update(self.extra)
+        kwargs.update(copy.deepcopy(self.extra))
         return kwargs
 
 
