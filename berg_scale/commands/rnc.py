@@ -100,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
     # The study reads `responses` and writes `out_dir`: the error names which path failed.
     with storage_errors(None, config.storage.options(), what="read or write"):
         summary = run_study(config)
+    for analysis in ("univariate", "multivariate"):
+        excluded = summary.get(analysis, {}).get("exclusions") or {}
+        if excluded.get("n_excluded"):
+            columns = ", ".join(f"{c} {n}" for c, n in sorted(excluded["by_column"].items(), key=lambda i: -i[1])[:4])
+            print(f"{analysis}: {excluded['n_excluded']} of {excluded['n_images']} images excluded for NaN or "
+                  f"infinite responses ({columns}); listed in {analysis}/excluded.parquet")
     for row in summary.get("univariate", {}).get("statistics", []):
         print(
             f"univariate {row['roi_1']}-{row['roi_2']} {row['condition']:<12} {row['roi']:<5} "

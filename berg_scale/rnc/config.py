@@ -81,7 +81,10 @@ class StudyConfig(_Strict):
     pairs: list[tuple[str, str]] | None = None
     roi_unions: dict[str, list[str]] = Field(default_factory=lambda: {"FFA": ["FFA-1", "FFA-2"]})
     ncsnr_threshold: float = 0.5
-    seed: int = 20200220
+    seed: int = Field(20200220, ge=0)
+    # images with a NaN or infinite response are left out and reported; more than this
+    # fraction of them means a broken output, and the study stops instead
+    max_excluded_fraction: float = Field(0.01, ge=0, le=1)
     cross_validation: bool = True
     univariate: UnivariateConfig = UnivariateConfig()
     multivariate: MultivariateConfig = MultivariateConfig()

@@ -4,7 +4,9 @@ Eligibility and ranking are per image once the baselines are known, so each shar
 can filter and keep its own top-k for every (fold, pair, condition); the global top-k
 is the top-k of the union of these lists. Image numbers are global (shard offset +
 row among the shard's ok rows) and ties break by image number on both paths, so the
-merged result equals the in-memory selection exactly.
+merged result equals the in-memory selection exactly. The driver decides which images
+are left out for non-finite responses and sends each shard its own, so both paths rank
+the same images.
 """
 
 from __future__ import annotations
@@ -30,8 +32,12 @@ def select_in_shard(
     requests: Sequence[SelectionRequest],
     n_images: int,
     margin: float,
+    excluded: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per-shard top-k for every request; image numbers offset to global numbering."""
+    """Per-shard top-k for every request; image numbers offset to global numbering.
+
+    `excluded` holds the shard's own images to leave out, as rows of the shard.
+    """
     store = ResponseStore(url, storage)
     _, table = next(store.iter_shards(columns, [shard]))
     values = combine_univariate(table, subjects, rois, plan)
@@ -42,7 +48,8 @@ def select_in_shard(
         train = [slot[s] for s in req.fold.train]
         u1 = train_average(values, train, roi_slot[req.pair[0]])
         u2 = train_average(values, train, roi_slot[req.pair[1]])
-        out.append(select_condition(u1, u2, req.beta1, req.beta2, req.condition, margin, n_images, offset))
+        out.append(select_condition(u1, u2, req.beta1, req.beta2, req.condition, margin, n_images, offset,
+                                    excluded=excluded))
     return out
 
 
@@ -63,12 +70,14 @@ def ray_selector(
 
     remote = ray.remote(num_cpus=num_cpus)(select_in_shard)
 
-    def select(requests: Sequence[SelectionRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
-        futures = [
-            remote.remote(store.url, storage, shard, int(images.offsets[j]), list(columns), plan,
-                          list(subjects), list(rois), list(requests), n_images, margin)
-            for j, shard in enumerate(images.shards)
-        ]
+    def select(requests: Sequence[SelectionRequest], excluded: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        excluded = np.asarray(excluded, dtype=np.int64)
+        futures = []
+        for j, shard in enumerate(images.shards):
+            lo, hi = int(images.offsets[j]), int(images.offsets[j + 1])
+            own = excluded[(excluded >= lo) & (excluded < hi)] - lo
+            futures.append(remote.remote(store.url, storage, shard, lo, list(columns), plan, list(subjects),
+                                         list(rois), list(requests), n_images, margin, own))
         per_shard = ray.get(futures)
         return [merge_top_k([parts[i] for parts in per_shard], n_images) for i in range(len(requests))]
 

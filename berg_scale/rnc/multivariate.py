@@ -5,6 +5,10 @@ lower triangles of two ROIs' train RSM sub-blocks. The sub-blocks come from unit
 patterns (see `patterns`): the train RSM is the mean of per-subject Grams, one
 (K x V)(V x K) product per subject, evaluated for all candidates of a generation in
 batched matrix products. Nothing depends on N except the gather of K rows.
+
+The search and the null draw their batches among a pool of usable images (those with
+finite patterns, see `finite`) when one is given: draws are made as positions
+0..len(pool)-1 and mapped through the sorted pool, so batches stay sorted.
 """
 
 from __future__ import annotations
@@ -152,15 +156,24 @@ def genetic_search(
     params: GAParams = GAParams(),
     rng: np.random.Generator | None = None,
     log: Callable[[int, float], None] | None = None,
+    images: np.ndarray | None = None,
 ) -> GAResult:
     """The published GA: mutants of every parent, as many immigrants, truncation to P.
 
     Candidates are [parents, mutants, immigrants] in that order and the stable sort
     keeps earlier candidates on ties, so selection is deterministic and elitist (the
-    parents' cached scores compete with their offspring).
+    parents' cached scores compete with their offspring). With `images` (sorted image
+    numbers) the search runs over those images only; `n_images` must be their count.
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
+    if images is not None:
+        pool = np.asarray(images, dtype=np.int64)
+        if pool.size != n_images:
+            raise ValueError(f"n_images is {n_images} but {pool.size} images are given")
+        result = genetic_search(lambda batches: score(pool[batches]), n_images, objective, params, rng, log)
+        return GAResult(objective, pool[result.best_batches], result.best_scores, pool[result.population],
+                        result.population_scores)
     rng = rng or np.random.default_rng(params.seed)
     k, p = params.batch_size, params.population
     sizes = mutation_sizes(k, params.mutation_fractions)[: params.mutants_per_parent]
@@ -199,17 +212,19 @@ class MultivariateNull:
 
     train: dict[int | None, np.ndarray]  # fold held-out subject (None = all) -> (B,)
     test: dict[int | None, np.ndarray]
-    n_images: int
+    n_images: int  # images the batches are drawn from
     batch_size: int
     seed: int
     chunk: int
+    pool: np.ndarray | None = field(default=None, repr=False)  # their image numbers (None: 0..n_images-1)
 
     def batch(self, b: int) -> np.ndarray:
         chunk_id, row = divmod(int(b), self.chunk)
         total = next(iter(self.train.values())).shape[0]
         count = min(self.chunk, total - chunk_id * self.chunk)
         rng = np.random.default_rng([self.seed, 3, chunk_id])
-        return sample_subsets(rng, self.n_images, self.batch_size, count)[row].astype(np.int64)
+        batch = sample_subsets(rng, self.n_images, self.batch_size, count)[row].astype(np.int64)
+        return batch if self.pool is None else self.pool[batch]
 
 
 def multivariate_null(
@@ -220,16 +235,20 @@ def multivariate_null(
     batch_size: int,
     seed: int,
     chunk: int = 2048,
+    pool: np.ndarray | None = None,
 ) -> MultivariateNull:
-    """Score `n_batches` random batches on every fold's train and test RSMs."""
-    n = roi1.n_images
+    """Score `n_batches` random batches (among `pool`, if given) on every fold's train and test RSMs."""
+    n = roi1.n_images if pool is None else int(pool.size)
     subjects = roi1.subjects
     train = {h: np.empty(n_batches, dtype=np.float32) for _, h in folds}
     test = {h: np.full(n_batches, np.nan, dtype=np.float32) for _, h in folds}
     for chunk_id, start in enumerate(range(0, n_batches, chunk)):
         count = min(chunk, n_batches - start)
         rng = np.random.default_rng([seed, 3, chunk_id])
-        batches = torch.as_tensor(sample_subsets(rng, n, batch_size, count), dtype=torch.long, device=roi1.device)
+        drawn = sample_subsets(rng, n, batch_size, count)
+        if pool is not None:
+            drawn = pool[drawn]
+        batches = torch.as_tensor(drawn, dtype=torch.long, device=roi1.device)
         t1 = per_subject_tril(roi1, batches)
         t2 = per_subject_tril(roi2, batches)
         for train_subjects, heldout in folds:
@@ -239,13 +258,23 @@ def multivariate_null(
             if heldout is not None:
                 h = subjects.index(heldout)
                 test[heldout][start : start + count] = rowwise_pearson(t1[h], t2[h]).cpu().numpy()
-    return MultivariateNull(train, test, n, batch_size, seed, chunk)
+    return MultivariateNull(train, test, n, batch_size, seed, chunk, pool)
 
 
 def choose_multivariate_baseline(null: MultivariateNull, heldout: int | None) -> tuple[int, float, float]:
-    """(batch number, train score, test score) of the batch nearest the train null mean."""
+    """(batch number, train score, test score) of the batch nearest the train null mean.
+
+    Batches whose score is undefined (every pattern in it constant, say) are left out
+    of the mean and never chosen; if no batch has a score the choice would be arbitrary,
+    so it is refused.
+    """
     train = null.train[heldout].astype(np.float64)
     finite = np.isfinite(train)
+    if not finite.any():
+        raise ConfigError(
+            "no random batch has a defined RSA score (all sub-RSM entries constant): "
+            "check that the voxel patterns vary across images"
+        )
     mu = float(train[finite].mean())
     b = int(np.argmin(np.where(finite, np.abs(train - mu), np.inf)))
     return b, float(train[b]), float(null.test[heldout][b])
@@ -255,8 +284,10 @@ def difference_null(test_null: np.ndarray, objective: str, n_iter: int) -> np.nd
     """Differences of disjoint slices of the saved test null (rnc.md 3.4).
 
     align: null[n:2n] - null[0:n]; disentangle: null[2n:3n] - null[0:n], with n the
-    requested iterations, capped at a third of the null's length.
+    requested iterations, capped at a third of the null's length. Differences involving
+    an undefined (NaN) score are dropped, so the p-value counts only defined draws.
     """
     n = min(n_iter, test_null.shape[0] // 3)
     other = test_null[n : 2 * n] if objective == "align" else test_null[2 * n : 3 * n]
-    return other.astype(np.float64) - test_null[:n].astype(np.float64)
+    diff = other.astype(np.float64) - test_null[:n].astype(np.float64)
+    return diff[np.isfinite(diff)]

@@ -1,4 +1,8 @@
-"""Multivariate RNC over folds and ROI pairs: GA runs, baselines and statistics (rnc.md 3.4)."""
+"""Multivariate RNC over folds and ROI pairs: GA runs, baselines and statistics (rnc.md 3.4).
+
+Images whose voxel pattern is not finite for any subject in any ROI of the study are
+left out of the search, the null and so of every statistic (see `finite`).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from berg_scale.rnc.finite import DEFAULT_MAX_EXCLUDED_FRACTION, Exclusions, column_label, find_exclusions
 from berg_scale.rnc.multivariate import (
     OBJECTIVES, GAParams, GAResult, PairScorer, choose_multivariate_baseline, difference_null,
-    genetic_search, multivariate_null,
+    genetic_search, multivariate_null, mutation_sizes,
 )
 from berg_scale.rnc.patterns import PatternSet
 from berg_scale.rnc.stats import benjamini_hochberg, binomial_tail, bootstrap_ci, permutation_p_value
+from berg_scale.rnc.streams import stream
 from berg_scale.rnc.univariate import Fold, make_folds
 
 
@@ -27,6 +33,7 @@ class MultivariateParams:
     chance: float = 0.05
     chunk: int | None = None
     log_every: int = 100
+    max_excluded_fraction: float = DEFAULT_MAX_EXCLUDED_FRACTION
 
 
 @dataclass
@@ -47,6 +54,19 @@ class MultivariateResult:
     baselines: list[dict]
     tests: list[dict] = field(default_factory=list)
     summary: list[dict] = field(default_factory=list)
+    exclusions: Exclusions | None = None  # images left out for non-finite patterns
+
+
+def pattern_exclusions(patterns: Mapping[str, PatternSet], rois: Sequence[str]) -> Exclusions:
+    """Images whose voxel pattern was not finite for some subject of some ROI."""
+    first = patterns[rois[0]]
+    labels, bad = [], {}
+    for subject in first.subjects:
+        for roi in rois:
+            label = column_label(subject, roi)
+            labels.append(label)
+            bad[label] = patterns[roi].nonfinite_rows(subject)
+    return find_exclusions(first.n_images, labels, bad)
 
 
 def run_multivariate(
@@ -59,21 +79,30 @@ def run_multivariate(
     """One GA run per (pair, fold, condition); baseline null per pair serves every fold.
 
     Each GA run starts from a fresh generator seeded with the study seed, as the
-    published scripts reset the seed per run.
+    published scripts reset the seed per run. Bootstrap streams are keyed by the pair's
+    ROI names and the condition, so a pair's results do not depend on the other pairs.
     """
     subjects = next(iter(patterns.values())).subjects
     folds = make_folds(subjects, cross_validation)
+    rois = sorted({r for pair in pairs for r in pair}, key=list(patterns).index)
+    exclusions = pattern_exclusions(patterns, rois)
+    log(exclusions.message("multivariate"))
+    sizes = mutation_sizes(params.ga.batch_size, params.ga.mutation_fractions)[: params.ga.mutants_per_parent]
+    exclusions.check("multivariate", params.max_excluded_fraction, params.ga.batch_size + max(sizes))
+    pool = exclusions.pool
+    n_used = exclusions.n_used
     runs: list[MultivariateRun] = []
     baselines: list[dict] = []
     tests: list[dict] = []
     summary: list[dict] = []
     seed = params.ga.seed
-    for pair_id, pair in enumerate(pairs):
+    for pair in pairs:
         p1, p2 = patterns[pair[0]], patterns[pair[1]]
         scorer = PairScorer(p1, p2, params.chunk)
         log(f"{pair[0]}-{pair[1]}: baseline null of {params.baseline_batches:,} batches")
         null = multivariate_null(
-            p1, p2, [(f.train, f.heldout) for f in folds], params.baseline_batches, params.ga.batch_size, seed
+            p1, p2, [(f.train, f.heldout) for f in folds], params.baseline_batches, params.ga.batch_size, seed,
+            pool=pool,
         )
         fold_baseline = {}
         for fold in folds:
@@ -82,7 +111,9 @@ def run_multivariate(
             baselines.append(
                 {"roi_1": pair[0], "roi_2": pair[1], "fold": fold.label, "heldout_subject": fold.heldout,
                  "batch": b, "images": null.batch(b), "train_score": train_score, "test_score": test_score,
-                 "null_train_mean": float(np.nanmean(null.train[fold.heldout]))}
+                 "null_train_mean": float(np.nanmean(null.train[fold.heldout])),
+                 "n_null_defined": int(np.isfinite(null.train[fold.heldout]).sum()),
+                 "n_images_used": n_used, "n_images_excluded": exclusions.n_excluded}
             )
         for fold in folds:
             for condition in params.conditions:
@@ -94,7 +125,7 @@ def run_multivariate(
 
                 search = genetic_search(
                     lambda batches, _t=fold.train: scorer.score(batches, _t),
-                    p1.n_images, condition, params.ga, np.random.default_rng(seed), report,
+                    n_used, condition, params.ga, np.random.default_rng(seed), report, images=pool,
                 )
                 test_scores = np.full(search.best_scores.shape, np.nan)
                 if fold.heldout is not None:
@@ -113,7 +144,8 @@ def run_multivariate(
                 rows.append(
                     {"roi_1": pair[0], "roi_2": pair[1], "condition": condition, "subject": fold.heldout,
                      "score": score, "baseline_score": fold_baseline[fold.heldout], "difference": delta,
-                     "p_value": permutation_p_value(diff_null, delta, direction), "n_null": int(diff_null.size)}
+                     "p_value": permutation_p_value(diff_null, delta, direction), "n_null": int(diff_null.size),
+                     "n_images_used": n_used, "n_images_excluded": exclusions.n_excluded}
                 )
             fdr = benjamini_hochberg(np.array([r["p_value"] for r in rows]), params.alpha)
             for r, q, sig in zip(rows, fdr.q_values, fdr.significant):
@@ -121,10 +153,10 @@ def run_multivariate(
             pair_tests.extend(rows)
         tests.extend(pair_tests)
         if cv_folds:
-            rng = np.random.default_rng([seed, 4, pair_id])
             for condition in params.conditions:
                 rows = [t for t in pair_tests if t["condition"] == condition]
                 table = np.array([[t["score"], t["baseline_score"], t["difference"]] for t in rows])
+                rng = stream(seed, "multivariate bootstrap", pair[0], pair[1], condition)
                 low, high = bootstrap_ci(table, params.n_bootstrap, rng)
                 k = int(sum(t["significant"] for t in rows))
                 summary.append(
@@ -134,4 +166,5 @@ def run_multivariate(
                      "difference_ci": [float(low[2]), float(high[2])], "n_subjects": len(rows),
                      "n_significant": k, "binomial_p": binomial_tail(k, len(rows), params.chance)}
                 )
-    return MultivariateResult(params, tuple(subjects), [tuple(p) for p in pairs], runs, baselines, tests, summary)
+    return MultivariateResult(params, tuple(subjects), [tuple(p) for p in pairs], runs, baselines, tests, summary,
+                              exclusions)

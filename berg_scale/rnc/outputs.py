@@ -1,7 +1,9 @@
 """RNC result tables (Parquet) and the JSON summary, written through fsspec.
 
 Each controlling or baseline image is one row carrying its WebDataset key, shard and
-position, so results can be joined back to the stimuli and the responses.
+position, so results can be joined back to the stimuli and the responses. Images left
+out for non-finite responses are listed the same way in `excluded.parquet`, with the
+columns where their values were not finite.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from berg_scale.rnc.finite import Exclusions
 from berg_scale.rnc.multivariate_study import MultivariateResult
 from berg_scale.rnc.responses import ImageIndex, ResponseStore
 from berg_scale.rnc.univariate import UnivariateResult
@@ -33,8 +36,32 @@ class KeyResolver:
         return self._rows[int(image)]
 
 
+EXCLUDED_SCHEMA = pa.schema([
+    ("image", pa.int64()), ("key", pa.string()), ("shard", pa.string()), ("index", pa.int64()),
+    ("nonfinite_columns", pa.list_(pa.string())), ("n_images", pa.int64()), ("n_images_excluded", pa.int64()),
+])
+
+
+def excluded_table(exclusions: Exclusions | None, keys: KeyResolver) -> pa.Table:
+    """One row per image left out, with the columns where its responses were not finite."""
+    rows = []
+    if exclusions is not None:
+        for row, image in enumerate(exclusions.excluded):
+            key, shard, index = keys(image)
+            rows.append({"image": int(image), "key": key, "shard": shard, "index": index,
+                         "nonfinite_columns": exclusions.columns_of(row), "n_images": exclusions.n_images,
+                         "n_images_excluded": exclusions.n_excluded})
+    return pa.Table.from_pylist(rows, schema=EXCLUDED_SCHEMA)
+
+
+def excluded_images(exclusions: Exclusions | None) -> list[int]:
+    return [] if exclusions is None else [int(i) for i in exclusions.excluded]
+
+
 def univariate_tables(result: UnivariateResult, keys: KeyResolver) -> dict[str, pa.Table]:
     seed = result.params.seed
+    used = result.exclusions.n_used if result.exclusions else None
+    n_excluded = result.exclusions.n_excluded if result.exclusions else 0
     controlling = []
     for sel in result.selections:
         for rank, image in enumerate(sel.images):
@@ -53,7 +80,7 @@ def univariate_tables(result: UnivariateResult, keys: KeyResolver) -> dict[str, 
                 {"roi": base.roi, "fold": base.fold.label, "heldout_subject": base.fold.heldout, "cv": base.fold.cv,
                  "rank": rank + 1, "image": int(image), "key": key, "shard": shard, "index": index,
                  "batch": base.batch_index, "baseline_train": base.score_train, "baseline_test": base.score_test,
-                 "null_mean": base.null_mean, "seed": seed}
+                 "null_mean": base.null_mean, "n_images_used": used, "n_images_excluded": n_excluded, "seed": seed}
             )
     tests = [dict(t, seed=seed) for t in result.tests]
     return {
@@ -61,6 +88,7 @@ def univariate_tables(result: UnivariateResult, keys: KeyResolver) -> dict[str, 
         "baselines": pa.Table.from_pylist(baselines),
         "tests": pa.Table.from_pylist(tests),
         "correlations": pa.Table.from_pylist(result.correlations),
+        "excluded": excluded_table(result.exclusions, keys),
     }
 
 
@@ -94,6 +122,7 @@ def multivariate_tables(result: MultivariateResult, keys: KeyResolver) -> dict[s
         "controlling": pa.Table.from_pylist(controlling),
         "baselines": pa.Table.from_pylist(baselines),
         "tests": pa.Table.from_pylist([dict(t, seed=seed) for t in result.tests]),
+        "excluded": excluded_table(result.exclusions, keys),
     }
 
 

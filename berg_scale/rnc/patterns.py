@@ -5,11 +5,15 @@ z = (y - mean(y)) / ||y - mean(y)||. The averaged RSM of several subjects is the
 mean of per-subject Gram matrices, so a batch's 50 x 50 sub-RSM costs one small GEMM
 per subject and no N x N matrix ever exists. Memory is N x D per ROI; bf16 or fp16
 storage halves it (products are accumulated in float32).
+
+An image whose filtered voxel pattern holds a NaN or an infinity (or whose norm
+overflows float32) has no defined correlation with any other: its row is stored as
+zeros and recorded, so that the analysis can leave the image out (see `finite`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -26,11 +30,21 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def unit_patterns(y: torch.Tensor) -> torch.Tensor:
-    """Rows centred and scaled to unit norm (float32); constant rows become zeros."""
+    """Rows centred and scaled to unit norm (float32); constant and non-finite rows become zeros."""
+    return normalise_patterns(y)[0]
+
+
+def normalise_patterns(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unit rows, whether each row was finite): constant rows become zeros, and so do rows
+    with a NaN or infinite value or a norm beyond float32 (flagged False)."""
     y = y.to(torch.float32)
+    finite = torch.isfinite(y).all(dim=1)
+    y = torch.where(finite[:, None], y, torch.zeros_like(y))
     y = y - y.mean(dim=1, keepdim=True)
     norm = torch.linalg.vector_norm(y, dim=1, keepdim=True)
-    return torch.where(norm > 0, y / norm.clamp_min(1e-30), torch.zeros_like(y))
+    finite &= torch.isfinite(norm[:, 0]) & torch.isfinite(y).all(dim=1)
+    unit = torch.where((norm > 0) & finite[:, None], y / norm.clamp_min(1e-30), torch.zeros_like(y))
+    return unit, finite
 
 
 @dataclass
@@ -39,6 +53,8 @@ class PatternSet:
 
     subjects: tuple[int, ...]
     blocks: list[torch.Tensor]
+    # subject -> image numbers whose pattern was not finite or overflowed (their rows hold zeros)
+    nonfinite: dict[int, list[np.ndarray]] = field(default_factory=dict)
 
     @property
     def n_images(self) -> int:
@@ -54,6 +70,18 @@ class PatternSet:
 
     def block(self, subject: int) -> torch.Tensor:
         return self.blocks[self.subjects.index(subject)]
+
+    def nonfinite_rows(self, subject: int) -> np.ndarray:
+        """Sorted image numbers of `subject` whose voxel pattern was not finite."""
+        parts = self.nonfinite.get(subject, [])
+        return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+    def _store(self, subject: int, start: int, raw: torch.Tensor, out: torch.Tensor) -> None:
+        unit, finite = normalise_patterns(raw)
+        if not bool(finite.all()):
+            rows = torch.nonzero(~finite).flatten().cpu().numpy().astype(np.int64) + start
+            self.nonfinite.setdefault(subject, []).append(rows)
+        out[start : start + unit.shape[0]] = unit.to(out.dtype)
 
     @classmethod
     def allocate(
@@ -73,8 +101,7 @@ class PatternSet:
     def fill(self, subject: int, start: int, raw: np.ndarray | torch.Tensor) -> None:
         """Normalise raw voxel responses of images start.. and store them."""
         block = self.block(subject)
-        piece = torch.as_tensor(raw).to(block.device)
-        block[start : start + piece.shape[0]] = unit_patterns(piece).to(block.dtype)
+        self._store(subject, start, torch.as_tensor(raw).to(block.device), block)
 
     @classmethod
     def from_arrays(
@@ -88,13 +115,11 @@ class PatternSet:
         """Normalise raw voxel responses chunk by chunk into preallocated storage."""
         device = resolve_device(device) if isinstance(device, str) else device
         dtype = STORAGE_DTYPES[storage]
-        blocks = []
-        for array in arrays:
-            out = torch.empty(array.shape, dtype=dtype, device=device)
+        if len({np.shape(a)[0] for a in arrays}) != 1:
+            raise ValueError("every subject's patterns must cover the same images")
+        patterns = cls(tuple(subjects), [torch.empty(np.shape(a), dtype=dtype, device=device) for a in arrays])
+        for subject, array, out in zip(patterns.subjects, arrays, patterns.blocks):
             for start in range(0, array.shape[0], chunk):
                 piece = torch.from_numpy(np.ascontiguousarray(array[start : start + chunk])).to(device)
-                out[start : start + chunk] = unit_patterns(piece).to(dtype)
-            blocks.append(out)
-        if len({b.shape[0] for b in blocks}) != 1:
-            raise ValueError("every subject's patterns must cover the same images")
-        return cls(tuple(subjects), blocks)
+                patterns._store(subject, start, piece, out)
+        return patterns

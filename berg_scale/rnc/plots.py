@@ -37,10 +37,15 @@ def scatter_figure(
     max_points: int = 20_000,
     seed: int = 0,
 ) -> Figure:
-    """All images (subsampled when many) in the ROI-1 x ROI-2 plane, with the four sets."""
+    """All images (subsampled when many) in the ROI-1 x ROI-2 plane, with the four sets.
+
+    Images without finite responses (left out of the study) are not drawn.
+    """
     fig, ax = plt.subplots(figsize=(6, 6))
-    n = u1.shape[0]
-    shown = np.arange(n) if n <= max_points else np.random.default_rng(seed).choice(n, max_points, replace=False)
+    drawable = np.flatnonzero(np.isfinite(u1) & np.isfinite(u2))
+    n = drawable.size
+    shown = drawable if n <= max_points else np.sort(
+        drawable[np.random.default_rng(seed).choice(n, max_points, replace=False)])
     label = "images" if shown.size == n else f"images ({shown.size:,} of {n:,})"
     ax.scatter(u1[shown], u2[shown], s=3, c="0.75", linewidths=0, label=label, rasterized=True)
     for condition, images in controlling.items():

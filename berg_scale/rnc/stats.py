@@ -18,8 +18,11 @@ def permutation_p_value(null: np.ndarray, observed: float, direction: str) -> fl
     """p = (#{null beats observed} + 1) / (n + 1); "beats" is > for "greater", < for "less".
 
     The +1 counts the observed statistic as one draw of the null, so p is never 0.
+    Undefined (NaN) draws of the null are dropped and n counts the rest: counted as
+    "not beating", they would make p too small.
     """
     null = np.asarray(null)
+    null = null[np.isfinite(null)]
     if not np.isfinite(observed) or null.size == 0:
         return float("nan")
     if direction == "greater":

@@ -10,12 +10,16 @@ import posixpath
 import time
 from typing import Callable, Sequence
 
+import numpy as np
+
 from berg_scale import __version__
 from berg_scale.io.storage import filesystem_for
 from berg_scale.rnc.config import StudyConfig, parse_config
 from berg_scale.rnc.multivariate import GAParams
 from berg_scale.rnc.multivariate_study import MultivariateParams, MultivariateResult, run_multivariate
-from berg_scale.rnc.outputs import KeyResolver, multivariate_tables, univariate_tables, write_json, write_tables
+from berg_scale.rnc.outputs import (
+    KeyResolver, excluded_images, multivariate_tables, univariate_tables, write_json, write_tables,
+)
 from berg_scale.rnc.responses import ResponseStore
 from berg_scale.rnc.univariate import CONDITIONS, UnivariateParams, UnivariateResult, run_univariate, train_average
 
@@ -75,7 +79,7 @@ def _univariate(config, store, storage, fs, out_root, rois, pairs, summary, log)
     params = UnivariateParams(
         n_images=u.n_images, margin=u.margin, baseline_batches=u.baseline_batches,
         baseline_batch_size=u.baseline_batch_size, n_bootstrap=u.n_bootstrap, n_permutations=u.n_permutations,
-        alpha=u.alpha, chance=u.chance, seed=config.seed,
+        alpha=u.alpha, chance=u.chance, seed=config.seed, max_excluded_fraction=config.max_excluded_fraction,
     )
     selector = None
     if u.distributed:
@@ -88,13 +92,14 @@ def _univariate(config, store, storage, fs, out_root, rois, pairs, summary, log)
     result = run_univariate(data.values, data.subjects, data.rois, pairs, params, config.cross_validation,
                             selector, log)
     wanted = [i for s in result.selections for i in s.images] + [i for b in result.baselines for i in b.images]
-    keys = KeyResolver(store, data.images, wanted)
+    keys = KeyResolver(store, data.images, wanted + excluded_images(result.exclusions))
     directory = posixpath.join(out_root, "univariate")
     summary["outputs"] += write_tables(fs, directory, univariate_tables(result, keys))
     if config.plots.enabled:
         summary["outputs"] += _univariate_plots(config, data, result, keys, fs, directory, storage)
     return {
         "params": params.__dict__,
+        "exclusions": result.exclusions.summary(),
         "baselines": [
             {"roi": b.roi, "fold": b.fold.label, "score_train": b.score_train, "score_test": b.score_test,
              "null_mean": b.null_mean, "batch": b.batch_index}
@@ -116,9 +121,12 @@ def _univariate_plots(config, data, result: UnivariateResult, keys, fs, director
     written = []
     slot = {s: i for i, s in enumerate(data.subjects)}
     all_slots = [slot[s] for s in data.subjects]
+    excluded = result.exclusions.excluded if result.exclusions else np.empty(0, np.int64)
     for pair in result.pairs:
         u1 = train_average(data.values, all_slots, data.roi_index(pair[0]))
         u2 = train_average(data.values, all_slots, data.roi_index(pair[1]))
+        u1[excluded] = np.nan  # left out of the study, so not drawn
+        u2[excluded] = np.nan
         sets = {s.condition: s.images for s in result.selections if s.fold.heldout is None and s.pair == pair}
         base = {b.roi: b for b in result.baselines if b.fold.heldout is None and b.roi in pair}
         fig = scatter_figure(u1, u2, pair, sets, (base[pair[0]].score_train, base[pair[1]].score_train),
@@ -170,18 +178,20 @@ def _multivariate(config, store, fs, out_root, rois, pairs, summary, log) -> dic
                     mutants_per_parent=m.mutants_per_parent, seed=config.seed),
         conditions=tuple(m.conditions), baseline_batches=m.baseline_batches, n_bootstrap=m.n_bootstrap,
         n_permutations=m.n_permutations, alpha=m.alpha, chance=m.chance, chunk=m.chunk, log_every=m.log_every,
+        max_excluded_fraction=config.max_excluded_fraction,
     )
     result = run_multivariate(patterns, pairs, params, config.cross_validation, log)
     wanted = [i for r in result.runs for i in r.search.best_batches[-1]] + [
         i for b in result.baselines for i in b["images"]
     ]
-    keys = KeyResolver(store, images, wanted)
+    keys = KeyResolver(store, images, wanted + excluded_images(result.exclusions))
     directory = posixpath.join(out_root, "multivariate")
     summary["outputs"] += write_tables(fs, directory, multivariate_tables(result, keys))
     if config.plots.enabled:
         summary["outputs"] += _multivariate_plots(config, result, keys, fs, directory)
     return {
         "device": str(device),
+        "exclusions": result.exclusions.summary(),
         "final": [
             {"roi_1": r.pair[0], "roi_2": r.pair[1], "condition": r.condition, "fold": r.fold.label,
              "train_score": float(r.search.best_scores[-1]), "test_score": float(r.test_scores[-1])}

@@ -5,6 +5,9 @@ ROI r, held as one (N, S, R) float32 array: memory is linear in N x readouts and
 step is quadratic in N. Random batches are O(k) each (see `sampling`), and the
 permutation tests are O(k) per iteration because permuting all N images only matters
 through where the few controlling and baseline images land.
+
+Images with a NaN or infinite response in any column the study reads are left out of
+every step (see `finite`); random draws are made among the used images only.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from berg_scale.rnc.finite import DEFAULT_MAX_EXCLUDED_FRACTION, Exclusions, univariate_exclusions
 from berg_scale.rnc.sampling import sample_injection, sample_subsets
 from berg_scale.rnc.stats import benjamini_hochberg, binomial_tail, bootstrap_ci, pearson_r, permutation_p_value
+from berg_scale.rnc.streams import stream
 
 # condition name -> (sign for ROI 1, sign for ROI 2); +1 = "high", -1 = "low".
 # Every condition ranks by s1*U1 + s2*U2, descending, which is the published ranking
@@ -67,6 +72,7 @@ class UnivariateParams:
     alpha: float = 0.05
     chance: float = 0.05
     seed: int = 20200220
+    max_excluded_fraction: float = DEFAULT_MAX_EXCLUDED_FRACTION
 
 
 # -- train averages -----------------------------------------------------------------
@@ -104,32 +110,47 @@ class BaselineNull:
     """
 
     batch_means: np.ndarray  # float32 (B, S, R)
-    n_images: int
+    n_images: int  # images the batches are drawn from
     batch_size: int
     seed: int
     chunk: int = BASELINE_CHUNK
+    pool: np.ndarray | None = field(default=None, repr=False)  # their image numbers (None: 0..n_images-1)
 
     def batch(self, b: int) -> np.ndarray:
         chunk_id, row = divmod(int(b), self.chunk)
         count = min(self.chunk, self.batch_means.shape[0] - chunk_id * self.chunk)
         rng = np.random.default_rng([self.seed, chunk_id])
-        return sample_subsets(rng, self.n_images, self.batch_size, count)[row].astype(np.int64)
+        batch = sample_subsets(rng, self.n_images, self.batch_size, count)[row].astype(np.int64)
+        return batch if self.pool is None else self.pool[batch]
 
 
 def baseline_null(
-    values: np.ndarray, n_batches: int, batch_size: int, seed: int, chunk: int = BASELINE_CHUNK
+    values: np.ndarray, n_batches: int, batch_size: int, seed: int, chunk: int = BASELINE_CHUNK,
+    pool: np.ndarray | None = None,
 ) -> BaselineNull:
-    """Score `n_batches` uniform random batches on every subject and ROI at once."""
+    """Score `n_batches` uniform random batches on every subject and ROI at once.
+
+    Batches are drawn among `pool` (sorted image numbers; None = all images). Each
+    batch mean is accumulated in float64 over the batch positions in a fixed order, so
+    a column's null does not depend on which other subjects or ROIs share the array
+    (numpy's own reductions pick their summation order from the array's layout).
+    """
     n, s, r = values.shape
+    n_pool = n if pool is None else int(pool.size)
     flat = values.reshape(n, s * r)
     means = np.empty((n_batches, s * r), dtype=np.float32)
     for chunk_id, start in enumerate(range(0, n_batches, chunk)):
         count = min(chunk, n_batches - start)
         rng = np.random.default_rng([seed, chunk_id])
-        batches = sample_subsets(rng, n, batch_size, count)
+        batches = sample_subsets(rng, n_pool, batch_size, count)
+        if pool is not None:
+            batches = pool[batches]
         gathered = np.take(flat, batches.ravel(), axis=0).reshape(count, batch_size, s * r)
-        means[start : start + count] = gathered.sum(axis=1) / batch_size
-    return BaselineNull(means.reshape(n_batches, s, r), n, batch_size, seed, chunk)
+        acc = gathered[:, 0].astype(np.float64)
+        for j in range(1, batch_size):
+            acc += gathered[:, j]
+        means[start : start + count] = acc / batch_size
+    return BaselineNull(means.reshape(n_batches, s, r), n_pool, batch_size, seed, chunk, pool)
 
 
 @dataclass(frozen=True)
@@ -148,8 +169,21 @@ def choose_baseline(
     null: BaselineNull, values: np.ndarray, subject_slots: Sequence[int], heldout_slot: int | None,
     roi_slot: int, roi: str, fold: Fold,
 ) -> Baseline:
-    """The batch whose train mean is closest to the mean of the train null (first on ties)."""
-    train_null = null.batch_means[:, list(subject_slots), roi_slot].astype(np.float64).mean(axis=1)
+    """The batch whose train mean is closest to the mean of the train null (first on ties).
+
+    Every batch mean must be finite: the null is drawn among images with finite
+    responses, and a NaN here would silently make batch 0 the baseline.
+    """
+    slots = list(subject_slots)
+    train_null = null.batch_means[:, slots[0], roi_slot].astype(np.float64)
+    for slot in slots[1:]:  # fixed order: the same sum whatever the array holds besides
+        train_null = train_null + null.batch_means[:, slot, roi_slot]
+    train_null /= len(slots)
+    if not np.isfinite(train_null).all():
+        raise ValueError(
+            f"baseline null of {roi} has non-finite batch means: draw it among images with finite "
+            "responses (pool=, as run_univariate does)"
+        )
     mu = float(train_null.mean())
     b = int(np.argmin(np.abs(train_null - mu)))
     images = null.batch(b)
@@ -193,11 +227,18 @@ def _eligible(u1, u2, beta1, beta2, s1, s2, margin) -> np.ndarray:
 
 def select_condition(
     u1: np.ndarray, u2: np.ndarray, beta1: float, beta2: float, condition: str, margin: float, k: int,
-    offset: int = 0,
+    offset: int = 0, excluded: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`top_k(*condition_scores(...))`, scoring only the eligible images (same values)."""
+    """`top_k(*condition_scores(...))`, scoring only the eligible images (same values).
+
+    `excluded` (positions in u1/u2) are never eligible: an image with an infinite
+    response would otherwise top every "high" ranking.
+    """
     s1, s2 = CONDITIONS[condition]
-    candidates = np.flatnonzero(_eligible(u1, u2, beta1, beta2, s1, s2, margin))
+    eligible = _eligible(u1, u2, beta1, beta2, s1, s2, margin)
+    if excluded is not None and excluded.size:
+        eligible[excluded] = False
+    candidates = np.flatnonzero(eligible)
     score = s1 * u1[candidates] + s2 * u2[candidates]
     chosen, scores = top_k(score, np.ones(candidates.size, dtype=bool), k)
     return candidates[chosen] + offset, scores
@@ -232,6 +273,7 @@ def permutation_null(
     contrasts: Sequence[tuple[int, int]],
     n_iter: int,
     chunk: int = 10_000,
+    pool: np.ndarray | None = None,
 ) -> np.ndarray:
     """Null of mean(group a) - mean(group b) under one shared permutation of all images.
 
@@ -239,15 +281,18 @@ def permutation_null(
     union of the groups matter, and a uniform permutation maps them to a uniform
     random injection into range(N), which costs O(k) per iteration. Each contrast
     (a, b, column) uses its own ROI column: contrasts[j] = (group a, group b) evaluated
-    on column j. Returns (n_iter, len(contrasts)).
+    on column j. Returns (n_iter, len(contrasts)). With `pool` (sorted image numbers)
+    the permutation is of the pool's images only: the groups land among them.
     """
-    n = u.shape[0]
+    n = u.shape[0] if pool is None else int(pool.size)
     union = np.unique(np.concatenate([np.asarray(g, dtype=np.int64) for g in groups]))
     slots = [np.searchsorted(union, np.asarray(g, dtype=np.int64)) for g in groups]
     out = np.empty((n_iter, len(contrasts)))
     for start in range(0, n_iter, chunk):
         count = min(chunk, n_iter - start)
         landed = sample_injection(rng, n, union.size, count).astype(np.int64)
+        if pool is not None:
+            landed = pool[landed]
         for j, (a, b) in enumerate(contrasts):
             col = u[:, j]
             mean_a = col[landed[:, slots[a]]].astype(np.float64).mean(axis=1)
@@ -267,6 +312,7 @@ class UnivariateResult:
     tests: list[dict]  # per (pair, condition, roi, held-out subject)
     summary: list[dict]  # per (pair, condition, roi): CI, k significant, binomial p
     correlations: list[dict]  # per (pair, subject): Pearson r
+    exclusions: Exclusions | None = None  # images left out for non-finite responses
 
 
 @dataclass(frozen=True)
@@ -280,7 +326,8 @@ class SelectionRequest:
     beta2: float
 
 
-Selector = Callable[[Sequence[SelectionRequest]], list[tuple[np.ndarray, np.ndarray]]]
+# (requests, sorted image numbers to leave out) -> per request (image numbers, scores)
+Selector = Callable[[Sequence[SelectionRequest], np.ndarray], list[tuple[np.ndarray, np.ndarray]]]
 
 
 def in_memory_selector(
@@ -290,7 +337,7 @@ def in_memory_selector(
     slot = {s: i for i, s in enumerate(subjects)}
     roi_slot = {r: i for i, r in enumerate(rois)}
 
-    def select(requests: Sequence[SelectionRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def select(requests: Sequence[SelectionRequest], excluded: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
         cache: dict[tuple, np.ndarray] = {}
         for req in requests:
@@ -303,7 +350,7 @@ def in_memory_selector(
                     cache[key] = train_average(values, [slot[s] for s in req.fold.train], roi_slot[roi])
                 averages.append(cache[key])
             out.append(select_condition(averages[0], averages[1], req.beta1, req.beta2, req.condition, margin,
-                                        n_images))
+                                        n_images, excluded=excluded))
         return out
 
     return select
@@ -321,18 +368,24 @@ def run_univariate(
 ) -> UnivariateResult:
     """Univariate RNC for every fold and ROI pair, with the cv=1 statistics.
 
-    Order of work: the baseline null (needs every image), then each fold's baselines,
-    then all top-k selections in one call of `selector` (in memory by default; the
-    distributed path filters and ranks per shard and merges exactly).
+    Order of work: the images with finite responses in every (subject, pair ROI), then
+    the baseline null (needs all of them), then each fold's baselines, then all top-k
+    selections in one call of `selector` (in memory by default; the distributed path
+    filters and ranks per shard and merges exactly). Every step uses only the images
+    with finite responses; too many without them is a NonFiniteResponsesError.
     """
     subjects = tuple(subjects)
     rois = tuple(rois)
     slot = {s: i for i, s in enumerate(subjects)}
     roi_slot = {r: i for i, r in enumerate(rois)}
     folds = make_folds(subjects, cross_validation)
-    log(f"baseline null: {params.baseline_batches:,} batches of {params.baseline_batch_size}")
-    null = baseline_null(values, params.baseline_batches, params.baseline_batch_size, params.seed)
     needed_rois = sorted({r for pair in pairs for r in pair}, key=rois.index)
+    exclusions = univariate_exclusions(values, subjects, needed_rois, [roi_slot[r] for r in needed_rois])
+    log(exclusions.message("univariate"))
+    exclusions.check("univariate", params.max_excluded_fraction, max(params.baseline_batch_size, 1))
+    pool = exclusions.pool
+    log(f"baseline null: {params.baseline_batches:,} batches of {params.baseline_batch_size}")
+    null = baseline_null(values, params.baseline_batches, params.baseline_batch_size, params.seed, pool=pool)
 
     baselines: list[Baseline] = []
     requests: list[SelectionRequest] = []
@@ -349,25 +402,30 @@ def run_univariate(
     selector = selector or in_memory_selector(values, subjects, rois, params.n_images, params.margin)
     log(f"selecting {len(requests)} controlling sets")
     selections: list[Selection] = []
-    for req, (images, scores) in zip(requests, selector(requests)):
+    for req, (images, scores) in zip(requests, selector(requests, exclusions.excluded)):
         train_slots = [slot[s] for s in req.fold.train]
         u1 = train_average(values[images], train_slots, roi_slot[req.pair[0]])
         u2 = train_average(values[images], train_slots, roi_slot[req.pair[1]])
         selections.append(Selection(req.fold, req.pair, req.condition, images, scores, u1, u2))
 
     log("statistics")
-    tests, summary = _statistics(values, subjects, rois, pairs, params, folds, baselines, selections)
+    tests, summary = _statistics(values, subjects, rois, pairs, params, folds, baselines, selections, pool)
+    for row in tests:
+        row["n_images_used"], row["n_images_excluded"] = exclusions.n_used, exclusions.n_excluded
+    rows = slice(None) if pool is None else pool
     correlations = [
         {
             "roi_1": p[0],
             "roi_2": p[1],
             "subject": s,
-            "pearson_r": pearson_r(values[:, slot[s], roi_slot[p[0]]], values[:, slot[s], roi_slot[p[1]]]),
+            "pearson_r": pearson_r(values[rows, slot[s], roi_slot[p[0]]], values[rows, slot[s], roi_slot[p[1]]]),
+            "n_images": exclusions.n_used,
         }
         for p in pairs
         for s in subjects
     ]
-    return UnivariateResult(params, subjects, rois, [tuple(p) for p in pairs], baselines, selections, tests, summary, correlations)
+    return UnivariateResult(params, subjects, rois, [tuple(p) for p in pairs], baselines, selections, tests, summary,
+                            correlations, exclusions)
 
 
 def _statistics(
@@ -379,8 +437,14 @@ def _statistics(
     folds: list[Fold],
     baselines: list[Baseline],
     selections: list[Selection],
+    pool: np.ndarray | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Held-out test scores, permutation p-values, BH within subject, CIs and binomial tests."""
+    """Held-out test scores, permutation p-values, BH within subject, CIs and binomial tests.
+
+    Each permutation null and each bootstrap has its own stream, keyed by the pair's ROI
+    names, the subject, the condition and the ROI: a pair's statistics do not change when
+    other pairs are added to the study or the pairs are reordered.
+    """
     slot = {s: i for i, s in enumerate(subjects)}
     roi_slot = {r: i for i, r in enumerate(rois)}
     base = {(b.fold.heldout, b.roi): b for b in baselines}
@@ -388,12 +452,12 @@ def _statistics(
     tests: list[dict] = []
     summary: list[dict] = []
     cv_folds = [f for f in folds if f.heldout is not None]
-    for pair_id, pair in enumerate(pairs):
+    for pair in pairs:
         for fold in cv_folds:
             h = slot[fold.heldout]
             u = np.stack([values[:, h, roi_slot[pair[0]]], values[:, h, roi_slot[pair[1]]]], axis=1)
             rows = []
-            for cond_id, condition in enumerate(CONDITIONS):
+            for condition in CONDITIONS:
                 sel = chosen[(fold.heldout, tuple(pair), condition)]
                 base_sets = [base[(fold.heldout, r)].images for r in pair]
                 observed = []
@@ -403,9 +467,10 @@ def _statistics(
                     observed.append((float(ctrl), float(bscore)))
                 p_values = [float("nan"), float("nan")]
                 if sel.images.size and params.n_permutations > 0:
-                    rng = np.random.default_rng([params.seed, 1, pair_id, fold.heldout, cond_id])
+                    rng = stream(params.seed, "univariate permutation", pair[0], pair[1], fold.heldout, condition)
                     null = permutation_null(
-                        rng, u, [sel.images, base_sets[0], base_sets[1]], [(0, 1), (0, 2)], params.n_permutations
+                        rng, u, [sel.images, base_sets[0], base_sets[1]], [(0, 1), (0, 2)], params.n_permutations,
+                        pool=pool,
                     )
                     signs = CONDITIONS[condition]
                     for j in range(2):
@@ -428,12 +493,12 @@ def _statistics(
             tests.extend(rows)
         if not cv_folds:
             continue
-        ci_rng = np.random.default_rng([params.seed, 2, pair_id])
         for condition in CONDITIONS:
             for roi in pair:
                 rows = [t for t in tests if t["roi_1"] == pair[0] and t["roi_2"] == pair[1]
                         and t["condition"] == condition and t["roi"] == roi]
                 table = np.array([[t["score"], t["baseline_score"], t["difference"]] for t in rows])
+                ci_rng = stream(params.seed, "univariate bootstrap", pair[0], pair[1], condition, roi)
                 low, high = bootstrap_ci(table, params.n_bootstrap, ci_rng)
                 k = sum(t["significant"] for t in rows)
                 summary.append(

@@ -23,6 +23,9 @@ def test_ray_selection_equals_in_memory_selection(tmp_path, ray_session):
         for r, roi in enumerate(("V1", "hV4")):
             # values on a 0.05 grid: many exact ties across shards test the tie-break
             columns[mean_column(MODEL, s, roi)] = np.round(latent[:, r] + 0.3 * rng.normal(size=n), 1) / 2
+    # non-finite responses in ok rows of two shards: an infinity would top every "high" ranking
+    columns[mean_column(MODEL, 2, "V1")][[40, 2600]] = [np.inf, np.nan]
+    columns[mean_column(MODEL, 3, "hV4")][2601] = -np.inf
     write_synthetic_output(str(tmp_path), columns, n_shards=7, error_rows=[3, 1500], uncommitted_shards=[2])
     store = ResponseStore(str(tmp_path))
     data = store.read_univariate(MODEL, subjects, ["V1", "hV4"])
@@ -41,6 +44,9 @@ def test_ray_selection_equals_in_memory_selection(tmp_path, ray_session):
         n_ties += len(a.rank_scores) - len(np.unique(a.rank_scores))
     assert n_ties > 0  # the case exercises tie-breaking
     assert reference.tests == distributed.tests
+    excluded = reference.exclusions.excluded
+    assert excluded.size == 3 and reference.exclusions.by_column() == {"sub-02/V1": 2, "sub-03/hV4": 1}
+    assert not np.isin(np.concatenate([s.images for s in distributed.selections]), excluded).any()
 
 
 @pytest.mark.ray
