@@ -12,7 +12,7 @@ from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from berg_scale.config import load_validated
+from berg_scale.config import Bool, Float, Int, load_validated
 from berg_scale.errors import ConfigError
 from berg_scale.io.storage import StorageOptions
 
@@ -26,49 +26,49 @@ class _Strict(BaseModel):
 class StorageConfig(_Strict):
     endpoint_url: str | None = None
     region: str | None = None
-    anon: bool = False
+    anon: Bool = False
 
     def options(self) -> StorageOptions:
         return StorageOptions(endpoint_url=self.endpoint_url, region=self.region, anon=self.anon)
 
 
 class UnivariateConfig(_Strict):
-    enabled: bool = True
-    n_images: int = Field(25, ge=1)
-    margin: float = Field(0.04, ge=0)
-    baseline_batches: int = Field(1_000_000, ge=1)
-    baseline_batch_size: int = Field(25, ge=1)
-    n_bootstrap: int = Field(100_000, ge=0)
-    n_permutations: int = Field(100_000, ge=0)
-    alpha: float = Field(0.05, gt=0, lt=1)
-    chance: float = Field(0.05, gt=0, lt=1)
-    distributed: bool = False
+    enabled: Bool = True
+    n_images: Int = Field(25, ge=1)
+    margin: Float = Field(0.04, ge=0)
+    baseline_batches: Int = Field(1_000_000, ge=1)
+    baseline_batch_size: Int = Field(25, ge=1)
+    n_bootstrap: Int = Field(100_000, ge=0)
+    n_permutations: Int = Field(100_000, ge=0)
+    alpha: Float = Field(0.05, gt=0, lt=1)
+    chance: Float = Field(0.05, gt=0, lt=1)
+    distributed: Bool = False
 
 
 class MultivariateConfig(_Strict):
-    enabled: bool = False
+    enabled: Bool = False
     conditions: list[Literal["align", "disentangle"]] = ["align", "disentangle"]
-    population: int = Field(200, ge=1)
-    batch_size: int = Field(50, ge=3)
-    generations: int = Field(2000, ge=1)
-    mutants_per_parent: int = Field(5, ge=1, le=5)
-    baseline_batches: int = Field(1_000_000, ge=3)
-    n_bootstrap: int = Field(100_000, ge=0)
-    n_permutations: int = Field(100_000, ge=1)
-    alpha: float = Field(0.05, gt=0, lt=1)
-    chance: float = Field(0.05, gt=0, lt=1)
+    population: Int = Field(200, ge=1)
+    batch_size: Int = Field(50, ge=3)
+    generations: Int = Field(2000, ge=1)
+    mutants_per_parent: Int = Field(5, ge=1, le=5)
+    baseline_batches: Int = Field(1_000_000, ge=3)
+    n_bootstrap: Int = Field(100_000, ge=0)
+    n_permutations: Int = Field(100_000, ge=1)
+    alpha: Float = Field(0.05, gt=0, lt=1)
+    chance: Float = Field(0.05, gt=0, lt=1)
     device: str = "auto"
     storage_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    chunk: int | None = Field(None, ge=1)  # candidates per gather; default sizes it from the voxel count
-    log_every: int = Field(100, ge=1)
+    chunk: Int | None = Field(None, ge=1)  # candidates per gather; default sizes it from the voxel count
+    log_every: Int = Field(100, ge=1)
 
 
 class PlotConfig(_Strict):
-    enabled: bool = True
+    enabled: Bool = True
     formats: list[Literal["png", "svg", "pdf"]] = ["png", "svg"]
-    max_points: int = Field(20_000, ge=100)
+    max_points: Int = Field(20_000, ge=100)
     images: str | None = None  # input WebDataset shards (<images>/<shard>.tar) for the image grid
-    tile_size: int = Field(96, ge=16, le=512)
+    tile_size: Int = Field(96, ge=16, le=512)
 
 
 class StudyConfig(_Strict):
@@ -76,16 +76,16 @@ class StudyConfig(_Strict):
     out_dir: str
     storage: StorageConfig = StorageConfig()
     model_id: str = "fmri-nsd-fwrf"
-    subjects: list[int] = Field(default_factory=lambda: list(range(1, 9)), min_length=1)
+    subjects: list[Int] = Field(default_factory=lambda: list(range(1, 9)), min_length=1)
     rois: list[str] = Field(default_factory=lambda: ["V1", "hV4"], min_length=2)
     pairs: list[tuple[str, str]] | None = None
     roi_unions: dict[str, list[str]] = Field(default_factory=lambda: {"FFA": ["FFA-1", "FFA-2"]})
-    ncsnr_threshold: float = 0.5
-    seed: int = Field(20200220, ge=0)
+    ncsnr_threshold: Float = 0.5
+    seed: Int = Field(20200220, ge=0)
     # images with a NaN or infinite response are left out and reported; more than this
     # fraction of them means a broken output, and the study stops instead
-    max_excluded_fraction: float = Field(0.01, ge=0, le=1)
-    cross_validation: bool = True
+    max_excluded_fraction: Float = Field(0.01, ge=0, le=1)
+    cross_validation: Bool = True
     univariate: UnivariateConfig = UnivariateConfig()
     multivariate: MultivariateConfig = MultivariateConfig()
     plots: PlotConfig = PlotConfig()
