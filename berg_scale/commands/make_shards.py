@@ -90,12 +90,12 @@ def run(args: argparse.Namespace) -> int:
         _show_skipped(report.skipped)
     if report.n_images == 0:
         print(
-            f"error: no readable images found in {args.src_dir} "
+            f"make-shards: error: no readable images found in {args.src_dir} "
             f"({len(report.skipped)} unreadable, {report.ignored_files} other files); "
-            "nothing was written",
+            "nothing was written; point it at a folder of JPEG, PNG, WebP, BMP or TIFF images",
             file=sys.stderr,
         )
-        return 1
+        return 2
     print(
         f"packed {report.n_images} image(s) into {len(report.shards)} shard(s) at "
         f"{args.dest}; skipped {len(report.skipped)} unreadable, ignored "

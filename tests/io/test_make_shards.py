@@ -107,7 +107,7 @@ def test_no_readable_image_exits_non_zero_and_writes_nothing(tmp_path, capsys):
     (src / "a.jpg").write_bytes(b"nope")
     (src / "b.txt").write_text("text")
     dest = tmp_path / "out"
-    assert main(["make-shards", str(src), str(dest), "--quiet"]) == 1
+    assert main(["make-shards", str(src), str(dest), "--quiet"]) == 2
     assert "no readable images" in capsys.readouterr().err
     assert not dest.exists() or list(dest.iterdir()) == []
 
