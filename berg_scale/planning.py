@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -292,24 +291,20 @@ def id_bytes_per_image(key_chars: float, shard_chars: float) -> float:
 
 
 def count_shard_samples(url: str, storage: Any = None) -> tuple[int, float]:
-    """Samples in one tar (WebDataset grouping) and their mean key length; reads headers only."""
-    from berg_scale.io.shard_reader import split_member_name
+    """Rows one shard will give (the engine's own reader, so merging, hard links and gzip
+    shards count exactly as in a run) and their mean key length."""
+    from berg_scale.io.shard_reader import ShardReadError, iter_shard_samples
 
-    fs, path = filesystem_for(url, storage)
-    keys: list[str] = []
+    count, key_chars = 0, 0
     try:
-        with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
-            for member in archive:
-                parts = split_member_name(member.name) if member.isfile() else None
-                if parts is not None and (not keys or keys[-1] != parts[0]):
-                    keys.append(parts[0])
-    except (tarfile.TarError, OSError) as exc:
+        for sample in iter_shard_samples(url, storage):
+            count += 1
+            key_chars += len(sample.key)
+    except (ShardReadError, OSError) as exc:
         raise BergScaleError(
-            f"cannot count the images of {url} ({type(exc).__name__}: {exc}); "
-            "pass --images N instead"
+            f"cannot count the images of {url} ({type(exc).__name__}: {exc}); pass --images N instead"
         ) from None
-    mean_key = sum(map(len, keys)) / len(keys) if keys else 0.0
-    return len(keys), mean_key
+    return count, (key_chars / count if count else 0.0)
 
 
 @dataclass
