@@ -159,6 +159,7 @@ def _run_holding_lease(
         "input_shards": [s.name for s in shards],  # names only: run.json stays small at 10^6 shards
         "started_at": started_at,
         "run_id": store.run_id,
+        "ray_job": lease.holder().get("ray_job"),
     }
     if not todo:
         log(f"nothing to do: all {len(shards)} shards of {config.output} are committed")

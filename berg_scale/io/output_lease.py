@@ -48,6 +48,23 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 
+def ray_submission_id() -> str | None:
+    """The `ray job submit` id of this driver, when it is a Ray job (what `ray job stop` takes).
+
+    Ray's job supervisor hands the driver its job config, metadata included, as JSON in
+    the environment variable RAY_JOB_CONFIG_JSON_ENV_VAR.
+    """
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        metadata = json.loads(raw).get("metadata") or {}
+    except (ValueError, AttributeError):
+        return None
+    value = metadata.get("job_submission_id")
+    return str(value) if value else None
+
+
 def _process_start_ticks(pid: int) -> str | None:
     """Start time of a process in clock ticks since boot (Linux), to tell a reused pid apart."""
     try:
@@ -168,7 +185,7 @@ class OutputLease:
             "renewed_at": time.time(),
             "ttl_s": self.ttl_s,
             "command": self.command,
-            "ray_job": os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID"),
+            "ray_job": ray_submission_id(),
         }
 
     def _busy_message(self, holder: dict[str, Any], age: float, take_over: bool) -> str:

@@ -104,6 +104,9 @@ def test_generation_job_completes_on_a_head_node(generated):
         for roi in ROIS:
             assert f"{FWRF}/sub-{subject:02d}/{roi}:mean" in table.column_names
     assert (output / "run.json").exists() and (output / "readouts.json").exists()
+    manifest = json.loads((output / "run.json").read_text())
+    assert str(manifest["ray_job"]).startswith("raysubmit_"), "run.json names the job that `ray job stop` takes"
+    assert not (output / "_lease.json").exists(), "the job released the output"
 
 
 def test_rnc_job_completes_on_a_head_node(head, generated):
