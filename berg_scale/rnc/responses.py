@@ -15,8 +15,6 @@ of voxels with ncsnr above the threshold, taken from `readouts.json`.
 
 from __future__ import annotations
 
-import json
-import posixpath
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
@@ -26,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from berg_scale.errors import BergScaleError
-from berg_scale.io.output_store import OutputStore, done_shards
+from berg_scale.io.output_store import OutputStore, done_shards, read_readouts
 from berg_scale.io.storage import StorageOptions
 
 DEFAULT_UNIONS: dict[str, tuple[str, ...]] = {"FFA": ("FFA-1", "FFA-2")}
@@ -113,17 +111,15 @@ class ResponseStore:
         Accepts the engine's list of entries (each with "name") and a name-keyed mapping.
         """
         if self._readouts is None:
-            path = posixpath.join(self.root, "readouts.json")
-            if not self.fs.exists(path):
+            try:
+                data = read_readouts(self._store)
+            except ValueError as exc:
+                raise ResponsesError(f"readouts.json in {self.url!r} is not valid JSON: {exc}") from exc
+            if data is None:
                 raise ResponsesError(
                     f"{self.url!r} has no readouts.json: it is written by `generate`; "
                     "rerun or copy it next to responses/"
                 )
-            with self.fs.open(path, "rb") as handle:
-                try:
-                    data = json.load(handle)
-                except ValueError as exc:
-                    raise ResponsesError(f"readouts.json in {self.url!r} is not valid JSON: {exc}") from exc
             columns = data.get("columns") if isinstance(data, dict) else None
             if isinstance(columns, list):  # the engine writes a list of entries with "name"
                 columns = {e["name"]: e for e in columns if isinstance(e, dict) and "name" in e}

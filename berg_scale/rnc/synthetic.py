@@ -1,21 +1,21 @@
 """Write response outputs in the engine's layout from given arrays (tests, benchmarks, docs).
 
 RNC is tested against planted truths: the caller decides the responses, this module
-only lays them out exactly as a `generate` run would (responses/<shard>.parquet,
-_done/<shard>.json, readouts.json), including error rows and uncommitted shards.
+only lays them out as a `generate` run would, through the engine's own writer and output
+store (schema, staged Parquet file, commit marker, readouts.json), including error rows
+and uncommitted shards.
 """
 
 from __future__ import annotations
 
-import json
-import posixpath
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from berg_scale.io.storage import StorageOptions, filesystem_for
+from berg_scale.io.output_store import OutputStore, commit_shard, write_readouts
+from berg_scale.io.response_writer import ResponseShardWriter, build_schema
+from berg_scale.io.storage import StorageOptions
 
 
 def shard_name(j: int) -> str:
@@ -48,20 +48,22 @@ def write_synthetic_output(
     voxel_columns = dict(voxel_columns or {})
     ncsnr = dict(ncsnr or {})
     n = len(next(iter(mean_columns.values()))) if mean_columns else len(next(iter(voxel_columns.values())))
-    fs, root = filesystem_for(url, storage)
-    for sub in ("responses", "_done"):
-        fs.makedirs(posixpath.join(root, sub), exist_ok=True)
+    store = OutputStore(url, storage, run_id="synthetic")
+    columns = _column_descriptions(mean_columns, voxel_columns, ncsnr, dtype)
+    schema = build_schema([{k: v for k, v in c.items() if k != "coords"} for c in columns],
+                          {"weight_hashes": {}, "model_fingerprint": "synthetic"})
     bounds = np.linspace(0, n, n_shards + 1).astype(int) if shard_bounds is None else np.asarray(shard_bounds)
     n_shards = len(bounds) - 1
     errors = set(int(e) for e in error_rows)
     float_type = pa.float16() if dtype == "float16" else pa.float32()
     np_type = np.float16 if dtype == "float16" else np.float32
     keys = [image_key(i) for i in range(n)]
+    uncommitted = set(int(j) for j in uncommitted_shards)
     for j in range(n_shards):
         lo, hi = int(bounds[j]), int(bounds[j + 1])
         rows = np.arange(lo, hi)
         bad = np.array([i in errors for i in rows], dtype=bool)
-        arrays = {
+        arrays: dict[str, Any] = {
             "key": pa.array(keys[lo:hi], pa.string()),
             "shard": pa.array([shard_name(j)] * (hi - lo), pa.string()),
             "index": pa.array(np.arange(hi - lo, dtype=np.int32)),
@@ -71,25 +73,36 @@ def write_synthetic_output(
         for name, matrix in voxel_columns.items():
             block = np.asarray(matrix[lo:hi], dtype=np_type)
             flat = pa.array(block.reshape(-1), float_type)
-            lists = pa.FixedSizeListArray.from_arrays(flat, block.shape[1])
-            if bad.any():
-                lists = pa.FixedSizeListArray.from_arrays(flat, block.shape[1], mask=pa.array(bad))
-            arrays[name] = lists
+            mask = pa.array(bad) if bad.any() else None
+            arrays[name] = pa.FixedSizeListArray.from_arrays(flat, block.shape[1], mask=mask)
         for name, values in mean_columns.items():
             arrays[name] = pa.array(np.asarray(values[lo:hi], dtype=np.float32), pa.float32(), mask=bad)
-        table = pa.table(arrays)
-        with fs.open(posixpath.join(root, "responses", f"{shard_name(j)}.parquet"), "wb") as handle:
-            pq.write_table(table, handle)
-        if j not in set(uncommitted_shards):
-            marker = {"shard": shard_name(j), "rows": hi - lo, "ok": int((~bad).sum()), "failed": int(bad.sum())}
-            with fs.open(posixpath.join(root, "_done", f"{shard_name(j)}.json"), "w") as handle:
-                json.dump(marker, handle)
+        batch = pa.RecordBatch.from_arrays([arrays[field.name] for field in schema], schema=schema)
+        writer = ResponseShardWriter(store, shard_name(j), schema)
+        writer.write(batch)
+        if j in uncommitted:
+            writer.commit()  # a Parquet file without a marker, as after a crash before commit
+        else:
+            commit_shard(store, shard_name(j), writer,
+                         {"rows": hi - lo, "ok": int((~bad).sum()), "errors": int(bad.sum())})
+    write_readouts(store, columns)
+    store.remove_tree(store.staging_folder())
+    return keys
+
+
+def _column_descriptions(
+    mean_columns: Mapping[str, np.ndarray],
+    voxel_columns: Mapping[str, np.ndarray],
+    ncsnr: Mapping[str, np.ndarray],
+    dtype: str,
+) -> list[dict[str, Any]]:
+    """readouts.json entries, in the engine's form (name, model, subject, shape, coords)."""
     columns = []
     for name in list(voxel_columns) + list(mean_columns):
         scalar = name not in voxel_columns
         base = name.split(":")[0]
         model_id, subject, selection = base.split("/")
-        entry = {
+        entry: dict[str, Any] = {
             "name": name,
             "model_id": model_id,
             "subject": int(subject.removeprefix("sub-")),
@@ -97,13 +110,11 @@ def write_synthetic_output(
             "kind": "mean" if scalar else "responses",
             "shape": [] if scalar else [int(np.shape(voxel_columns[name])[1])],
             "dims": [] if scalar else ["voxel"],
-            "dtype": dtype,
+            "dtype": "float32" if scalar else dtype,
             "coords": {},
         }
         if base in ncsnr:
             values = np.asarray(ncsnr[base], dtype=float)
             entry["coords"] = {"voxel": list(range(values.size)), "ncsnr": values.tolist()}
         columns.append(entry)
-    with fs.open(posixpath.join(root, "readouts.json"), "w") as handle:
-        json.dump({"columns": columns}, handle)
-    return keys
+    return columns
