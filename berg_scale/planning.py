@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from berg_scale.errors import BergScaleError
-from berg_scale.io.storage import filesystem_for, is_remote
+from berg_scale.io.storage import is_remote
 from berg_scale.models import layout
 
 FSAVERAGE_ID = "fmri-nsd_fsaverage-vit_b_32"
