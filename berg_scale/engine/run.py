@@ -130,7 +130,13 @@ def run_generation(
                                   overwrite=overwrite, started_at=started_at, show_progress=show_progress,
                                   ray_address=ray_address, allow_auto_address=allow_auto_address, log=log)
     finally:
-        lease.release()
+        # Workers are stopped and run.json is written: this run's staging files are garbage
+        # (other runs' are not ours to remove).
+        try:
+            with_storage_retries(lambda: store.remove_tree(store.staging_folder()), "cleaning this run's _tmp/")
+            store.remove_folder_if_empty(TMP_DIR)
+        finally:
+            lease.release()
 
 
 def _run_holding_lease(
@@ -234,8 +240,6 @@ def _run_holding_lease(
             import ray
 
             ray.shutdown()
-        # Workers are stopped: this run's staging files are garbage (other runs' are not ours).
-        with_storage_retries(lambda: store.remove_tree(store.staging_folder()), "cleaning this run's _tmp/")
     stats.finished = time.monotonic()
     status = "complete" if not report.failed else "incomplete"
     workers = [{"worker": slot.index, "shards_done": slot.shards_done, "losses": slot.losses,

@@ -116,6 +116,15 @@ class OutputStore:
         except FileNotFoundError:
             pass
 
+    def remove_folder_if_empty(self, relative: str) -> None:
+        """Drop an empty local folder (object stores have none), e.g. `_tmp/` after a run."""
+        if self.url.startswith(("s3://", "s3a://")):
+            return
+        try:
+            self.fs.rmdir(self.path(relative))
+        except OSError:
+            pass  # not empty (another run is staging there) or already gone
+
     # ------------------------------------------------------------------ listings
     def list_names(self, folder: str, suffix: str) -> set[str]:
         """Stems of the files in one bookkeeping folder (fresh listing, no stale cache)."""

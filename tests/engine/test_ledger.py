@@ -179,10 +179,12 @@ def test_extending_input_shards_resumes_and_dropping_one_is_refused(ray_session,
     first = _write_config(tmp_path / "a.yaml", str(tmp_path / "in" / "shard-{000000..000001}.tar"), output,
                           fwrf_roots[0])
     assert _generate(capsys, first)[0] == 0
+    assert not (tmp_path / "out" / "_tmp").exists(), "a finished run leaves no staging folder"
     extended = _write_config(tmp_path / "b.yaml", str(tmp_path / "in" / "shard-{000000..000002}.tar"), output,
                              fwrf_roots[0])
     code, err = _generate(capsys, extended)
     assert code == 0 and "generating 1 shards (2 already done)" in err
+    assert not (tmp_path / "out" / "_tmp").exists()
     assert sorted(_keys(output)) == sorted(k for info in infos for k in info.keys)
 
     shrunk = _write_config(tmp_path / "c.yaml", str(tmp_path / "in" / "shard-000000.tar"), output, fwrf_roots[0])
