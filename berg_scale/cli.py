@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("synth-root", "synth_root", "write a synthetic BERG root with random weights"),
     ("fetch-weights", "fetch_weights", "download the BERG weight files a run needs"),
     ("plan", "plan", "estimate GPUs, output size and run time of a config"),
+    ("experiment", "experiment", "run an in silico experiment of the BERG paper over generated responses"),
 ]
 
 
