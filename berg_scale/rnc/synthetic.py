@@ -37,19 +37,25 @@ def write_synthetic_output(
     dtype: str = "float32",
     storage: StorageOptions | None = None,
     shard_bounds: Sequence[int] | None = None,
+    coords: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+    layouts: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
 ) -> list[str]:
     """Lay out N images' responses as `n_shards` consecutive shards; returns the keys.
 
     Image i gets key `image_key(i)`. Rows in `error_rows` are written with status
     "error" and null responses; shards in `uncommitted_shards` get a Parquet file but
     no `_done` marker (as after a crash before commit). `shard_bounds` (n_shards + 1
-    increasing row numbers from 0 to N) overrides the even split.
+    increasing row numbers from 0 to N) overrides the even split. `coords` adds per-column
+    coordinates to readouts.json (e.g. fsaverage `hemisphere` and `vertex`); a column with a
+    `vertex` coordinate gets the dimension name "vertex", as the fsaverage model writes it.
+    `layouts[name]` gives a column's element `shape` and `dims` (e.g. EEG's (repetition,
+    channel, time)); its values may then be shaped (N, *shape).
     """
     voxel_columns = dict(voxel_columns or {})
     ncsnr = dict(ncsnr or {})
     n = len(next(iter(mean_columns.values()))) if mean_columns else len(next(iter(voxel_columns.values())))
     store = OutputStore(url, storage, run_id="synthetic")
-    columns = _column_descriptions(mean_columns, voxel_columns, ncsnr, dtype)
+    columns = _column_descriptions(mean_columns, voxel_columns, ncsnr, dtype, coords or {}, layouts or {})
     schema = build_schema([{k: v for k, v in c.items() if k != "coords"} for c in columns],
                           {"weight_hashes": {}, "model_fingerprint": "synthetic"})
     bounds = np.linspace(0, n, n_shards + 1).astype(int) if shard_bounds is None else np.asarray(shard_bounds)
@@ -71,7 +77,7 @@ def write_synthetic_output(
             "error": pa.array([("synthetic decode failure" if b else None) for b in bad], pa.string()),
         }
         for name, matrix in voxel_columns.items():
-            block = np.asarray(matrix[lo:hi], dtype=np_type)
+            block = np.asarray(matrix[lo:hi], dtype=np_type).reshape(hi - lo, -1)
             flat = pa.array(block.reshape(-1), float_type)
             mask = pa.array(bad) if bad.any() else None
             arrays[name] = pa.FixedSizeListArray.from_arrays(flat, block.shape[1], mask=mask)
@@ -95,6 +101,8 @@ def _column_descriptions(
     voxel_columns: Mapping[str, np.ndarray],
     ncsnr: Mapping[str, np.ndarray],
     dtype: str,
+    extra_coords: Mapping[str, Mapping[str, Sequence[Any]]],
+    layouts: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """readouts.json entries, in the engine's form (name, model, subject, shape, coords)."""
     columns = []
@@ -116,5 +124,14 @@ def _column_descriptions(
         if base in ncsnr:
             values = np.asarray(ncsnr[base], dtype=float)
             entry["coords"] = {"voxel": list(range(values.size)), "ncsnr": values.tolist()}
+        if name in extra_coords:
+            extra = {key: np.asarray(value).tolist() for key, value in extra_coords[name].items()}
+            if "vertex" in extra and not scalar:
+                entry["dims"] = ["vertex"]
+                entry["coords"].pop("voxel", None)
+            entry["coords"].update(extra)
+        if layouts and name in layouts:
+            entry["shape"] = [int(size) for size in layouts[name]["shape"]]
+            entry["dims"] = [str(dim) for dim in layouts[name]["dims"]]
         columns.append(entry)
     return columns
