@@ -520,7 +520,7 @@ def _write_outputs(out: str, storage: Any, curves: dict[str, np.ndarray], subjec
         figure = decoding_figure(curves, times_ms, summary)
         for fmt in ("png", "svg"):
             buffer = io.BytesIO()
-            figure.savefig(buffer, format=fmt, dpi=200)
+            figure.savefig(buffer, format=fmt, dpi=200, bbox_inches="tight")
             path = posixpath.join(root, f"eeg_decoding.{fmt}")
             with fs.open(path, "wb") as handle:
                 handle.write(buffer.getvalue())
@@ -560,7 +560,7 @@ def decoding_figure(curves: dict[str, np.ndarray], times_ms: np.ndarray, summary
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
     n_subjects = len(summary["subjects"])
     for analysis in ANALYSES:
         block = curves[analysis] * 100
@@ -573,18 +573,21 @@ def decoding_figure(curves: dict[str, np.ndarray], times_ms: np.ndarray, summary
             ax.fill_between(times_ms, mean - sem, mean + sem, color=colour, alpha=0.25, lw=0)
         peak = summary["peaks"][analysis]
         ci = ("" if peak["ci_low_ms"] is None or n_subjects < 2 else
-              f" [{peak['ci_low_ms']:g}, {peak['ci_high_ms']:g}]")
-        ax.axvline(peak["peak_ms"], color=colour, ls="--", lw=1.3, label=f"{title} peak: {peak['peak_ms']:g} ms{ci}")
+              f" ({int(CI_LEVEL * 100)}% CI {peak['ci_low_ms']:g}–{peak['ci_high_ms']:g})")
+        ax.axvline(peak["peak_ms"], color=colour, ls="--", lw=1.3, label=f"Peak {peak['peak_ms']:g} ms{ci}")
     ax.axhline(summary["chance_accuracy"], color="0.35", lw=1, ls=":", label="Chance (50%)")
     ax.axvline(0, color="0.6", lw=0.8)
     ax.set_xlim(float(times_ms[0]), float(times_ms[-1]))
     ax.set_xlabel("Time from stimulus onset (ms)", fontsize=11)
     ax.set_ylabel("Decoding accuracy (%)", fontsize=11)
     ax.tick_params(labelsize=10)
-    band = f"; bands: ±1 SEM over {n_subjects} subjects" if n_subjects > 1 else ""
-    ax.set_title(f"In silico EEG decoding: {summary['n_exemplars']} exemplars, "
-                 f"{len(summary['channels'])} channels{band}", fontsize=10)
-    ax.legend(fontsize=8.5, frameon=False, loc="upper right")
+    band = f", shading ±1 SEM over {n_subjects} subjects" if n_subjects > 1 else ", 1 subject"
+    ax.set_title(f"In silico EEG: {summary['n_exemplars']} exemplars, {len(summary['channels'])} channels{band}",
+                 fontsize=10)
+    handles, names = ax.get_legend_handles_labels()
+    order = [0, 1, 4, 2, 3]  # two columns: exemplar curve, its peak, chance | label curve, its peak
+    ax.legend([handles[i] for i in order], [names[i] for i in order], fontsize=9, frameon=False,
+              loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
