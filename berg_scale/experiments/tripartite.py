@@ -554,7 +554,7 @@ def roi_line(result: TripartiteResult, who: Any, roi: str) -> str:
 
 
 def _format_p(p: float) -> str:
-    return f"{p:.3g}" if p >= 0.001 else f"{p:.1e}"
+    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
 
 
 def summary(result: TripartiteResult, args: Mapping[str, Any]) -> dict[str, Any]:

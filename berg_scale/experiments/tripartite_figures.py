@@ -65,24 +65,28 @@ def surface_figure(result: "TripartiteResult") -> Any:
     codes = surface_codes(ids, preferred)
     colours = _colours(len(result.categories))
     cmap = ListedColormap([MISSING_GREY, *colours])
-    fig, axes = plt.subplots(2, 2, figsize=(7.0, 5.6), subplot_kw={"projection": "3d"})
+    fig, axes = plt.subplots(2, 2, figsize=(7.0, 5.0), subplot_kw={"projection": "3d"})
     for col, (hemi, side) in enumerate((("lh", "left"), ("rh", "right"))):
         for row, view in enumerate(("lateral", "ventral")):
             ax = axes[row, col]
+            # Faces of vertices without responses (code 0) fall under the threshold and show
+            # the grey sulcal shading; the others take their category's colour.
             plotting.plot_surf(
                 mesh["inflated"].parts[side], surf_map=codes[hemi], bg_map=sulcal.data.parts[side],
-                hemi=side, view=view, cmap=cmap, vmin=-0.5, vmax=len(colours) + 0.5,
+                hemi=side, view=view, cmap=cmap, vmin=-0.5, vmax=len(colours) + 0.5, threshold=0.5,
                 avg_method="median", colorbar=False, axes=ax, figure=fig, engine="matplotlib",
             )
-            ax.set_title(f"{'left' if hemi == 'lh' else 'right'} hemisphere, {view}", fontsize=10)
+            ax.set_box_aspect(None, zoom=1.3)  # nilearn leaves a wide margin around the mesh
+            ax.set_rasterized(True)  # keeps the SVG small: the meshes are bitmaps, text stays vector
+            ax.set_title(f"{'left' if hemi == 'lh' else 'right'} hemisphere, {view}", fontsize=10, y=0.92)
     handles = [Patch(facecolor=c, edgecolor="none", label=name) for c, name in zip(colours, result.categories)]
-    handles.append(Patch(facecolor=MISSING_GREY, edgecolor="none", label="not in responses"))
+    handles.append(Patch(facecolor=MISSING_GREY, edgecolor="none", label="not in responses"))  # sulcal grey
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False, fontsize=10,
                title="preferred category (largest mean response)", title_fontsize=10)
     who = "subject average" if len(result.subjects) > 1 else f"sub-{result.subjects[0]:02d}"
     fig.suptitle(f"Category preference per vertex, fsaverage5 ({who}, subjects "
                  f"{', '.join(map(str, result.subjects))})", fontsize=11)
-    fig.subplots_adjust(left=0.0, right=1.0, top=0.9, bottom=0.14, wspace=0.0, hspace=0.08)
+    fig.subplots_adjust(left=0.0, right=1.0, top=0.92, bottom=0.1, wspace=0.0, hspace=0.0)
     return fig
 
 
@@ -120,8 +124,11 @@ def shares_figure(result: "TripartiteResult") -> Any:
     ax.set_ylabel("vertices preferring category (%)")
     who = "subject average" if len(subjects) > 1 else subjects[0]
     title = f"Share of ROI vertices preferring each category ({who})"
-    if len(subjects) > 1:
-        title += "\nbars: average; dots: subjects"
+    notes = (["bars: average, dots: subjects"] if len(subjects) > 1 else [])
+    if result.n_permutations:
+        notes.append(f"p: top share vs {result.n_permutations} label permutations")
+    if notes:
+        title += "\n" + "; ".join(notes)
     ax.set_title(title, fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(frameon=False, fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
