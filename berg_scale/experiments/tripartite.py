@@ -38,13 +38,19 @@ import json
 import math
 import posixpath
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from berg_scale.errors import BergScaleError
-from berg_scale.experiments.labels import LabelMatch, LabelTable, match_labels, read_label_table
+from berg_scale.experiments.labels import (
+    LabelMatch,
+    LabelTable,
+    match_labels,
+    read_label_table,
+)
 from berg_scale.io.output_store import OutputStore, done_shards, read_readouts
 from berg_scale.io.storage import StorageOptions, filesystem_for
 

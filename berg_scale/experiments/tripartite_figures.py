@@ -48,7 +48,7 @@ def _save(fig: Any, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def surface_figure(result: "TripartiteResult") -> Any:
+def surface_figure(result: TripartiteResult) -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -90,7 +90,7 @@ def surface_figure(result: "TripartiteResult") -> Any:
     return fig
 
 
-def shares_figure(result: "TripartiteResult") -> Any:
+def shares_figure(result: TripartiteResult) -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -136,7 +136,7 @@ def shares_figure(result: "TripartiteResult") -> Any:
     return fig
 
 
-def render(result: "TripartiteResult") -> dict[str, bytes]:
+def render(result: TripartiteResult) -> dict[str, bytes]:
     """File name -> bytes of every figure."""
     import matplotlib.pyplot as plt
 

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from berg_scale.cli import main
-from berg_scale.errors import BergScaleError
 from berg_scale.experiments import tripartite
 from berg_scale.experiments.labels import read_label_table
 from berg_scale.rnc.synthetic import image_key, write_synthetic_output
@@ -154,7 +153,7 @@ def test_preferences_per_vertex(planted):
 
 
 def test_labels_reported_and_pvalues(planted, capsys):
-    _, _, truth, out = planted
+    _, _, _, out = planted
     summary = json.loads((out / "summary.json").read_text())
     report = summary["labels"]
     assert report["table_keys_missing_from_responses"] == 2
@@ -182,7 +181,7 @@ def test_console_lines(tmp_path, capsys):
 
 def test_shuffled_labels_give_large_pvalues(tmp_path):
     """Planted data: p small; the same data with shuffled labels: p roughly uniform, mostly large."""
-    output, labels, truth = make_dataset(tmp_path, seed=3, subjects=(1,), n_shards=1)
+    output, labels, _ = make_dataset(tmp_path, seed=3, subjects=(1,), n_shards=1)
     table = read_label_table(labels)
     planted_result = tripartite.analyse(output, table, n_permutations=99, seed=0)
     assert all(r["p_value"] < 0.05 for r in planted_result.rows if r["top"])
