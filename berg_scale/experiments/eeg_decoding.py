@@ -201,6 +201,8 @@ def label_lda_accuracy(
     predicted = np.empty((n_t, len(y)), dtype=np.int64)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in splitter.split(np.zeros(len(y)), y):
+        if len(train) <= len(classes):  # scikit-learn's LDA needs more samples than classes
+            raise EegDecodingError(f"label decoding needs at least 4 labelled images, got {len(y)}")
         for t in range(n_t):
             model = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage)
             model.fit(patterns[train, :, t], y[train])

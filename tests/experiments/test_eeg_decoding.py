@@ -133,6 +133,8 @@ def test_label_decoding_is_stratified_lda_balanced_accuracy():
         pred = cross_val_predict(LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.3), patterns[:, :, t], y, cv=cv)
         assert curve[t] == pytest.approx(balanced_accuracy_score(y, pred))
     assert curve[1] > 0.7
+    with pytest.raises(eeg.EegDecodingError, match="at least 4 labelled images"):
+        eeg.label_lda_accuracy(patterns[9:14], labels[9:14])  # 3 + 2 images: a 2-image training fold
 
 
 def test_pair_subsample_index_inverts_row_major_order():
@@ -238,3 +240,30 @@ def test_errors_are_one_line(planted, tmp_path, capsys):
     labels = write_labels(tmp_path / "f.csv", fkeys, ["a", "b"] * 2)
     one_line_error(capsys, main(["experiment", "eeg-decoding", "--responses", fmri, "--labels", labels,
                                  "--out", str(tmp_path / "e")]), "has no EEG columns")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_end_to_end_on_generated_demo_eeg(ray_session, tmp_path, capsys):
+    """Responses from the real engine (demo root, random weights): layout, channels and times as BERG's."""
+    from berg_scale.commands.demo import DEMO_EEG_CHANNELS
+    from berg_scale.io.results import open_responses
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-rnc", "--shards", "2", "--images-per-shard", "4"]) == 0
+    generated = str(out / "generated")
+    ids = open_responses(generated).to_table(columns=["shard", "key"])
+    rows = list(zip(ids.column("shard").to_pylist(), ids.column("key").to_pylist()))
+    table = tmp_path / "labels.csv"
+    table.write_text("shard,key,label\n" + "".join(f"{s},{k},{'animate' if i % 2 else 'inanimate'}\n"
+                                                  for i, (s, k) in enumerate(rows)))
+    capsys.readouterr()
+    assert main(["experiment", "eeg-decoding", "--responses", generated, "--labels", str(table),
+                 "--out", str(tmp_path / "dec"), "--bootstrap", "20"]) == 0
+    console = capsys.readouterr().out
+    summary = json.loads((tmp_path / "dec" / "summary.json").read_text())
+    assert summary["channels"] == [c for c in DEMO_EEG_CHANNELS if c != "Cz"]
+    assert summary["times_ms"][0] == -100 and summary["times_ms"][-1] == 595 and len(summary["times_ms"]) == 140
+    assert summary["n_exemplars"] == 7 and summary["label_report"]["labelled_error_rows"] == 1
+    assert "1 labelled images with an error row left out" in console
+    assert (tmp_path / "dec" / "eeg_decoding.png").read_bytes()[:4] == b"\x89PNG"
