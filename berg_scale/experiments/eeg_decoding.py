@@ -33,8 +33,9 @@ import json
 import math
 import posixpath
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -451,7 +452,7 @@ def run_decoding(
         "channel_rule": (channels or DEFAULT_CHANNEL_SET),
         "n_exemplars": len(used),
         "label_counts": counts,
-        "n_pairs": int(len(pairs)),
+        "n_pairs": len(pairs),
         "n_pairs_possible": int(all_pairs),
         "n_repetitions": int(first.shape[0]),
         "times_ms": [float(t) for t in times_ms],
