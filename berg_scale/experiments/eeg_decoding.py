@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import posixpath
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from berg_scale.errors import BergScaleError
+from berg_scale.rnc.outputs import write_json
 
 EEG_DIMS = ["repetition", "channel", "time"]
 DEFAULT_CHANNEL_SET = "occipitoparietal"
@@ -534,23 +534,8 @@ def _write_outputs(out: str, storage: Any, curves: dict[str, np.ndarray], subjec
     path = posixpath.join(root, "summary.json")
     urls = [to_url(fs, p) for p in [*written, path]]
     summary["files"] = urls
-    with fs.open(path, "w") as handle:
-        json.dump(_json_safe(summary), handle, indent=2)
+    write_json(fs, path, summary)
     return urls
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, (float, np.floating)):
-        return None if not math.isfinite(float(value)) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 COLOURS = {"exemplar": "#1f4e9c", "label": "#c2410c"}

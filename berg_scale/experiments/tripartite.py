@@ -53,6 +53,7 @@ from berg_scale.experiments.labels import (
 )
 from berg_scale.io.output_store import OutputStore, done_shards, read_readouts
 from berg_scale.io.storage import StorageOptions, filesystem_for
+from berg_scale.rnc.responses import fixed_size_list_to_numpy
 
 MODEL_ID = "fmri-nsd_fsaverage-vit_b_32"
 DEFAULT_ROIS: tuple[str, ...] = ("FFA", "OFA", "EBA", "FBA", "PPA", "OPA", "RSC")
@@ -210,21 +211,6 @@ def _row_table(store: OutputStore, shard: str, columns: Sequence[str]) -> Any:
         return pq.read_table(handle, columns=list(columns))
 
 
-def _matrix(column: Any, name: str) -> np.ndarray:
-    """(rows, width) float32 of a fixed-size list column without null rows."""
-    import pyarrow as pa
-
-    chunks = []
-    for chunk in column.chunks:
-        if isinstance(chunk, pa.ExtensionArray):
-            chunk = chunk.storage
-        if not pa.types.is_fixed_size_list(chunk.type):
-            raise TripartiteError(f"column {name!r} is {chunk.type}, expected a fixed-size list of vertices")
-        width = chunk.type.list_size
-        chunks.append(chunk.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, width))
-    return np.concatenate(chunks) if chunks else np.empty((0, 0), np.float32)
-
-
 @dataclass
 class Accumulated:
     """Per-subject category sums over all labelled images, and ROI data for permutations."""
@@ -315,7 +301,7 @@ def accumulate(
         code_blocks.append(codes)
         onehot = np.zeros((C, rows.size), dtype=np.float64)
         onehot[codes, np.arange(rows.size)] = 1.0
-        matrices = {name: _matrix(table.column(name), name) for name in needed}
+        matrices = {name: fixed_size_list_to_numpy(table.column(name), name) for name in needed}
         for s, plan in plans.items():
             block = np.empty((rows.size, plan.ids.size), dtype=np.float32)
             for name, source, target in plan.reads:

@@ -32,10 +32,6 @@ class InputShard:
     size: int | None = field(default=None, compare=False)
     stamp: str | None = field(default=None, compare=False)  # ETag on S3, mtime on disk
 
-    def identity(self) -> dict[str, Any]:
-        """What a commit marker records about its input, to recognise the same bytes later."""
-        return {"url": self.url, "size": self.size, "stamp": self.stamp}
-
 
 def list_shards(patterns: str | Iterable[str], storage: StorageOptions | None = None) -> list[InputShard]:
     """List every shard the patterns name; missing brace members and empty results are errors."""
