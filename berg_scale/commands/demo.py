@@ -1,5 +1,6 @@
 """Run the whole pipeline on this machine: synthetic BERG weights, synthetic images,
-generation on a local Ray, then a small RNC study over the responses.
+generation on a local Ray, then a small RNC study over the responses and the BERG paper's
+two in silico experiments (a tripartite map and EEG decoding) on round-robin labels.
 
 The weights are RANDOM (a synthetic BERG root in the exact file format), so the numbers
 mean nothing about the brain; the demo shows the machinery and the output layout. For
@@ -23,7 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="./berg-scale-demo", help="folder for everything the demo writes")
     parser.add_argument("--shards", type=int, default=10, help="number of synthetic image shards")
     parser.add_argument("--images-per-shard", type=int, default=10)
-    parser.add_argument("--no-rnc", action="store_true", help="stop after the generation step")
+    parser.add_argument("--no-rnc", action="store_true", help="skip the RNC step")
+    parser.add_argument("--no-experiments", action="store_true",
+                        help="skip the in silico experiments step (tripartite map, EEG decoding)")
 
 
 def demo_config(out: str) -> dict[str, Any]:
@@ -62,6 +65,7 @@ def make_demo_inputs(out: str, n_shards: int, images_per_shard: int, log) -> Non
             rois=DEMO_FWRF_ROIS,
             fsaverage_subjects=(1,),
             fsaverage_rois=("V1v", "hV4"),
+            fsaverage_roi_patches=True,
             eeg_subjects=(1,),
             eeg_channels=DEMO_EEG_CHANNELS,
             eeg_components_dtype="float16",
@@ -92,6 +96,55 @@ def run_rnc_step(output: str, out: str, shards: str, log) -> dict | None:
         images_url=shards,
         log=log,
     )
+
+
+DEMO_CATEGORIES = ("animals", "small objects", "big objects")
+DEMO_ANIMACY = ("animate", "inanimate")
+
+
+def write_demo_labels(output: str, path: str) -> int:
+    """A label table for the demo images, assigned round-robin: the images are procedural
+    and the weights random, so the labels only exercise the experiments' machinery."""
+    import csv
+
+    from berg_scale.io.results import open_responses
+
+    ids = open_responses(output).to_table(columns=["shard", "key"])
+    rows = sorted(zip(ids.column("shard").to_pylist(), ids.column("key").to_pylist()))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["shard", "key", "category", "animacy"])
+        for index, (shard, key) in enumerate(rows):
+            writer.writerow([shard, key, DEMO_CATEGORIES[index % 3], DEMO_ANIMACY[index % 2]])
+    return len(rows)
+
+
+def run_experiments_step(output: str, out: str, log) -> dict[str, str]:
+    """A small tripartite map (fsaverage V1v/hV4) and EEG decoding over the demo's responses;
+    returns experiment -> folder of its tables and figures."""
+    from berg_scale.experiments import eeg_decoding, tripartite
+
+    folder = os.path.join(out, "experiments")
+    labels = os.path.join(folder, "labels.csv")
+    n = write_demo_labels(output, labels)
+    log(f"wrote round-robin demo labels for {n} images to {labels}")
+    steps = {
+        "tripartite": (tripartite, ["--responses", output, "--labels", labels, "--label-column", "category",
+                                    "--rois", "V1v", "hV4", "--permutations", "200",
+                                    "--out", os.path.join(folder, "tripartite")]),
+        "eeg-decoding": (eeg_decoding, ["--responses", output, "--labels", labels, "--label-column", "animacy",
+                                        "--max-pairs", "300", "--bootstrap", "100",
+                                        "--out", os.path.join(folder, "eeg-decoding")]),
+    }
+    written = {}
+    for name, (module, argv) in steps.items():
+        log(f"running `berg-scale experiment {name}` " + " ".join(argv))
+        parser = argparse.ArgumentParser(prog=f"berg-scale experiment {name}")
+        module.configure(parser)
+        module.run(parser.parse_args(argv))
+        written[name] = argv[-1]
+    return written
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_rnc:
         log("running a small RNC study (V1 vs hV4, fwRF, subjects 1 and 2)")
         rnc_summary = run_rnc_step(config.output, out, config.input.shards, log)
+    experiments: dict[str, str] = {}
+    if not args.no_experiments:
+        log("running the in silico experiments (tripartite map, EEG decoding) on the demo responses")
+        experiments = run_experiments_step(config.output, out, log)
 
     print()
     print(f"demo finished in {time.monotonic() - started:.0f} s; everything is under {out}")
@@ -135,6 +192,12 @@ def run(args: argparse.Namespace) -> int:
     print("  in Python:  import berg_scale; berg_scale.open_responses(" + repr(config.output) + ").to_table()")
     if rnc_summary is not None:
         print(f"  RNC:        {os.path.join(out, 'rnc')}")
+    if experiments:
+        print(f"  experiments: {os.path.join(out, 'experiments')}  (tables, summary.json; figures also as SVG)")
+        figures = [os.path.join(folder, f) for folder in experiments.values()
+                   for f in sorted(os.listdir(folder)) if f.endswith(".png")]
+        for index, figure in enumerate(figures):
+            print(f"  {'figures:' if index == 0 else '':<12}{figure}")
     print("The weights were RANDOM. For real responses: `berg-scale fetch-weights` (downloads BERG),")
     print("then edit configs/demo.yaml (berg_root, input.shards, output) and run")
     print("`berg-scale generate configs/demo.yaml`.")

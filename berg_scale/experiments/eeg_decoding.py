@@ -309,6 +309,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--responses", required=True, metavar="OUTPUT", help="output folder or s3:// prefix of `generate`")
     parser.add_argument("--labels", required=True, metavar="TABLE",
                         help="CSV/Parquet with key,label (optionally shard) and exactly two labels")
+    parser.add_argument("--label-column", default="label", help="column of the label table holding the binary label")
     parser.add_argument("--out", required=True, metavar="DIR", help="where decoding.parquet, summary.json and figures go")
     parser.add_argument("--subjects", nargs="+", type=int, metavar="N", help="EEG subjects (default: every one present)")
     parser.add_argument("--channels", default=DEFAULT_CHANNEL_SET, metavar="SET|A,B,...",
@@ -332,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
     storage = StorageOptions(endpoint_url=args.endpoint_url) if args.endpoint_url else None
     with storage_errors(None, storage, what="read or write"):
         summary = run_decoding(
-            responses=args.responses, labels_path=args.labels, out=args.out, subjects=args.subjects,
+            responses=args.responses, labels_path=args.labels, label_column=args.label_column, out=args.out, subjects=args.subjects,
             channels=args.channels, max_pairs=args.max_pairs, n_bootstrap=args.bootstrap,
             shrinkage=args.shrinkage, label_folds=args.label_folds, seed=args.seed,
             plots=not args.no_plots, storage=storage,
@@ -371,6 +372,7 @@ def run_decoding(
     seed: int = 0,
     plots: bool = True,
     storage: Any = None,
+    label_column: str = "label",
 ) -> dict[str, Any]:
     """The whole experiment; returns the summary written to summary.json."""
     from berg_scale.experiments.labels import match_labels, read_label_table
@@ -404,7 +406,7 @@ def run_decoding(
             raise EegDecodingError(f"{column.name} has other time points than {first.name}")
     times_ms = first.times_ms
 
-    table = read_label_table(labels_path, storage)
+    table = read_label_table(labels_path, storage, label_column=label_column)
     if len(table.labels) != 2:
         shown = ", ".join(table.labels[:6]) + (", ..." if len(table.labels) > 6 else "")
         raise EegDecodingError(f"label table {labels_path} has {len(table.labels)} labels ({shown}); "

@@ -123,7 +123,31 @@ def _regression(rng, n_out: int, k: int, shared: float = 0.0) -> dict:
     }
 
 
-def _write_fsaverage(root: Path, subject: int, seed: int, k: int, rois: Iterable[str], stats) -> None:
+FSAVERAGE5_VERTICES = 10242
+
+
+def _patch_rois(rng: np.random.Generator, hemi: str, names: list[str]) -> dict[str, np.ndarray]:
+    """ROIs as compact patches of fsaverage5 vertices (the first 10,242 of fsaverage), so a
+    surface figure shows them as areas; random scattered vertices would mostly fall outside
+    fsaverage5 and vanish from the map. Needs nilearn's bundled fsaverage5 sphere."""
+    try:
+        from nilearn import datasets
+    except ImportError as exc:
+        raise BergScaleError("ROI patches need nilearn for the fsaverage5 sphere: "
+                             "pip install 'berg-scale[neuro]'") from exc
+    sphere = datasets.load_fsaverage("fsaverage5")["sphere"].parts["left" if hemi == "lh" else "right"]
+    points = np.asarray(sphere.coordinates, dtype=np.float64)[:FSAVERAGE5_VERTICES]
+    patches = {}
+    for name in names:
+        centre = points[int(rng.integers(0, len(points)))]
+        size = int(rng.integers(60, 240))
+        nearest = np.argsort(np.linalg.norm(points - centre, axis=1), kind="stable")[:size]
+        patches[name] = np.sort(nearest).astype(np.int64)
+    return patches
+
+
+def _write_fsaverage(root: Path, subject: int, seed: int, k: int, rois: Iterable[str], stats,
+                     roi_patches: bool = False) -> None:
     model_id = "fmri-nsd_fsaverage-vit_b_32"
     card = get_card(model_id)
     n = int(card.vertices_per_hemisphere or 163842)
@@ -140,7 +164,7 @@ def _write_fsaverage(root: Path, subject: int, seed: int, k: int, rois: Iterable
     fmri: dict = {}
     for hemi in ("lh", "rh"):
         fmri[f"{hemi}_ncsnr"] = rng.uniform(0.0, 1.0, n).astype(np.float32)
-        fmri[f"{hemi}_fsaverage_rois"] = {
+        fmri[f"{hemi}_fsaverage_rois"] = _patch_rois(rng, hemi, roi_names) if roi_patches else {
             name: np.sort(rng.choice(n, size=int(rng.integers(20, 200)), replace=False)).astype(np.int64)
             for name in roi_names
         }
@@ -313,6 +337,7 @@ def make_synthetic_root(
     fsaverage_components: int = 3,
     fsaverage_subjects: Iterable[int] | None = None,
     fsaverage_rois: Iterable[str] | None = None,
+    fsaverage_roi_patches: bool = False,
     fwrf_voxels: int | Mapping[str, int] = 8,
     write_backbone: bool = True,
     backbone_dtype: str = "float32",
@@ -326,6 +351,8 @@ def make_synthetic_root(
     EEG subject a hard link to the first subject's weights (metadata stays per subject).
     `calibrate_scaler` sets the scaler statistics from the backbone's features on a few
     random images, so standardised features are O(1) as in the real models.
+    `fsaverage_roi_patches` makes each fsaverage ROI a compact patch of fsaverage5 vertices
+    (needs nilearn), so surface figures of the synthetic responses show areas.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -352,7 +379,8 @@ def make_synthetic_root(
         card = get_card("fmri-nsd_fsaverage-vit_b_32")
         names = list(fsaverage_rois) if fsaverage_rois is not None else list(card.rois)
         for subject in fsaverage_subjects if fsaverage_subjects is not None else subjects:
-            _write_fsaverage(root, subject, seed, fsaverage_components, names, stats)
+            _write_fsaverage(root, subject, seed, fsaverage_components, names, stats,
+                             fsaverage_roi_patches)
     if "eeg-things_eeg_2-vit_b_32" in models:
         channels = list(eeg_channels) if eeg_channels is not None else list(get_card("eeg-things_eeg_2-vit_b_32").channels)
         first: Path | None = None

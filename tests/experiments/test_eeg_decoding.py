@@ -250,7 +250,8 @@ def test_end_to_end_on_generated_demo_eeg(ray_session, tmp_path, capsys):
     from berg_scale.io.results import open_responses
 
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--no-rnc", "--shards", "2", "--images-per-shard", "4"]) == 0
+    assert main(["demo", "--out", str(out), "--no-rnc", "--no-experiments", "--shards", "2",
+                 "--images-per-shard", "4"]) == 0
     generated = str(out / "generated")
     ids = open_responses(generated).to_table(columns=["shard", "key"])
     rows = list(zip(ids.column("shard").to_pylist(), ids.column("key").to_pylist()))
