@@ -14,7 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Sequence, TypeVar
 
 import yaml
 from pydantic import (
@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from berg_scale.config_paths import override_keys, resolve_config_paths
 from berg_scale.errors import ConfigError
 from berg_scale.io.storage import StorageOptions
 
@@ -216,6 +217,9 @@ class StorageConfig(_Strict):
 class RunConfig(_Strict):
     """A whole generation run."""
 
+    # Local paths here resolve against the config file's folder (see config_paths).
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("input.shards", "berg_root", "backbone", "output")
+
     input: InputConfig
     berg_root: str
     backbone: str | None = None
@@ -287,13 +291,17 @@ def load_validated(
     """YAML file or dict -> `model`, with overrides, `${VAR}` secrets and one-line errors.
 
     Shared by every typed config of the project (runs, RNC studies), so they all accept
-    the same syntax and report problems the same way.
+    the same syntax and report problems the same way. For a file, the relative local
+    paths among `model.PATH_FIELDS` resolve against the file's folder (not those set by
+    an override); a dict is taken as given.
     """
+    base_dir: Path | None = None
     if isinstance(source, dict):
         raw: Any = json.loads(json.dumps(source))
         origin = origin or "config"
     else:
         path = Path(source)
+        base_dir = path.absolute().parent
         origin = origin or str(path)
         try:
             text = path.read_text()
@@ -310,6 +318,9 @@ def load_validated(
     for override in overrides:
         apply_override(raw, override)
     raw = _resolve_env(raw, os.environ if environ is None else environ, ())
+    if base_dir is not None:
+        fields = getattr(model, "PATH_FIELDS", ())
+        raw = resolve_config_paths(raw, base_dir, fields, skip=override_keys(overrides))
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

@@ -266,3 +266,78 @@ def test_cli_reports_config_edges_as_one_line(tmp_path, capsys):
     assert main(["plan", str(path), "--images", "10"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "unterminated environment reference" in err
+
+
+# --------------------------------------------------------------------------- relative paths
+
+
+def _write_config(folder, raw) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
+    raw = _base(input={"shards": ["shards/{000000..000002}.tar", "more/*.tar"]},
+                berg_root="../berg", backbone="weights/vit.pth", output="./out")
+    path = _write_config(tmp_path / "project" / "configs", raw)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(path)
+    folder = tmp_path / "project" / "configs"
+    assert config.input.shards == [str(folder / "shards/{000000..000002}.tar"), str(folder / "more/*.tar")]
+    assert config.berg_root == str(tmp_path / "project" / "berg")
+    assert config.backbone == str(folder / "weights" / "vit.pth")
+    assert config.output == str(folder / "out")
+
+
+def test_relative_config_path_itself_is_taken_from_the_working_directory(tmp_path, monkeypatch):
+    _write_config(tmp_path / "p", _base(output="out"))
+    monkeypatch.chdir(tmp_path)
+    assert load_config("p/run.yaml").output == str(tmp_path / "p" / "out")
+
+
+def test_urls_and_absolute_paths_are_left_as_written(tmp_path):
+    raw = _base(input={"shards": "file:///data/shards/{000000..000009}.tar"},
+                berg_root="s3://brain-encoding-response-generator", backbone="~/vit.pth",
+                output=str(tmp_path / "abs-out"))
+    config = load_config(_write_config(tmp_path / "c", raw))
+    assert config.input.shards == "file:///data/shards/{000000..000009}.tar"
+    assert config.berg_root == "s3://brain-encoding-response-generator"
+    assert config.backbone == "~/vit.pth"
+    assert config.output == str(tmp_path / "abs-out")
+
+
+def test_overrides_and_dicts_keep_paths_as_typed(tmp_path):
+    path = _write_config(tmp_path / "c", _base(berg_root="berg", output="out"))
+    config = load_config(path, overrides=["output=cli-out", "input={shards: cli-shards}"])
+    assert config.output == "cli-out" and config.input.shards == "cli-shards"
+    assert config.berg_root == str(tmp_path / "c" / "berg")  # not overridden: from the file
+    assert load_config(_base(berg_root="berg")).berg_root == "berg"
+
+
+def test_env_references_are_substituted_before_paths_resolve(tmp_path):
+    path = _write_config(tmp_path / "c", _base(berg_root="${ROOT}/berg", output="${OUT:-out}"))
+    config = load_config(path, environ={"ROOT": "/mnt/data"})
+    assert config.berg_root == "/mnt/data/berg"
+    assert config.output == str(tmp_path / "c" / "out")
+
+
+def test_rnc_study_paths_resolve_against_the_study_file(tmp_path, monkeypatch):
+    from berg_scale.rnc.config import load_config as load_study
+
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    study = folder / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "responses": "../generated", "out_dir": "rnc-out",
+        "plots": {"images": "s3://bucket/shards"},
+    }))
+    monkeypatch.chdir(tmp_path)
+    config = load_study(study)
+    assert config.responses == str(tmp_path / "generated")
+    assert config.out_dir == str(folder / "rnc-out")
+    assert config.plots.images == "s3://bucket/shards"
+    assert load_study(study, overrides=["out_dir=typed"]).out_dir == "typed"

@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def demo_config(out: str) -> dict[str, Any]:
-    """The generation config the demo runs (configs/demo.yaml is the same, relative to ./)."""
+    """The generation config the demo runs (configs/demo.yaml is the same, relative to its folder configs/)."""
     return {
         "input": {"shards": os.path.join(out, "shards"), "image_size": 256, "crop": "center"},
         "berg_root": os.path.join(out, "berg_root"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import ClassVar, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -72,6 +72,9 @@ class PlotConfig(_Strict):
 
 
 class StudyConfig(_Strict):
+    # Local paths here resolve against the study file's folder (berg_scale.config_paths).
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("responses", "out_dir", "plots.images")
+
     responses: str
     out_dir: str
     storage: StorageConfig = StorageConfig()

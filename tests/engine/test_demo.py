@@ -16,7 +16,7 @@ def test_configs_demo_yaml_is_the_demo_config():
     from berg_scale.config import load_config
 
     shipped = yaml.safe_load(open("configs/demo.yaml"))
-    assert shipped == demo_config("berg-scale-demo")
+    assert shipped == demo_config("../berg-scale-demo")  # relative to configs/, the file's folder
     load_config("configs/demo.yaml").readout_specs()  # valid, and every readout resolves
 
 
