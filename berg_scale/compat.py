@@ -8,7 +8,9 @@ stable output shapes where BERG squeezes axes, and bounded memory for large stim
 
 from __future__ import annotations
 
+import numbers
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -57,6 +59,44 @@ def _card(model_id: str) -> ModelCard:
         return get_card(model_id)
     except UnknownModelError:
         raise ModelNotFoundError(f"Model '{model_id}' not found in registry") from None
+
+
+def _plain_subject(subject: Any) -> Any:
+    """NumPy integers (`np.int64(1)` from an array or a loop) as Python ints, like BERG.
+
+    BERG tests membership by equality, so any integer type passes; booleans and
+    floats are left alone and rejected by the subject check.
+    """
+    if isinstance(subject, (bool, np.bool_)):
+        return subject
+    if isinstance(subject, (numbers.Integral, np.integer)):
+        return int(subject)
+    return subject
+
+
+def _check_device(device: Any) -> Any:
+    """Any device string torch accepts ("cpu", "cuda:1", "mps", ...) or "auto".
+
+    BERG hands the string to torch unchecked; here a string torch does not know is
+    refused before any file is read, with the accepted forms named.
+    """
+    import torch
+
+    if isinstance(device, torch.device) or device == "auto":
+        return device
+    if not isinstance(device, str):
+        raise InvalidParameterError(
+            f"device must be a string such as 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps', got {device!r}"
+        )
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise InvalidParameterError(
+            f"device {device!r} is not a torch device ({detail}); use 'auto', 'cpu', 'cuda', "
+            "'cuda:N', 'mps' or another name torch.device accepts"
+        ) from None
+    return device
 
 
 def _raise_readout_error(exc: ReadoutError) -> None:
@@ -113,6 +153,14 @@ class EncodingModel:
             pass
 
     def _check_stimulus(self, stimulus: Any) -> np.ndarray:
+        """The stimulus as uint8, or as float where BERG computes floats (see docs/models.md).
+
+        fwRF divides any dtype by 255, so integer arrays with values 0..255 give BERG's
+        uint8 numbers exactly (they are converted losslessly) and float arrays are taken
+        on the 0..255 scale, resized without rounding as BERG does. BERG's ViT models
+        divide an integer array by its dtype's maximum (int64 0..255 turns almost black)
+        and take floats as already in [0, 1]: those are accepted in [0, 1] only.
+        """
         if not isinstance(stimulus, np.ndarray) or stimulus.ndim != 4:
             raise StimulusError("Stimulus must be a 4D numpy array (batch, channels, height, width)")
         if stimulus.shape[1] != 3:
@@ -120,16 +168,66 @@ class EncodingModel:
                 f"Stimulus must have 3 RGB channels on axis 1, got shape {stimulus.shape}; "
                 "move channels first (np.transpose(x, (0, 3, 1, 2))) and convert to RGB"
             )
-        if stimulus.dtype != np.uint8:
+        dtype = stimulus.dtype
+        if dtype == np.uint8:
+            return stimulus
+        fwrf = self.recipe == "fwrf227"
+        if np.issubdtype(dtype, np.integer):
+            if not fwrf:
+                raise StimulusError(
+                    f"Stimulus must be uint8 for {self.model_id}, got {dtype}: BERG's ViT "
+                    f"preprocessing divides {dtype} by {np.iinfo(dtype).max}, which turns 0..255 "
+                    "images almost black; convert with np.clip(x, 0, 255).astype(np.uint8)"
+                )
+            low, high = (int(stimulus.min()), int(stimulus.max())) if stimulus.size else (0, 0)
+            if low < 0 or high > 255:
+                raise StimulusError(
+                    f"Stimulus values must be 0..255, got {low}..{high} ({dtype}); convert with "
+                    "np.clip(x, 0, 255).astype(np.uint8)"
+                )
+            return stimulus.astype(np.uint8)
+        if not np.issubdtype(dtype, np.floating) or dtype == np.float16:
             raise StimulusError(
-                f"Stimulus must be uint8 with values 0..255, got {stimulus.dtype}; convert with "
-                "np.clip(x, 0, 255).astype(np.uint8) (BERG would silently mis-scale it)"
+                f"Stimulus must be uint8 (or an integer or float32/float64 array), got {dtype}; "
+                "convert with np.clip(x, 0, 255).astype(np.uint8)"
+            )
+        if stimulus.size and not np.isfinite(stimulus).all():
+            raise StimulusError("Stimulus contains NaN or infinite values")
+        low, high = (float(stimulus.min()), float(stimulus.max())) if stimulus.size else (0.0, 0.0)
+        top = 255.0 if fwrf else 1.0
+        if low < 0 or high > top:
+            scale = "0..255 (fwRF divides by 255)" if fwrf else "0..1 (BERG's ViT models take floats as scaled)"
+            raise StimulusError(
+                f"float stimulus values must lie in {scale}, got {low:g}..{high:g}; "
+                "or pass uint8: np.clip(x, 0, 255).astype(np.uint8)"
+            )
+        if fwrf and 0 < high <= 1.0:
+            warnings.warn(
+                f"{self.model_id} takes float stimuli on the 0..255 scale (as BERG does) but these "
+                "lie in 0..1 and will look almost black; multiply by 255", UserWarning, stacklevel=4,
             )
         return stimulus
 
+    @property
+    def recipe(self) -> str:
+        return self.modelset.groups[0].recipe
+
+    def _forward_chunk(self, chunk: np.ndarray) -> Any:
+        """One batch of at most 100 images -> the column's responses (a torch tensor)."""
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(chunk))
+        if chunk.dtype == np.uint8:
+            return self.modelset.forward_tensors(tensor)[self.column.name]
+        pixels = _float_pixels(tensor, self.recipe).to(self.modelset.device)
+        with torch.no_grad():
+            results: dict[str, Any] = {}
+            for group in self.modelset.groups:
+                results.update(group.forward(pixels))
+        return results[self.column.name].to(torch.float32)
+
     def generate_response(self, stimulus: np.ndarray, show_progress: bool = True) -> Any:
         """Responses in BERG's shapes, computed 100 images at a time."""
-        import torch
         from tqdm.auto import tqdm
 
         stimulus = self._check_stimulus(stimulus)
@@ -140,13 +238,17 @@ class EncodingModel:
         if show_progress:
             starts = tqdm(starts, desc=f"Encoding {self.model_id}", unit="batch", file=sys.stderr)
         for start in starts:
-            chunk = torch.from_numpy(np.ascontiguousarray(stimulus[start : start + BATCH]))
-            result = self.modelset.forward_tensors(chunk)[column.name]
-            out[start : start + chunk.shape[0]] = result.cpu().numpy()
+            chunk = stimulus[start : start + BATCH]
+            out[start : start + chunk.shape[0]] = self._forward_chunk(chunk).cpu().numpy()
         if self.model_id == "fmri-nsd_fsaverage-vit_b_32":
+            # Two arrays of their own (BERG computes each hemisphere separately), not two
+            # views of one buffer: C-contiguous, writable, and freeing one frees it.
             is_lh = column.coords["hemisphere"] == "lh"
             n_lh = int(is_lh.sum())
-            return out[:, :n_lh], out[:, n_lh:]
+            lh = np.ascontiguousarray(out[:, :n_lh])
+            rh = np.ascontiguousarray(out[:, n_lh:])
+            del out
+            return lh, rh
         return out
 
     @classmethod
@@ -160,6 +262,35 @@ class EncodingModel:
 
     def describe(self) -> dict:
         return self.berg.describe(self.model_id)
+
+
+def _float_pixels(images: Any, recipe: str) -> Any:
+    """BERG's preprocessing of float stimuli: resize in the input's float dtype, no rounding.
+
+    fwRF: 227 x 227, then float32 / 255. ViT: short side 256, centre crop 224, float32
+    (no scaling: floats are taken as in [0, 1]), ImageNet normalisation. Runs on the CPU,
+    as BERG's does.
+    """
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    from berg_scale.models import preprocess as pp
+
+    def resize(x: Any, size: list[int]) -> Any:
+        if list(x.shape[-2:]) == list(size):
+            return x
+        return TF.resize(x, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+    if recipe == "fwrf227":
+        return resize(images, [pp.FWRF_SIZE, pp.FWRF_SIZE]).to(torch.float32) / 255.0
+    if recipe == "vit224":
+        x = pp.center_crop(resize(images, pp.vit_resized_size(*images.shape[-2:])), pp.VIT_CROP)
+        x = x.to(torch.float32)
+        mean = torch.tensor(pp.IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(pp.IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+        return (x - mean) / std
+    raise StimulusError(f"float stimuli are not supported by preprocessing {recipe!r}; pass uint8 images")
 
 
 class BERG:
@@ -196,7 +327,8 @@ class BERG:
             raise TypeError(f"get_encoding_model() got unexpected keyword argument(s) {sorted(unexpected)}")
         if "subject" not in kwargs:
             raise TypeError("get_encoding_model() missing required keyword argument: 'subject'")
-        spec = ReadoutSpec(model_id, kwargs["subject"], selection)
+        device = _check_device(device)
+        spec = ReadoutSpec(model_id, _plain_subject(kwargs["subject"]), selection)
         try:
             spec.resolve()
         except ReadoutError as exc:
@@ -222,7 +354,7 @@ class BERG:
     def get_model_metadata(self, model_id: str, **kwargs: Any) -> dict:
         card = _card(model_id)
         try:
-            subject = kwargs.get("subject")
+            subject = _plain_subject(kwargs.get("subject"))
             if subject is None:
                 raise BergScaleError("Required parameters missing: subject")
             if isinstance(subject, bool) or subject not in card.subjects:
@@ -250,38 +382,9 @@ class BERG:
             ) from None
 
     def describe(self, model_id: str) -> dict:
-        card = _card(model_id)
-        selection_help = {
-            "subject": f"int, one of {list(card.subjects)}",
-            "selection": f"dict with keys {list(card.selection_keys)}"
-            + (" (required)" if card.selection_required else " (optional)"),
-        }
-        info = {
-            "model_id": card.model_id,
-            "model_info": {
-                "modality": card.modality,
-                "training_dataset": card.dataset,
-                "model_architecture": card.architecture,
-                "creator": "BERG (Brain Encoding Response Generator)",
-            },
-            "description": card.description,
-            "input": {"description": card.input, "preprocessing": card.preprocessing},
-            "output": card.output,
-            "parameters": selection_help,
-            "parameters_by_function": {
-                "get_encoding_model": ["subject", "selection", "device"],
-                "encode": ["stimulus", "return_metadata", "show_progress"],
-            },
-            "performance": {},
-            "example_usage": (
-                "from berg_scale import BERG\n"
-                "berg = BERG('brain-encoding-response-generator')\n"
-                f"model = berg.get_encoding_model('{card.model_id}', subject={card.subjects[0]}"
-                + (", selection={'roi': 'V1'}" if card.selection_required else "")
-                + ")\nresponses = berg.encode(model, images_uint8)"
-            ),
-        }
-        print(f"Model: {card.model_id}\n  {card.modality} | {card.dataset}\n  {card.architecture}\n"
-              f"  subjects: {list(card.subjects)}\n  selection keys: {list(card.selection_keys)}\n"
-              f"  {card.description}")
+        """Print a summary and return BERG's nested description dict (see compat_describe)."""
+        from berg_scale.compat_describe import describe_card, format_description
+
+        info = describe_card(_card(model_id))
+        print(format_description(info))
         return info

@@ -5,6 +5,7 @@ Every fwRF readout shares the 227 x 227 preprocessing; encoders are per checkpoi
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -80,6 +81,27 @@ def _load_part(ctx: BuildContext, rel: str, subject: int, first: bool) -> _Part:
     return _Part(encoder, readout)
 
 
+def _warn_if_split_means_differ(files: list[str], parts: list[_Part], ctx: BuildContext) -> None:
+    """Split ROIs: each checkpoint's encoder subtracts its own `mu`; BERG's may not.
+
+    BERG builds both encoders around one shared `stim_mean` array, so on the CPU loading
+    the second checkpoint overwrites the first one's `mu` and both splits subtract the
+    last file's value (on CUDA each keeps its own). berg-scale always uses each file's
+    own `mu`; where the files disagree, BERG's CPU numbers for the first split differ.
+    """
+    first = parts[0].encoder.mu.detach()
+    for rel, part in zip(files[1:], parts[1:]):
+        if not torch.equal(first, part.encoder.mu.detach()):
+            warnings.warn(
+                f"{ctx.store.url(files[0])} and {ctx.store.url(rel)} hold different encoder mu "
+                f"({first.flatten().tolist()} vs {part.encoder.mu.detach().flatten().tolist()}); "
+                "berg-scale subtracts each file's own mu, while BERG on the CPU subtracts the "
+                "last file's from both splits, so BERG's first-split voxels differ (docs/models.md)",
+                UserWarning,
+                stacklevel=2,
+            )
+
+
 @register_model(get_card(FWRF_ID))
 class FwrfModel(EncodingModel):
     model_id: ClassVar[str] = FWRF_ID
@@ -108,6 +130,8 @@ class FwrfGroup(ReadoutGroup):
                     parts_by_file[rel] = _load_part(ctx, rel, spec.subject, first=position == 0)
                     self.weight_files.append(rel)
                 parts.append(parts_by_file[rel])
+            if len(parts) > 1:
+                _warn_if_split_means_differ(files, parts, ctx)
             n_voxels = sum(int(p.readout.b.shape[0]) for p in parts)
             coords: dict[str, np.ndarray] = {"voxel": np.arange(n_voxels)}
             meta_rel = layout.metadata_file(spec.model_id, spec.subject, sel.roi)

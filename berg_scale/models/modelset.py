@@ -29,7 +29,8 @@ __all__ = ["ModelSet", "OutputColumn", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """`auto` -> first CUDA device if present, else CPU; CUDA requests are checked."""
+    """`auto` -> first CUDA device if present, else CPU; other torch devices (`mps`,
+    `cpu:0`, `xpu`) are accepted when torch reports their backend usable."""
     if isinstance(device, torch.device):
         text = str(device)
     else:
@@ -51,7 +52,25 @@ def resolve_device(device: str | torch.device) -> torch.device:
                 f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
         return torch.device("cuda", index)
-    raise BergScaleError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N")
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise BergScaleError(
+            f"invalid device {device!r}; use auto, cpu, cuda, cuda:N or another torch device (mps, xpu)"
+        ) from None
+    if not _backend_available(dev):
+        raise BergScaleError(f"device {device!r} requested but torch has no usable {dev.type} backend here")
+    return dev
+
+
+def _backend_available(dev: torch.device) -> bool:
+    """Whether torch reports the device's backend usable (unknown kinds are trusted)."""
+    if dev.type == "cpu":
+        return True
+    if dev.type == "mps":
+        return bool(torch.backends.mps.is_available())
+    check = getattr(getattr(torch, dev.type, None), "is_available", None)
+    return bool(check()) if callable(check) else True
 
 
 def _exact_fp32_on_cuda() -> None:

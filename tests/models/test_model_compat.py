@@ -35,6 +35,23 @@ def test_listing_catalog_and_describe(berg, capsys):
     assert set(info) == {"model_id", "model_info", "description", "input", "output", "parameters",
                          "parameters_by_function", "performance", "example_usage"}
     assert info["model_info"]["modality"] == "EEG"
+    # BERG's nesting: parameters are dicts, selection keys sit under "properties".
+    assert info["parameters"]["subject"]["valid_values"] == list(range(1, 11))
+    assert info["parameters"]["subject"]["required"] is True
+    channels = info["parameters"]["selection"]["properties"]["channels"]
+    assert channels["type"] == "list" and len(channels["valid_values"]) == 63 and channels["valid_values"][0] == "Fp1"
+    assert set(info["parameters_by_function"]) == {"get_encoding_model", "encode"}
+    assert set(info["parameters_by_function"]["get_encoding_model"]) == {"subject", "selection", "device"}
+    assert info["parameters_by_function"]["encode"]["stimulus"]["type"] == "numpy.ndarray"
+    assert info["input"]["shape"] == ["batch_size", 3, "height", "width"]
+    assert [d["name"] for d in info["output"]["dimensions"]] == ["batch_size", "n_repetitions", "n_channels", "n_times"]
+    fwrf = berg.describe(FWRF)
+    assert fwrf["parameters"]["subject"]["valid_values"] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert fwrf["parameters"]["selection"]["required"] is True
+    rois = fwrf["parameters"]["selection"]["properties"]["roi"]["valid_values"]
+    assert rois[0] == "V1" and rois[-1] == "ventral" and len(rois) == 23
+    assert "subject=1, selection={'roi': 'V1'}" in fwrf["example_usage"]
+    assert "OVWFA" in berg.describe(FSAV)["parameters"]["selection"]["properties"]["roi"]["valid_values"]
     with pytest.raises(compat.ModelNotFoundError, match="Model 'x' not found in registry"):
         berg.describe("x")
 
@@ -114,7 +131,8 @@ def test_berg_exception_classes(berg):
         berg.get_encoding_model(FWRF, subject=3, selection={"roi": "V1"})
     assert not issubclass(compat.ValidationError, compat.BERGError)
     model = berg.get_encoding_model(FWRF, subject=1, selection={"roi": "V1"}, device="cpu")
-    for bad in (np.zeros((3, 64, 64), np.uint8), [[1]], np.zeros((1, 3, 64, 64), np.int64),
+    for bad in (np.zeros((3, 64, 64), np.uint8), [[1]], np.full((1, 3, 64, 64), 256, np.int64),
+                np.full((1, 3, 64, 64), -1.0), np.zeros((1, 3, 64, 64), bool),
                 np.zeros((1, 1, 64, 64), np.uint8)):
         with pytest.raises(compat.StimulusError):
             berg.encode(model, bad)
@@ -162,3 +180,109 @@ def test_eeg_101_images_do_not_crash(berg):
     out = berg.encode(model, images, show_progress=False)
     assert out.shape == (101, 4, 2, 140)
     np.testing.assert_allclose(out[100:], berg.encode(model, images[100:], show_progress=False), rtol=1e-5, atol=1e-6)
+
+
+# --- parity with BERG's documented input handling ------------------------------------
+
+
+def test_numpy_integer_subjects_are_accepted(berg):
+    """BERG tests `subject in [1, ..., 8]`, which NumPy integers pass."""
+    model = berg.get_encoding_model(FWRF, subject=np.int64(1), selection={"roi": "V1"}, device="cpu")
+    assert model.subject == 1 and type(model.subject) is int
+    assert model.column.name == "fmri-nsd-fwrf/sub-01/V1"
+    assert berg.get_model_metadata(FWRF, subject=np.int32(1), roi="V1")["fmri"]["ncsnr"].shape == (9,)
+    for bad in (np.bool_(True), True, 1.5, "1"):
+        with pytest.raises(compat.InvalidParameterError, match="Subject must be one of"):
+            berg.get_encoding_model(FWRF, subject=bad, selection={"roi": "V1"})
+
+
+def test_fwrf_takes_integer_and_float_stimuli_as_berg_does(berg, berg_root):
+    """fwRF divides any dtype by 255: int arrays give uint8's numbers exactly, floats are
+    resized without rounding (BERG's float path)."""
+    model = berg.get_encoding_model(FWRF, subject=1, selection={"roi": "V1"}, device="cpu")
+    rng = np.random.default_rng(11)
+    odd = rng.integers(0, 256, (3, 3, 40, 50), dtype=np.uint8)
+    expected = berg.encode(model, odd, show_progress=False)
+    for dtype in (np.int64, np.int32, np.int16, np.uint16):
+        np.testing.assert_array_equal(berg.encode(model, odd.astype(dtype), show_progress=False), expected)
+    # At 227 x 227 nothing is resized, so float input equals uint8 input bit for bit.
+    exact = rng.integers(0, 256, (2, 3, 227, 227), dtype=np.uint8)
+    for dtype in (np.float64, np.float32):
+        np.testing.assert_array_equal(berg.encode(model, exact.astype(dtype), show_progress=False),
+                                      berg.encode(model, exact, show_progress=False))
+    # Resized floats follow BERG's float path (no rounding back to integers).
+    floats = odd.astype(np.float64) + rng.uniform(-0.4, 0.4, odd.shape).clip(-odd, 255 - odd)
+    out = berg.encode(model, floats, show_progress=False)
+    x = ref._resize(floats, [227, 227]).astype(np.float32).astype(np.float64) / 255.0
+    reference = ref.fwrf_responses(ref.load_pt(berg_root / layout.weight_files(FWRF, 1, "V1")[0]), 1, x)
+    assert ref.rel_error(out, reference) < 1e-5
+    with pytest.warns(UserWarning, match="0..255 scale"):
+        berg.encode(model, odd / 255.0, show_progress=False)
+    with pytest.raises(compat.StimulusError, match=r"0\.\.255, got 45\.\.300"):
+        berg.encode(model, np.array(odd, np.int64) + np.int64(45), show_progress=False)
+    with pytest.raises(compat.StimulusError, match="NaN"):
+        berg.encode(model, np.full((1, 3, 8, 8), np.nan), show_progress=False)
+
+
+def test_vit_refuses_integers_berg_would_darken_and_takes_floats_in_0_1(berg):
+    model = berg.get_encoding_model(FSAV, subject=1, selection={"roi": "hV4"}, device="cpu")
+    images = np.random.default_rng(12).integers(0, 256, (2, 3, 256, 256), dtype=np.uint8)
+    with pytest.raises(compat.StimulusError, match="divides int64 by 9223372036854775807.*almost black"):
+        berg.encode(model, images.astype(np.int64), show_progress=False)
+    lh, rh = berg.encode(model, images, show_progress=False)
+    # BERG takes floats as already scaled to [0, 1]; at 256 x 256 nothing is resized.
+    lh_f, rh_f = berg.encode(model, images.astype(np.float32) / np.float32(255), show_progress=False)
+    np.testing.assert_array_equal(lh_f, lh)
+    np.testing.assert_array_equal(rh_f, rh)
+    with pytest.raises(compat.StimulusError, match="0..1"):
+        berg.encode(model, images.astype(np.float32), show_progress=False)
+
+
+def test_fsaverage_hemispheres_are_separate_contiguous_arrays(berg):
+    model = berg.get_encoding_model(FSAV, subject=1, device="cpu")
+    lh, rh = berg.encode(model, np.zeros((2, 3, 64, 64), np.uint8), show_progress=False)
+    assert lh.flags.c_contiguous and rh.flags.c_contiguous and lh.flags.writeable
+    assert not np.shares_memory(lh, rh)
+    assert lh.shape == rh.shape == (2, 163842)
+
+
+def test_device_strings_torch_accepts(berg, monkeypatch):
+    import torch
+
+    model = berg.get_encoding_model(FWRF, subject=1, selection={"roi": "V1"}, device="cpu:0")
+    assert model.modelset.device == torch.device("cpu:0")
+    assert berg.encode(model, np.zeros((1, 3, 32, 32), np.uint8), show_progress=False).shape == (1, 9)
+    # "mps" is a device torch knows: accepted, and refused only because it is absent here.
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(compat.ModelLoadError, match="'mps' requested but torch has no usable mps backend"):
+        berg.get_encoding_model(FWRF, subject=1, selection={"roi": "V1"}, device="mps")
+    for bad in ("gpu", "cuda:x", 3):
+        with pytest.raises(compat.InvalidParameterError, match="device"):
+            berg.get_encoding_model(FWRF, subject=1, selection={"roi": "V1"}, device=bad)
+
+
+def test_split_rois_warn_when_the_checkpoints_mu_differ(tmp_path, berg_root, recwarn):
+    """BERG (CPU) subtracts the last split's mu from both splits; berg-scale uses each
+    file's own and says so when they differ."""
+    import shutil
+    import warnings
+
+    import torch
+
+    files = layout.weight_files(FWRF, 1, "lateral")
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(berg_root / rel, tmp_path / rel)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # identical mu (as published): no warning
+        BERG(str(tmp_path)).get_encoding_model(FWRF, subject=1, selection={"roi": "lateral"}, device="cpu")
+    second = torch.load(tmp_path / files[1], map_location="cpu", weights_only=False)
+    second["best_params"]["enc"]["mu"] = second["best_params"]["enc"]["mu"] + 0.05
+    torch.save(second, tmp_path / files[1])
+    with pytest.warns(UserWarning, match="different encoder mu.*each file's own mu"):
+        model = BERG(str(tmp_path)).get_encoding_model(FWRF, subject=1, selection={"roi": "lateral"}, device="cpu")
+    images = np.random.default_rng(13).integers(0, 256, (2, 3, 227, 227), dtype=np.uint8)
+    out = BERG(str(tmp_path)).encode(model, images, show_progress=False)
+    x = ref.fwrf_preprocess(images)
+    own = np.concatenate([ref.fwrf_responses(ref.load_pt(tmp_path / f), 1, x) for f in files], axis=1)
+    assert ref.rel_error(out, own) < 1e-5
