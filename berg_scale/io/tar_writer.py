@@ -63,6 +63,30 @@ def validate_key(key: str) -> str:
     return key
 
 
+def _member_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = mtime
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def member_bytes(name: str, size: int, mtime: int = 0) -> int:
+    """Exact bytes one member adds to a PAX archive: header(s) plus data padded to 512."""
+    header = _member_info(name, size, mtime).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    blocks, remainder = divmod(size, tarfile.BLOCKSIZE)
+    return len(header) + (blocks + (remainder > 0)) * tarfile.BLOCKSIZE
+
+
+def archive_bytes(members_end: int) -> int:
+    """Final file size of an archive whose members end at `members_end`: two zero blocks,
+    then padding to a whole tar record, as `tarfile` writes on close."""
+    end = members_end + 2 * tarfile.BLOCKSIZE
+    return -(-end // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
 class TarShardWriter:
     """Context manager that writes one tar shard and publishes it atomically on success."""
 
@@ -94,14 +118,22 @@ class TarShardWriter:
         if self._closed:
             raise TarWriteError(f"shard {self.url} is already closed")
         validate_member_name(name)
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = self._mtime
-        info.mode = 0o644
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        self._tar.addfile(info, io.BytesIO(data))
+        self._tar.addfile(_member_info(name, len(data), self._mtime), io.BytesIO(data))
         self._members += 1
+
+    @property
+    def members(self) -> int:
+        return self._members
+
+    @property
+    def members_end(self) -> int:
+        """Bytes written so far (the members; the end-of-archive blocks come on commit)."""
+        return self._tar.offset
+
+    def size_with(self, fields: Mapping[str, bytes], key: str) -> int:
+        """The final shard size if the sample `key` with `fields` were added now."""
+        extra = sum(member_bytes(f"{key}.{ext}", len(data), self._mtime) for ext, data in fields.items())
+        return archive_bytes(self.members_end + extra)
 
     def add_sample(self, key: str, fields: Mapping[str, bytes]) -> None:
         """Append `<key>.<ext>` for every field, in the mapping's order (one sample)."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tarfile
 
+import numpy as np
 import pytest
 
 from berg_scale.cli import main
@@ -162,3 +163,248 @@ def test_keys_are_sanitised_and_unique():
     assert key_for("a b/c.d.e.JPG") == "a_b/c_d_e"
     assert key_for("ünï/ø.png") == "n/_"  # non-ASCII runs become "_", then trimmed
     assert unique_keys(["x.jpg", "x.png", "x_1.png", "y.png"]) == ["x", "x_1", "x_1_1", "y"]
+
+
+# --- formats, names of everything left out ------------------------------------------
+
+
+def image_bytes(fmt: str, width: int, height: int, seed: int) -> bytes:
+    from berg_scale.testing.synthetic_shards import encode, synthetic_image
+
+    return encode(synthetic_image(np.random.default_rng(seed), width, height), fmt)
+
+
+def _write(folder, files: dict) -> None:
+    for rel, data in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def _gif(width=20, height=10, seed=0) -> bytes:
+    import io
+
+    from PIL import Image
+
+    from berg_scale.testing.synthetic_shards import synthetic_image
+
+    buffer = io.BytesIO()
+    frames = [Image.fromarray(synthetic_image(np.random.default_rng(seed + i), width, height)).convert("P")
+              for i in range(2)]
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])  # animated
+    return buffer.getvalue()
+
+
+def test_gif_is_packed_and_every_left_out_file_is_named(tmp_path, capsys):
+    from berg_scale.io.decode import decode_to_rgb
+
+    src = tmp_path / "src"
+    _write(src, {"anim.gif": _gif(), "a.png": image_bytes("png", 8, 8, 1), "notes.txt": b"x",
+                 "README": b"y", ".DS_Store": b"\0", ".git/config": b"z", "bad.gif": b"GIF89a-broken"})
+    dest = tmp_path / "out"
+    assert main(["make-shards", str(src), str(dest)]) == 0
+    err = capsys.readouterr().err
+    manifest, samples = _all_samples(dest)
+    assert {s.json["source"]: s.image_ext for s in samples} == {"anim.gif": "gif", "a.png": "png"}
+    gif = next(s for s in samples if s.image_ext == "gif")
+    assert decode_to_rgb(gif.image).size == (20, 10)  # the engine's reader takes it
+    assert {i["path"]: i["reason"] for i in manifest["skipped"]} == {
+        "bad.gif": manifest["skipped"][0]["reason"]}
+    ignored = {i["path"]: i["reason"] for i in manifest["ignored"]}
+    assert set(ignored) == {"notes.txt", "README", ".DS_Store", ".git/"}
+    assert "not an image file name (.txt" in ignored["notes.txt"] and "no extension" in ignored["README"]
+    assert ignored[".DS_Store"] == "hidden file" and "hidden folder" in ignored[".git/"]
+    for path in ("bad.gif", "notes.txt", "README", ".DS_Store", ".git/"):
+        assert f"  {path}: " in err  # every one named on the console with its reason
+
+
+# --- re-encoding ------------------------------------------------------------------------
+
+
+def _rotated_jpeg() -> tuple[bytes, np.ndarray]:
+    """A JPEG stored sideways (raw 120 x 60) with EXIF orientation 6: upright it is
+    60 wide, 120 tall, red on top and blue below."""
+    import io
+
+    from PIL import Image
+
+    upright = np.zeros((120, 60, 3), np.uint8)
+    upright[:60] = (255, 0, 0)
+    upright[60:] = (0, 0, 255)
+    stored = np.rot90(upright, k=1)  # orientation 6 means "rotate 90 degrees clockwise to view"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(stored)).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue(), upright
+
+
+def test_max_side_resizes_upright_and_copies_small_images(tmp_path):
+    import io
+
+    from PIL import Image
+
+    rotated, _ = _rotated_jpeg()
+    small = image_bytes("png", 30, 20, 3)
+    src = tmp_path / "src"
+    _write(src, {"big.jpg": rotated, "small.png": small})
+    report = pack_folder(str(src), str(tmp_path / "out"), max_side=48)
+    assert report.resized == 1
+    _, samples = _all_samples(tmp_path / "out")
+    by_source = {s.json["source"]: s for s in samples}
+    big = by_source["big.jpg"]
+    assert big.image_ext == "jpg"
+    assert big.json == {"source": "big.jpg", "width": 24, "height": 48,
+                        "original_width": 60, "original_height": 120}
+    image = Image.open(io.BytesIO(big.image))
+    assert image.size == (24, 48) and image.getexif().get(0x0112) is None
+    pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert pixels[5, 12, 0] > 200 and pixels[5, 12, 2] < 60  # red on top: rotated before resizing
+    assert pixels[42, 12, 2] > 200 and pixels[42, 12, 0] < 60
+    assert by_source["small.png"].image == small and by_source["small.png"].image_ext == "png"
+    assert by_source["small.png"].json == {"source": "small.png", "width": 30, "height": 20}
+
+
+def test_jpeg_quality_reencodes_every_image(tmp_path):
+    src = tmp_path / "src"
+    _write(src, {f"{i}.png": image_bytes("png", 64, 64, i) for i in range(3)})
+    sizes = {}
+    for quality in (20, 95):
+        dest = tmp_path / f"q{quality}"
+        assert main(["make-shards", str(src), str(dest), "--quiet", "--jpeg-quality", str(quality)]) == 0
+        _, samples = _all_samples(dest)
+        assert {s.image_ext for s in samples} == {"jpg"}
+        sizes[quality] = sum(len(s.image) for s in samples)
+    assert sizes[20] < sizes[95]
+    assert main(["make-shards", str(src), str(tmp_path / "x"), "--quiet", "--jpeg-quality", "0"]) == 2
+
+
+# --- shard size -------------------------------------------------------------------------
+
+
+def test_parse_size_units():
+    from berg_scale.commands.make_shards import parse_size
+
+    assert parse_size("256MB") == 256_000_000 and parse_size("1.5GiB") == 1_610_612_736
+    assert parse_size("4096") == 4096 and parse_size("20 kb") == 20_000
+    with pytest.raises(Exception, match="not a size"):
+        parse_size("big")
+
+
+def test_shards_by_size_stay_under_the_limit(tmp_path):
+    src = tmp_path / "src"
+    files = {f"img{i:02d}.png": image_bytes("png", 40 + i, 30, i) for i in range(24)}
+    _write(src, files)
+    limit = 30_000
+    dest = tmp_path / "out"
+    assert main(["make-shards", str(src), str(dest), "--quiet", "--shard-size", "30KB"]) == 0
+    manifest, samples = _all_samples(dest)
+    assert manifest["n_shards"] > 2 and len(samples) == 24
+    for shard in manifest["shards"]:
+        size = (dest / shard["name"]).stat().st_size
+        assert size == shard["bytes"] and size <= limit
+    # Adding the next image would have crossed the limit: shards are as full as allowed.
+    assert all(s["bytes"] > limit - 12_000 for s in manifest["shards"][:-1])
+    # With a count too, whichever comes first closes the shard.
+    both = tmp_path / "both"
+    assert main(["make-shards", str(src), str(both), "--quiet", "--shard-size", "1MB", "--per-shard", "5"]) == 0
+    assert [s["n"] for s in _all_samples(both)[0]["shards"]] == [5, 5, 5, 5, 4]
+
+
+# --- incremental ------------------------------------------------------------------------
+
+
+def _digest(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_add_packs_only_new_files_and_never_touches_existing_shards(tmp_path, capsys):
+    src = tmp_path / "src"
+    _write(src, {f"a{i}.png": image_bytes("png", 10, 10, i) for i in range(5)})
+    dest = tmp_path / "out"
+    assert main(["make-shards", str(src), str(dest), "--quiet", "--per-shard", "2"]) == 0
+    before = {p.name: (_digest(p), p.stat().st_mtime_ns) for p in dest.glob("shard-*.tar")}
+    assert sorted(before) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    # new files, one whose key collides with an existing key, plus a stray shard number
+    _write(src, {"b0.png": image_bytes("png", 10, 10, 20), "b1.jpg": image_bytes("jpg", 10, 10, 21),
+                 "a0.jpg": image_bytes("jpg", 12, 12, 22), "broken.png": b"nope"})
+    assert main(["make-shards", str(src), str(dest), "--add", "--per-shard", "2"]) == 0
+    out = capsys.readouterr()
+    assert "packed 3 image(s) into 2 shard(s)" in out.out and "5 already in 3 existing shard(s)" in out.out
+    assert "broken.png" in out.err
+    after = {p.name: (_digest(p), p.stat().st_mtime_ns) for p in dest.glob("shard-*.tar")}
+    assert {name: after[name] for name in before} == before  # byte-for-byte, not even rewritten
+    assert sorted(set(after) - set(before)) == ["shard-000003.tar", "shard-000004.tar"]
+    manifest, samples = _all_samples(dest)
+    assert manifest["n_images"] == 8 and manifest["n_shards"] == 5 and len(manifest["runs"]) == 2
+    keys = [s.key for s in samples]
+    assert len(set(keys)) == 8 and "a0_1" in keys  # a0.jpg may not reuse a0.png's key
+    assert [s["path"] for s in manifest["skipped"]] == ["broken.png"]
+    # nothing new: no shard written, still a success
+    assert main(["make-shards", str(src), str(dest), "--add", "--quiet"]) == 0
+    assert len(list(dest.glob("shard-*.tar"))) == 5
+
+
+def test_add_refuses_a_destination_without_manifest_and_excludes_overwrite(tmp_path, capsys):
+    src = tmp_path / "src"
+    _write(src, {"a.png": image_bytes("png", 10, 10, 1)})
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "shard-000000.tar").write_bytes(b"")
+    assert main(["make-shards", str(src), str(dest), "--add", "--quiet"]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["make-shards", str(src), str(dest), "--add", "--overwrite"])
+    empty = tmp_path / "fresh"
+    assert main(["make-shards", str(src), str(empty), "--add", "--quiet"]) == 0  # empty: a first run
+
+
+# --- labels -----------------------------------------------------------------------------
+
+
+def test_class_folders_give_a_label_table_the_experiments_read(tmp_path):
+    from berg_scale.experiments.labels import read_label_table
+
+    src = tmp_path / "src"
+    _write(src, {"cats/c1.png": image_bytes("png", 9, 9, 1), "cats/deep/c2.png": image_bytes("png", 9, 9, 2),
+                 "dogs/d1.png": image_bytes("png", 9, 9, 3)})
+    dest = tmp_path / "out"
+    assert main(["make-shards", str(src), str(dest), "--quiet"]) == 0
+    table = read_label_table(str(dest / "labels.csv"))
+    assert table.labels == ["cats", "dogs"]
+    assert table.label_of("shard-000000", "cats/deep/c2") == "cats"
+    _write(src, {"birds/b1.png": image_bytes("png", 9, 9, 4)})
+    assert main(["make-shards", str(src), str(dest), "--quiet", "--add"]) == 0
+    assert read_label_table(str(dest / "labels.csv")).labels == ["birds", "cats", "dogs"]
+    # a table the user wrote is never replaced
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "labels.csv").write_text("key,label\nx,y\n")
+    assert main(["make-shards", str(src), str(own), "--quiet"]) == 0
+    assert (own / "labels.csv").read_text() == "key,label\nx,y\n"
+    # images at the top level too: no partial table
+    _write(src, {"loose.png": image_bytes("png", 9, 9, 5)})
+    mixed = tmp_path / "mixed"
+    assert main(["make-shards", str(src), str(mixed), "--quiet"]) == 0
+    assert not (mixed / "labels.csv").exists()
+
+
+# --- other tar tools read our shards ------------------------------------------------------
+
+
+@pytest.mark.skipif(not __import__("shutil").which("tar"), reason="GNU tar not installed")
+def test_gnu_tar_lists_and_extracts_our_shards(mixed_folder, tmp_path):
+    src, good = mixed_folder
+    pack_folder(str(src), str(tmp_path / "out"), per_shard=100, max_side=32)
+    shard = tmp_path / "out" / "shard-000000.tar"
+    listed = subprocess.run(["tar", "-tf", str(shard)], capture_output=True, text=True, check=True)
+    names = listed.stdout.split()
+    assert len(names) == 2 * len(good) and "sub/Photo_1_v2.json" in names
+    extract = tmp_path / "x"
+    extract.mkdir()
+    subprocess.run(["tar", "-xf", str(shard), "-C", str(extract)], check=True)
+    sidecar = json.loads((extract / "sub" / "Photo_1_v2.json").read_text())
+    assert sidecar == {"source": "sub/Photo 1.v2.JPG", "width": 23, "height": 32,
+                       "original_width": 50, "original_height": 70}
