@@ -80,6 +80,16 @@ class InputConfig(_Strict):
     )
     image_size: Int = Field(256, ge=16, le=4096)
     crop: Literal["center", "none"] = "center"
+    # Fields of each sample's <key>.json sidecar copied into output columns (opt-in),
+    # e.g. [source, width, height] as make-shards writes them.
+    metadata: list[str] = Field(default_factory=list)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_names(cls, value: list[str]) -> list[str]:
+        from berg_scale.io.sample_metadata import check_names
+
+        return check_names(value)
 
     @field_validator("shards")
     @classmethod
@@ -262,7 +272,10 @@ class RunConfig(_Strict):
         """Hash of everything in the config that changes the numbers in the output."""
         # The shard list is left out on purpose: extending a range and resuming is fine.
         relevant = {
-            "input": self.input.model_dump(mode="json", exclude={"shards"}),
+            # metadata columns only when asked for, so existing runs keep their fingerprint
+            "input": self.input.model_dump(
+                mode="json", exclude={"shards"} | (set() if self.input.metadata else {"metadata"})
+            ),
             "readouts": [readout.model_dump(mode="json") for readout in self.readouts],
             "precision": self.resources.precision,
         }

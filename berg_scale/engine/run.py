@@ -188,6 +188,7 @@ def _run_holding_lease(
         device=config.resources.device,
         run_id=store.run_id,
         binding=binding.marker_fields(),
+        sample_metadata=tuple(config.input.metadata),
     )
     we_started_ray = ensure_ray(ray_address, allow_auto=allow_auto_address)
     slots: list[WorkerSlot] = []

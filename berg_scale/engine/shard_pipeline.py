@@ -54,6 +54,7 @@ class ShardSettings:
     # What the driver checked this run against (config fingerprint, weight hashes): every
     # marker records it, so a later run can tell whether a committed shard is still valid.
     binding: dict[str, Any] = field(default_factory=dict)
+    sample_metadata: tuple[str, ...] = ()  # json sidecar fields copied into columns
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Sample:
     index: int
     data: bytes | None
     error: str | None = None
+    meta: dict[str, Any] | None = None  # the json sidecar, for input.metadata columns
 
 
 def iter_samples(url: str, storage: StorageOptions | None) -> Iterator[Sample]:
@@ -84,7 +86,7 @@ def iter_samples(url: str, storage: StorageOptions | None) -> Iterator[Sample]:
         error = item.error if item.image is None else None
         if item.image is None and error is None:
             error = "no image member"
-        yield Sample(key=item.key, index=int(item.index), data=item.image, error=error)
+        yield Sample(key=item.key, index=int(item.index), data=item.image, error=error, meta=item.json)
 
 
 def process_shard(
@@ -110,6 +112,7 @@ def process_shard(
 
     started = time.perf_counter()
     stats = ShardStats()
+    schema = _with_metadata_columns(schema, settings)
     source = samples if samples is not None else iter_samples(shard.url, settings.storage)
     device = getattr(model, "device", "cpu")
     decoder = ChunkDecoder(settings, executor, _gpu_decode_wanted(settings.decode, device), device, stats)
@@ -169,6 +172,16 @@ def process_shard(
         raise
 
 
+def _with_metadata_columns(schema: Any, settings: ShardSettings) -> Any:
+    """Add the `input.metadata` sidecar columns after the identity columns (if any)."""
+    from berg_scale.io.response_writer import ID_FIELDS
+    from berg_scale.io.sample_metadata import metadata_names, with_sample_metadata
+
+    if not settings.sample_metadata or metadata_names(schema):
+        return schema
+    return with_sample_metadata(schema, settings.sample_metadata, after=len(ID_FIELDS))
+
+
 def _seconds(stats: ShardStats, started: float, now: float) -> dict[str, float]:
     return {**{k: round(v, 6) for k, v in stats.seconds.items()}, "total": round(now - started, 6)}
 
@@ -219,7 +232,7 @@ class ChunkDecoder:
         stats = self.stats
         for sample, error, where in zip(chunk, result.errors, result.decoded_on):
             reason = sample.error or error
-            rows.append(RowInfo(sample.key, sample.index, reason))
+            rows.append(RowInfo(sample.key, sample.index, reason, sample.meta))
             if reason is None:
                 stats.decoded_on[where or "cpu"] += 1
             else:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from berg_scale import __version__
 from berg_scale.io.output_store import OutputStore
+from berg_scale.io.sample_metadata import metadata_array, metadata_names
 
 METADATA_KEY = b"berg_scale"
 ID_FIELDS = [
@@ -39,6 +40,7 @@ class RowInfo:
     key: str
     index: int
     error: str | None = None
+    meta: dict[str, Any] | None = None  # the sample's json sidecar (see sample_metadata)
 
     @property
     def ok(self) -> bool:
@@ -97,7 +99,11 @@ def build_record_batch(
         pa.array(["ok" if row.ok else "error" for row in rows], pa.string()),
         pa.array([row.error for row in rows], pa.string()),
     ]
+    carried = set(metadata_names(schema))
     for field in list(schema)[len(ID_FIELDS) :]:
+        if field.name in carried:
+            arrays.append(metadata_array(field, [row.meta for row in rows]))
+            continue
         values = outputs.get(field.name)
         arrays.append(_column_array(field, values, ok, n_ok))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -408,3 +408,81 @@ def test_gnu_tar_lists_and_extracts_our_shards(mixed_folder, tmp_path):
     sidecar = json.loads((extract / "sub" / "Photo_1_v2.json").read_text())
     assert sidecar == {"source": "sub/Photo 1.v2.JPG", "width": 23, "height": 32,
                        "original_width": 50, "original_height": 70}
+
+
+# --- the sidecar as output columns (input.metadata) ----------------------------------------
+
+
+def _tarfile_shard(path, samples: dict) -> None:
+    import io
+
+    with tarfile.open(path, "w") as archive:
+        for name, data in samples.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.skipif(not __import__("shutil").which("tar"), reason="GNU tar not installed")
+def test_generate_carries_sidecar_fields_into_columns(tmp_path):
+    """Shards from make-shards, GNU tar and Python's tarfile: the listed json fields become
+    columns; a missing sidecar, a missing field or a mistyped value is a null."""
+    import pyarrow.compute as pc
+
+    from berg_scale.engine.shard_pipeline import ShardSettings
+    from berg_scale.engine.stand_in_model import FixedCostModelFactory
+    from berg_scale.engine.worker import EncoderWorker
+    from berg_scale.io.results import open_responses
+    from berg_scale.io.shard_listing import list_shards
+
+    inputs = tmp_path / "in"
+    src = tmp_path / "src"
+    _write(src, {"cats/c1.png": image_bytes("png", 30, 20, 1), "dogs/d1.jpg": image_bytes("jpg", 70, 50, 2)})
+    pack_folder(str(src), str(inputs), max_side=40, prefix="ours-")
+    loose = tmp_path / "loose"
+    _write(loose, {"g1.jpg": image_bytes("jpg", 16, 16, 3),
+                   "g1.json": json.dumps({"source": "cam/g1.jpg", "width": 16, "height": 16}).encode(),
+                   "g2.jpg": image_bytes("jpg", 16, 16, 4),
+                   "g2.json": json.dumps({"width": "16px", "caption": {"en": "a dog"}}).encode(),
+                   "g3.jpg": image_bytes("jpg", 16, 16, 5)})
+    subprocess.run(["tar", "cf", str(inputs / "gnu.tar"), "-C", str(loose), "."], check=True)
+    _tarfile_shard(inputs / "py.tar", {"p1.png": image_bytes("png", 8, 12, 6),
+                                       "p1.json": json.dumps({"source": "p1.png", "height": 12}).encode()})
+    output = str(tmp_path / "out")
+    settings = ShardSettings(output=output, image_size=32, batch_size=2, decode_threads=1, decode_ahead=0,
+                             device="cpu", sample_metadata=("source", "width", "height", "caption"))
+    worker = EncoderWorker(0, FixedCostModelFactory(), settings)
+    for shard in list_shards(str(inputs)):
+        assert worker.process(shard, 1)["status"] == "done"
+    table = open_responses(output).to_table()
+    assert table.schema.names[:9] == ["key", "shard", "index", "status", "error",
+                                      "source", "width", "height", "caption"]
+    assert str(table.schema.field("width").type) == "int32"
+    rows = {(r["shard"], r["key"]): r for r in table.to_pylist()}
+    c1 = rows[("ours-000000", "cats/c1")]
+    assert (c1["source"], c1["width"], c1["height"]) == ("cats/c1.png", 30, 20)
+    d1 = rows[("ours-000000", "dogs/d1")]
+    assert (d1["source"], d1["width"], d1["height"]) == ("dogs/d1.jpg", 40, 29)  # resized
+    assert (rows[("gnu", "g1")]["source"], rows[("gnu", "g1")]["width"]) == ("cam/g1.jpg", 16)
+    g2 = rows[("gnu", "g2")]
+    assert g2["source"] is None and g2["width"] is None and g2["caption"] == '{"en": "a dog"}'
+    assert rows[("gnu", "g3")]["source"] is None and rows[("gnu", "g3")]["status"] == "ok"
+    p1 = rows[("py", "p1")]
+    assert (p1["source"], p1["width"], p1["height"]) == ("p1.png", None, 12)
+    assert pc.sum(pc.equal(table["status"], "ok")).as_py() == len(rows) == 6
+
+
+def test_run_config_metadata_field_is_opt_in_and_validated():
+    from berg_scale.config import load_config
+    from berg_scale.errors import ConfigError
+
+    raw = {"input": {"shards": "s3://b/x/{000000..000001}.tar"}, "berg_root": "/r", "output": "s3://b/o",
+           "readouts": [{"model": "fmri-nsd-fwrf", "subjects": [1], "rois": ["V1"]}]}
+    plain = load_config(raw)
+    assert plain.input.metadata == []
+    carried = load_config({**raw, "input": {**raw["input"], "metadata": ["source", "width"]}})
+    assert carried.input.metadata == ["source", "width"]
+    assert carried.input_fingerprint() != plain.input_fingerprint()  # a different output table
+    for bad, message in ((["key"], "identity column"), (["a b"], "plain name"), (["x", "x"], "distinct")):
+        with pytest.raises(ConfigError, match=message):
+            load_config({**raw, "input": {**raw["input"], "metadata": bad}})
