@@ -1,9 +1,12 @@
 """A drop-in for BERG's Python API, backed by `ModelSet`.
 
 Existing notebooks switch with one line: `from berg_scale import BERG`. Method names,
-argument names, output shapes and exception class names follow BERG 2.0.0; the
-deliberate differences (documented in docs/models.md) are stricter input checks,
-stable output shapes where BERG squeezes axes, and bounded memory for large stimuli.
+argument names, output shapes, `describe()`'s nested dict and exception class names
+follow BERG 2.0.0, and so does input handling where BERG computes correct numbers
+(NumPy integer subjects, integer/float stimuli for fwRF, floats in [0, 1] for the ViT
+models, any torch device string). The deliberate differences (documented in
+docs/models.md) are refusals of input BERG would silently mis-scale, stable output
+shapes where BERG squeezes axes, and bounded memory for large stimuli.
 """
 
 from __future__ import annotations

@@ -407,6 +407,8 @@ def pack_folder(
         report.already_packed = sum(c.relpath in packed for c in candidates)
         candidates = [c for c in candidates if c.relpath not in packed]
         first_index = _next_index(existing, prefix)
+        if progress and report.already_packed:
+            progress(report.already_packed)  # counted by the caller's total, not read again
     keys = dict(zip((c.relpath for c in candidates),
                     unique_keys((c.relpath for c in candidates), taken=old_keys)))
     _write_shards(report, candidates, keys, dest, prefix, storage, options, workers, progress, first_index)
