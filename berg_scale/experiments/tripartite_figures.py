@@ -1,8 +1,8 @@
 """Figures of the tripartite analysis: preferences on the fsaverage5 surface, ROI shares as bars.
 
-The surface uses nilearn's bundled fsaverage5 mesh (no download). fsaverage5 is the first
-10,242 vertices of each fsaverage hemisphere, so vertex v < 10,242 of the responses is drawn
-at fsaverage5 vertex v; vertices the responses lack are grey, vertices >= 10,242 are not drawn.
+The surface is drawn by `berg_scale.figures.surface_figures` on nilearn's bundled fsaverage5
+mesh (no download): vertex v < 10,242 of the responses is drawn at fsaverage5 vertex v,
+vertices the responses lack are grey, vertices >= 10,242 are not drawn.
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ def _colours(n: int) -> list[str]:
 
 
 def surface_codes(ids: np.ndarray, preferred: np.ndarray) -> dict[str, np.ndarray]:
-    """hemisphere -> (10,242,) float: 0 where not in the responses, else 1 + category code."""
+    """hemisphere -> (10,242,) float: the preferred category's code, NaN where not in the responses."""
     from berg_scale.experiments.tripartite import FSAVERAGE5_VERTICES, split_ids
 
     hemi, vertex = split_ids(ids)
     out = {}
     for name in ("lh", "rh"):
-        codes = np.zeros(FSAVERAGE5_VERTICES, dtype=np.float64)
+        codes = np.full(FSAVERAGE5_VERTICES, np.nan, dtype=np.float64)
         keep = (hemi == name) & (vertex < FSAVERAGE5_VERTICES)
-        codes[vertex[keep]] = preferred[keep] + 1
+        codes[vertex[keep]] = preferred[keep]
         out[name] = codes
     return out
 
@@ -49,45 +49,20 @@ def _save(fig: Any, fmt: str) -> bytes:
 
 
 def surface_figure(result: TripartiteResult) -> Any:
-    import matplotlib
+    from berg_scale.experiments.tripartite import MEAN
+    from berg_scale.figures.surface_figures import surface_map
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-    from nilearn import datasets, plotting
-
-    from berg_scale.experiments.tripartite import MEAN, MISSING_GREY
-
-    mesh = datasets.load_fsaverage("fsaverage5")
-    sulcal = datasets.load_fsaverage_data("fsaverage5", data_type="sulcal")
     ids, preferred = result.preferences[MEAN][0], result.preferences[MEAN][1]
-    codes = surface_codes(ids, preferred)
-    colours = _colours(len(result.categories))
-    cmap = ListedColormap([MISSING_GREY, *colours])
-    fig, axes = plt.subplots(2, 2, figsize=(7.0, 5.0), subplot_kw={"projection": "3d"})
-    for col, (hemi, side) in enumerate((("lh", "left"), ("rh", "right"))):
-        for row, view in enumerate(("lateral", "ventral")):
-            ax = axes[row, col]
-            # Faces of vertices without responses (code 0) fall under the threshold and show
-            # the grey sulcal shading; the others take their category's colour.
-            plotting.plot_surf(
-                mesh["inflated"].parts[side], surf_map=codes[hemi], bg_map=sulcal.data.parts[side],
-                hemi=side, view=view, cmap=cmap, vmin=-0.5, vmax=len(colours) + 0.5, threshold=0.5,
-                avg_method="median", colorbar=False, axes=ax, figure=fig, engine="matplotlib",
-            )
-            ax.set_box_aspect(None, zoom=1.3)  # nilearn leaves a wide margin around the mesh
-            ax.set_rasterized(True)  # keeps the SVG small: the meshes are bitmaps, text stays vector
-            ax.set_title(f"{'left' if hemi == 'lh' else 'right'} hemisphere, {view}", fontsize=10, y=0.92)
-    handles = [Patch(facecolor=c, edgecolor="none", label=name) for c, name in zip(colours, result.categories)]
-    handles.append(Patch(facecolor=MISSING_GREY, edgecolor="none", label="not in responses"))  # sulcal grey
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False, fontsize=10,
-               title="preferred category (largest mean response)", title_fontsize=10)
     who = "subject average" if len(result.subjects) > 1 else f"sub-{result.subjects[0]:02d}"
-    fig.suptitle(f"Category preference per vertex, fsaverage5 ({who}, subjects "
-                 f"{', '.join(map(str, result.subjects))})", fontsize=11)
-    fig.subplots_adjust(left=0.0, right=1.0, top=0.92, bottom=0.1, wspace=0.0, hspace=0.0)
-    return fig
+    return surface_map(
+        surface_codes(ids, preferred),
+        categories=list(result.categories),
+        colours=_colours(len(result.categories)),
+        legend_title="preferred category (largest mean response)",
+        missing_label="not in responses",
+        title=f"Category preference per vertex, fsaverage5 ({who}, subjects "
+              f"{', '.join(map(str, result.subjects))})",
+    )
 
 
 def shares_figure(result: TripartiteResult) -> Any:

@@ -62,6 +62,9 @@ def column_description(column: Any, with_coords: bool = False) -> dict[str, Any]
     }
     if with_coords:
         description["coords"] = {str(k): _jsonable(v) for k, v in (column.coords or {}).items()}
+        attrs = getattr(column, "attrs", None)
+        if attrs:
+            description["attrs"] = {str(k): _jsonable(v) for k, v in attrs.items()}
     return description
 
 

@@ -57,6 +57,20 @@ def readout_array(
 
     With `status_ok_only=False`, error rows are included and filled with NaN.
     """
+    keys, _, values = read_column(output, column, status_ok_only, storage)
+    return keys, values
+
+
+def read_column(
+    output: str,
+    column: str,
+    status_ok_only: bool = True,
+    storage: StorageOptions | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keys, shards, values): `readout_array` plus each row's input shard.
+
+    Keys are unique within a shard only, so (shard, key) is what identifies an image.
+    """
     import pyarrow.compute as pc
 
     dataset = open_responses(output, storage)
@@ -65,42 +79,27 @@ def readout_array(
         raise BergScaleError(f"column {info['name']!r} is missing from the response files")
     shape = _column_shape(dataset.schema, column)
     row_filter = pc.field("status") == "ok" if status_ok_only else None
-    table = dataset.to_table(columns=["key", column], filter=row_filter)
+    table = dataset.to_table(columns=["shard", "key", column], filter=row_filter)
     keys = np.asarray(table.column("key").to_pylist(), dtype=object)
-    chunked = table.column(column)
-    values = _to_numpy(chunked, len(keys), shape)
-    return keys, values
+    shards = np.asarray(table.column("shard").to_pylist(), dtype=object)
+    values = _to_numpy(table.column(column), len(keys), shape)
+    return keys, shards, values
 
 
 def readout_xarray(output: str, column: str, status_ok_only: bool = True,
                    storage: StorageOptions | None = None) -> Any:
-    """The column as an `xarray.DataArray` with dims ("image", *column dims) and coords."""
-    try:
-        import xarray as xr
-    except ImportError:
-        raise BergScaleError(
-            "readout_xarray needs xarray: pip install xarray (or install berg-scale[test])"
-        ) from None
-    keys, values = readout_array(output, column, status_ok_only, storage)
-    info = column_info(output, column, storage)
-    dims = ["image", *info.get("dims", [])]
-    if len(dims) != values.ndim:
-        dims = ["image", *[f"dim_{i}" for i in range(values.ndim - 1)]]
-    coords: dict[str, Any] = {"image": keys.astype(str)}
-    for name, raw in (info.get("coords") or {}).items():
-        array = np.asarray(raw)
-        if array.ndim != 1:
-            continue
-        if name in dims:
-            coords[name] = array
-            continue
-        # Extra per-element coordinates (ncsnr, hemisphere) follow the axis of their length.
-        for dim, size in zip(dims[1:], values.shape[1:]):
-            if size == len(array):
-                coords[name] = (dim, array)
-                break
-    attrs = {key: info[key] for key in ("model_id", "subject", "kind", "dtype") if key in info}
-    return xr.DataArray(values, dims=dims, coords=coords, name=column, attrs=attrs)
+    """The column as an `xarray.DataArray` whose indexes are unique, so `sel` and `align` work.
+
+    Dims are ("image", *column dims), except that fMRI columns put their vertices/voxels
+    on a "neuroid" dim indexed by a MultiIndex: (hemisphere, vertex) for fsaverage, where
+    the same vertex of two subjects is the same surface location, and (subject, roi,
+    voxel) for subject-native fwRF voxels. The image index is the key (or (shard, key)
+    where keys repeat across shards). See `berg_scale.exports.xarray_export`.
+    """
+    from berg_scale.exports.xarray_export import labelled_column
+
+    keys, shards, values = read_column(output, column, status_ok_only, storage)
+    return labelled_column(keys, shards, values, column_info(output, column, storage))
 
 
 def _column_shape(schema: Any, column: str) -> tuple[int, ...]:

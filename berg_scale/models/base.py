@@ -30,6 +30,9 @@ class OutputColumn:
     coords: dict[str, np.ndarray]
     readout: ReadoutSpec
     kind: str  # "responses" | "mean"
+    # Column-wide facts that are not per-element coordinates (EEG sampling rate, time of the
+    # first sample and unit; fwRF volume shape and affine), written to readouts.json.
+    attrs: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary (no coordinate arrays) for schema metadata."""

@@ -136,12 +136,18 @@ class FwrfGroup(ReadoutGroup):
             coords: dict[str, np.ndarray] = {"voxel": np.arange(n_voxels)}
             meta_rel = layout.metadata_file(spec.model_id, spec.subject, sel.roi)
             meta_source = ctx.store.url(meta_rel)
-            ncsnr = self._ncsnr(meta_rel, spec, n_voxels)
+            meta = self._metadata(meta_rel, spec)
+            ncsnr = self._ncsnr(meta, meta_rel, n_voxels)
             if ncsnr is not None:
                 coords["ncsnr"] = ncsnr
+            attrs: dict[str, Any] = {}
+            volume = volume_coordinates(meta, ctx.store.url(meta_rel), n_voxels)
+            if volume is not None:
+                coords["volume_index"], attrs = volume
             name = spec.column_base
             if "responses" in spec.outputs:
-                self.columns.append(OutputColumn(name, (n_voxels,), spec.dtype, ("voxel",), coords, spec, "responses"))
+                self.columns.append(OutputColumn(name, (n_voxels,), spec.dtype, ("voxel",), coords, spec,
+                                                 "responses", attrs))
             mean_index = None
             if "mean" in spec.outputs:
                 if ncsnr is None:
@@ -156,13 +162,16 @@ class FwrfGroup(ReadoutGroup):
                 self.columns.append(mean_column(spec, name))
             self.entries.append(_FwrfReadoutEntry(spec, name, parts, mean_index))
 
-    def _ncsnr(self, meta_rel: str, spec: ReadoutSpec, n_voxels: int) -> np.ndarray | None:
+    def _metadata(self, meta_rel: str, spec: ReadoutSpec) -> Any:
         store = self.ctx.store
         try:
             store.require(meta_rel, "metadata")
         except FileNotFoundError:
             return None
-        meta: Any = store.load(meta_rel, f"{FWRF_ID} subject {spec.subject} metadata")
+        return store.load(meta_rel, f"{FWRF_ID} subject {spec.subject} metadata")
+
+    def _ncsnr(self, meta: Any, meta_rel: str, n_voxels: int) -> np.ndarray | None:
+        store = self.ctx.store
         fmri = meta.get("fmri") if isinstance(meta, dict) else None
         if not isinstance(fmri, dict) or "ncsnr" not in fmri:
             return None
@@ -196,3 +205,29 @@ class FwrfGroup(ReadoutGroup):
             if entry.mean_index is not None:
                 out[f"{entry.name}:mean"] = y.index_select(1, entry.mean_index).mean(dim=1)
         return out
+
+
+def volume_coordinates(meta: Any, source: str, n_voxels: int) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """(volume indices (n_voxels, 3), attrs with volume shape and affine) from the metadata.
+
+    Voxel j of an fwRF ROI is the j-th True element of `roi_mask_volume` in C order, so
+    `np.argwhere` gives its (i, j, k) index; the NIfTI affine maps indices to scanner mm.
+    None when the metadata has no mask (the columns then carry positions only).
+    """
+    fmri = meta.get("fmri") if isinstance(meta, dict) else None
+    if not isinstance(fmri, dict) or "roi_mask_volume" not in fmri:
+        return None
+    mask = fmri["roi_mask_volume"]
+    if not isinstance(mask, np.ndarray) or mask.ndim != 3:
+        raise WeightFormatError(f"{source}: fmri/roi_mask_volume must be a 3-D array")
+    indices = np.argwhere(mask.astype(bool)).astype(np.int64)
+    if indices.shape[0] != n_voxels:
+        raise WeightFormatError(
+            f"{source}: fmri/roi_mask_volume marks {indices.shape[0]} voxels but the checkpoints "
+            f"predict {n_voxels}"
+        )
+    attrs: dict[str, Any] = {"volume_shape": [int(n) for n in mask.shape]}
+    if "fmri_affine" in fmri:
+        affine = get_array(meta, ("fmri", "fmri_affine"), source, shape=(4, 4))
+        attrs["affine"] = affine.astype(np.float64).tolist()
+    return indices, attrs

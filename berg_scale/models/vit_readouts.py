@@ -117,6 +117,23 @@ def _index_array(value: Any, source: str, name: str, n_rows: int) -> np.ndarray:
     return idx
 
 
+def eeg_time_attrs(times: np.ndarray, t_idx: np.ndarray, unit: Any) -> dict[str, Any]:
+    """Sampling rate (from the metadata's full time axis), first kept sample and the unit.
+
+    `tmin` is the time of the first kept sample in seconds; a time-point selection with
+    gaps keeps the full-axis sampling rate, and readers check the spacing themselves.
+    """
+    attrs: dict[str, Any] = {}
+    steps = np.diff(times.astype(np.float64))
+    if steps.size and np.all(steps > 0) and np.allclose(steps, steps.mean(), rtol=1e-6, atol=1e-9):
+        attrs["sfreq"] = float(np.round(1.0 / steps.mean(), 6))
+    if t_idx.size:
+        attrs["tmin"] = float(times[t_idx[0]])
+    if unit:
+        attrs["unit"] = str(unit)
+    return attrs
+
+
 class VitReadoutModel(EncodingModel):
     """Shared group builder of both ViT-B/32 model families."""
 
@@ -341,7 +358,8 @@ class VitGroup(ReadoutGroup):
         }
         return self._finish(spec, projection, np.concatenate(coefs), np.concatenate(intercepts),
                             ("repetition", "channel", "time"), coords, meta_source,
-                            shape=(n_rep, ch_idx.size, t_idx.size))
+                            shape=(n_rep, ch_idx.size, t_idx.size),
+                            attrs=eeg_time_attrs(times, t_idx, sel.card.output.get("unit")))
 
     def _finish(
         self,
@@ -353,13 +371,14 @@ class VitGroup(ReadoutGroup):
         coords: dict[str, np.ndarray],
         meta_source: str,
         shape: tuple[int, ...] | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> tuple[_Regression, list[OutputColumn]]:
         name = spec.column_base
         shape = shape or (coef.shape[0],)
         mean_index = None
         columns = []
         if "responses" in spec.outputs:
-            columns.append(OutputColumn(name, shape, spec.dtype, dims, coords, spec, "responses"))
+            columns.append(OutputColumn(name, shape, spec.dtype, dims, coords, spec, "responses", dict(attrs or {})))
         if "mean" in spec.outputs:
             if "ncsnr" not in coords:
                 raise BergScaleError(

@@ -88,8 +88,9 @@ def test_local_to_local_with_labelled_read_back(ray_session, tmp_path, engine_be
     keys, values = readout_array(output, column)
     assert values.shape == (5, 6) and len(keys) == 5
     labelled = readout_xarray(output, column)
-    assert labelled.dims == ("image", "voxel")
-    assert "ncsnr" in labelled.coords and labelled.coords["ncsnr"].dims == ("voxel",)
+    assert labelled.dims == ("image", "neuroid") and labelled.indexes["neuroid"].is_unique
+    assert "ncsnr" in labelled.coords and labelled.coords["ncsnr"].dims == ("neuroid",)
+    assert {"i", "j", "k"} <= set(labelled.coords)  # volume indices from the ROI mask
     np.testing.assert_array_equal(labelled.values, values)
     mean_keys, means = readout_array(output, f"{column}:mean", status_ok_only=False)
     assert means.shape == (6,) and np.isnan(means).sum() == 1
