@@ -646,7 +646,7 @@ def group_figure(result: GroupResult) -> Any:
     left.set_ylabel("|controlling − baseline| response (z)", fontsize=10)
     left.set_title(f"Controlling vs baseline images (mean of {n_subjects} held-out subjects, 95% CI)", fontsize=10)
     left.legend(fontsize=7.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.37), ncol=1,
-                title=f"trend {grouping.statistic_label}, one-sided per-image ROI-permutation test, BH over "
+                title=f"statistic {grouping.statistic_label}: one-sided per-image ROI-permutation test, BH over "
                       "4 conditions", title_fontsize=7.5)
     corr = summary["correlation"]
     per_subject = {}
