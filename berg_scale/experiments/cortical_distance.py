@@ -37,7 +37,7 @@ GROUPING = PairGrouping(
         ("d2", (("V1", "V3"), ("V2", "hV4"))),
         ("d3", (("V1", "hV4"),)),
     ),
-    axis_label="cortical distance (steps along V1-V2-V3-hV4)",
+    axis_label="cortical distance (areas apart)",
     statistic_label="(d1 − d2) + (d2 − d3)",
 )
 

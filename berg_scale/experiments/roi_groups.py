@@ -619,7 +619,10 @@ def _means_and_errors(stats: Mapping[str, Any], labels: Sequence[str]) -> tuple[
 
 
 def group_figure(result: GroupResult) -> Any:
-    """Left: score per group and condition (mean over subjects, 95% CI); right: Pearson r per group."""
+    """Left: score per group and condition (mean over subjects, 95% CI); right: Pearson r per group.
+
+    Sized for a 7.2-inch (two-column) print width, so the fonts are their printed size.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -632,47 +635,46 @@ def group_figure(result: GroupResult) -> Any:
              for label, members in grouping.groups]
     x = np.arange(1, len(labels) + 1)
     n_subjects = len(result.subjects)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.6), gridspec_kw={"width_ratios": [1.35, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 5.4), gridspec_kw={"width_ratios": [1.2, 1]})
+    fig.subplots_adjust(left=0.09, right=0.985, top=0.88, bottom=0.42, wspace=0.3)
     offsets = np.linspace(-0.12, 0.12, len(CONDITIONS))
     for (condition, stats), dx in zip(summary["conditions"].items(), offsets):
         means, err = _means_and_errors(stats, labels)
         kind = "align" if condition in ALIGN else "disentangle"
-        left.errorbar(x + dx, means, yerr=err, color=CONDITION_COLOURS[condition], marker="o", ms=5, lw=1.6,
-                      capsize=3, label=f"{condition} ({kind}): {stats['n_significant']}/{stats['n_subjects']} "
-                                       f"subj., binomial p={_format_p(stats['binomial_p'])}")
-    left.set_xticks(x, ticks, fontsize=8)
-    left.set_xlim(0.6, len(labels) + 0.4)
-    left.set_xlabel(grouping.axis_label, fontsize=10)
-    left.set_ylabel("|controlling − baseline| response (z)", fontsize=10)
-    left.set_title(f"Controlling vs baseline images (mean of {n_subjects} held-out subjects, 95% CI)", fontsize=10)
-    left.legend(fontsize=7.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.37), ncol=1,
-                title=f"statistic {grouping.statistic_label}: one-sided per-image ROI-permutation test, BH over "
-                      "4 conditions", title_fontsize=7.5)
+        left.errorbar(x + dx, means, yerr=err, color=CONDITION_COLOURS[condition], marker="o", ms=4, lw=1.4,
+                      capsize=2.5, label=f"{condition} ({kind}): {stats['n_significant']}/{stats['n_subjects']}, "
+                                         f"p={_format_p(stats['binomial_p'])}")
+    left.set_ylabel("|controlling − baseline| response (z)", fontsize=8.5)
+    left.set_title(f"Control strength ({n_subjects} held-out subjects)", fontsize=9)
+    left.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.34),
+                title="condition: subjects significant, binomial p", title_fontsize=7)
     corr = summary["correlation"]
-    per_subject = {}
+    per_subject: dict[int, dict[str, float]] = {}
     for row in result.group_rows:
         if row["measure"] == "pearson_r":
             per_subject.setdefault(row["subject"], {})[row["group"]] = row["value"]
-    for i, (subject, values) in enumerate(sorted(per_subject.items())):
-        right.plot(x, [values[g] for g in labels], color="0.7", lw=0.9, marker=".",
+    for i, (_, values) in enumerate(sorted(per_subject.items())):
+        right.plot(x, [values[g] for g in labels], color="0.7", lw=0.8, marker=".",
                    label="single subjects" if i == 0 else None)
     means, err = _means_and_errors(corr, labels)
-    right.errorbar(x, means, yerr=err, color="k", marker="o", ms=5, lw=1.8, capsize=3,
-                   label=f"mean, 95% CI: {corr['n_significant']}/{corr['n_subjects']} subj., "
-                         f"binomial p={_format_p(corr['binomial_p'])}")
-    right.set_xticks(x, ticks, fontsize=8)
-    right.set_xlim(0.6, len(labels) + 0.4)
-    right.set_xlabel(grouping.axis_label, fontsize=10)
-    right.set_ylabel("Pearson r of the pair's responses", fontsize=10)
-    right.set_title(f"Response correlation over {summary['n_images_correlation']:,} images", fontsize=10)
-    right.legend(fontsize=7.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.37),
-                 title="uncorrected one-sided test per subject", title_fontsize=7.5)
+    right.errorbar(x, means, yerr=err, color="k", marker="o", ms=4, lw=1.6, capsize=2.5,
+                   label=f"mean: {corr['n_significant']}/{corr['n_subjects']}, p={_format_p(corr['binomial_p'])}")
+    right.set_ylabel("Pearson r of the pair's responses", fontsize=8.5)
+    right.set_title(f"Response correlation ({summary['n_images_correlation']:,} images)", fontsize=9)
+    right.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.34),
+                 title="subjects significant, binomial p", title_fontsize=7)
     for ax in (left, right):
-        ax.tick_params(labelsize=8)
+        ax.set_xticks(x, ticks)
+        ax.set_xlim(0.6, len(labels) + 0.4)
+        ax.set_xlabel(grouping.axis_label, fontsize=8.5)
+        ax.tick_params(labelsize=7.5)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-    fig.suptitle(grouping.title, fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(grouping.title, fontsize=10)
+    fig.text(0.5, 0.01, f"Means over subjects with 95% bootstrap CIs. Statistic {grouping.statistic_label}, "
+                        "one-sided per-image ROI-permutation test per subject;\nBH over the 4 conditions "
+                        "(left), uncorrected (right); binomial test across subjects.",
+             ha="center", va="bottom", fontsize=7, color="0.25")
     return fig
 
 
@@ -686,15 +688,15 @@ def configure(parser: argparse.ArgumentParser, grouping: PairGrouping) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for tables, summary and figures")
     parser.add_argument("--responses", metavar="OUTPUT",
                         help="generate output the study read (default: the one its summary.json records)")
-    parser.add_argument("--permutations", type=int, default=DEFAULT_PERMUTATIONS,
+    parser.add_argument("--permutations", type=int, metavar="N", default=DEFAULT_PERMUTATIONS,
                         help="iterations of the score null per subject (0: skip)")
-    parser.add_argument("--correlation-permutations", type=int, default=DEFAULT_CORRELATION_PERMUTATIONS,
+    parser.add_argument("--correlation-permutations", type=int, metavar="N", default=DEFAULT_CORRELATION_PERMUTATIONS,
                         help="iterations of the correlation null per subject; each permutes every image (0: skip)")
-    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
+    parser.add_argument("--bootstrap", type=int, metavar="N", default=DEFAULT_BOOTSTRAP,
                         help="bootstrap resamples of subjects for the 95%% CIs")
-    parser.add_argument("--alpha", type=float, default=0.05, help="FDR level, and the correlation test's alpha")
-    parser.add_argument("--chance", type=float, default=0.05, help="per-subject rate of the binomial test")
-    parser.add_argument("--seed", type=int, help="seed of the nulls and bootstraps (default: the study's)")
+    parser.add_argument("--alpha", type=float, metavar="A", default=0.05, help="FDR level, and the correlation test's alpha")
+    parser.add_argument("--chance", type=float, metavar="P", default=0.05, help="per-subject rate of the binomial test")
+    parser.add_argument("--seed", type=int, metavar="N", help="seed of the nulls and bootstraps (default: the study's)")
     parser.add_argument("--no-figures", action="store_true", help="write the tables and summary only")
     parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
 

@@ -235,6 +235,20 @@ def _unit(metric: str) -> str:
     return "z (RMS difference over images)" if metric == "euclidean" else "1 - Pearson r"
 
 
+def _label_direction(points: np.ndarray, i: int) -> tuple[float, float]:
+    """Unit direction for point i's label: across the line to its nearest neighbour, away from the centre."""
+    others = np.delete(np.arange(len(points)), i)
+    offsets = points[others] - points[i]
+    nearest = offsets[np.argmin((offsets ** 2).sum(axis=1))]
+    across = np.array([-nearest[1], nearest[0]])
+    if not np.linalg.norm(across):
+        across = np.array([1.0, 1.0])
+    across = across / np.linalg.norm(across)
+    if across @ (points[i] - points.mean(axis=0)) < 0:
+        across = -across
+    return float(across[0]), float(across[1])
+
+
 def mds_figure(result: MdsResult) -> Any:
     import matplotlib
 
@@ -242,7 +256,7 @@ def mds_figure(result: MdsResult) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    fig, ax = plt.subplots(figsize=(4.9, 4.4))  # with the legend about 7 inches: print width
     mean = result.points[MEAN]
     colours = [ROI_COLOURS[i % len(ROI_COLOURS)] for i in range(len(result.rois))]
     for s in result.subjects:
@@ -253,24 +267,27 @@ def mds_figure(result: MdsResult) -> Any:
     ax.scatter(mean[:, 0], mean[:, 1], s=90, c=colours, edgecolors="k", linewidths=0.8, zorder=3)
     span = float(np.ptp(mean, axis=0).max()) or 1.0
     for i, roi in enumerate(result.rois):
-        ax.annotate(roi, mean[i], xytext=(6, 5), textcoords="offset points", fontsize=10, weight="bold",
-                    color="0.1", zorder=4)
+        dx, dy = _label_direction(mean, i)
+        ax.annotate(roi, mean[i], xytext=(9 * dx, 9 * dy), textcoords="offset points", fontsize=8.5,
+                    weight="bold", color="0.1", zorder=4,
+                    ha="left" if dx > 0.3 else "right" if dx < -0.3 else "center",
+                    va="bottom" if dy > 0.3 else "top" if dy < -0.3 else "center")
     ax.set_aspect("equal", adjustable="datalim")
     ax.margins(0.15 if span else 0.5)
     unit = "z" if result.metric == "euclidean" else "1 − r"
-    ax.set_xlabel(f"MDS dimension 1 ({unit})", fontsize=10)
-    ax.set_ylabel(f"MDS dimension 2 ({unit})", fontsize=10)
+    ax.set_xlabel(f"MDS dimension 1 ({unit})", fontsize=9)
+    ax.set_ylabel(f"MDS dimension 2 ({unit})", fontsize=9)
     stress = result.statistics[MEAN]["stress1"]
     what = "RMS response difference" if result.metric == "euclidean" else "1 − Pearson r of responses"
     ax.set_title(f"ROIs by {what} over {result.n_images:,} images\n"
-                 f"subject average: stress-1 = {stress:.3f}", fontsize=10)
+                 f"subject average: stress-1 = {stress:.3f}", fontsize=9)
     handles = [Line2D([], [], marker="o", ls="", ms=9, mfc="w", mec="k", label="subject-average responses")]
     if result.subjects:
         handles.append(Line2D([], [], marker="o", ls="-", lw=0.6, ms=4, color="0.5", alpha=0.7,
                               label=f"{len(result.subjects)} single subjects (Procrustes-aligned)"))
     handles += [Line2D([], [], marker="o", ls="", ms=7, color=c, label=r) for r, c in zip(result.rois, colours)]
-    ax.legend(handles=handles, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.tick_params(labelsize=9)
+    ax.legend(handles=handles, fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.tick_params(labelsize=8)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()

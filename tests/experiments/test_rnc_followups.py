@@ -185,7 +185,7 @@ def test_categorical_selectivity_in_either_pair_orientation(tmp_path):
     assert abs(corr["different category"]["mean"]) < 0.07
     forward = pq.read_table(tmp_path / "cs" / "pair_scores.parquet").to_pylist()
     turned = pq.read_table(tmp_path / "cs-rev" / "pair_scores.parquet").to_pylist()
-    key = lambda r: (r["subject"], r["condition"], r["roi_1"], r["roi_2"])  # noqa: E731
+    key = lambda r: (r["subject"], r["condition"], r["roi_1"], r["roi_2"])
     assert {key(r) for r in turned} == {key(r) for r in forward}
     by_key = {key(r): r for r in forward}
     for row in turned:  # the same controlling sets, read in the grouping's order
@@ -238,3 +238,18 @@ def test_help_lists_the_follow_ups(capsys):
     listed = capsys.readouterr().out
     for name in ("cortical-distance", "categorical-selectivity", "roi-mds"):
         assert name in listed
+
+
+def test_a_pair_without_controlling_images_is_left_out_of_its_group():
+    block = np.arange(40, dtype=np.float64).reshape(1, 10, 4) / 10
+    sets = roi_groups.SubjectSets(1, np.arange(10), tuple(np.array([0, 1]) for _ in range(4)),
+                                  {("high1-high2", 0): np.array([5, 6]), ("high1-high2", 1): np.array([7])})
+    pairs = [(0, 1), (1, 2), (0, 2)]
+    scores = roi_groups.pair_scores(block, sets, pairs)
+    base = block[0, [0, 1], :].mean(axis=0)
+    expected = [abs(block[0, [5, 6], 0] - base[0]).mean(), abs(block[0, [5, 6], 1] - base[1]).mean()]
+    assert scores[0, 0, 0] == pytest.approx(expected)
+    assert np.isnan(scores[0, 0, 2]).all() and np.isnan(scores[0, 1]).all()  # no images: undefined
+    groups = roi_groups.group_means(scores.mean(axis=-1), [[0, 1], [2]])
+    assert groups[0, 0, 0] == pytest.approx(scores[0, 0, :2].mean())  # over the two defined pairs
+    assert np.isnan(groups[0, 0, 1]) and np.isnan(roi_groups.group_statistic(groups[0, 0]))
