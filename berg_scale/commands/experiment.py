@@ -14,6 +14,9 @@ import importlib
 EXPERIMENTS: list[tuple[str, str, str]] = [
     ("tripartite", "tripartite", "category preference of every fsaverage vertex and its share per ROI (BERG Fig. 1C)"),
     ("eeg-decoding", "eeg_decoding", "time-resolved pairwise decoding of exemplars and a binary label (BERG Fig. 1D)"),
+    ("cortical-distance", "cortical_distance", "univariate RNC control vs cortical distance along V1-V2-V3-hV4 (RNC follow-up)"),
+    ("categorical-selectivity", "categorical_selectivity", "univariate RNC control for same- vs different-category areas EBA/FFA/PPA/RSC (RNC follow-up)"),
+    ("roi-mds", "roi_mds", "multidimensional scaling of ROIs by their responses (RNC follow-up)"),
 ]
 
 
