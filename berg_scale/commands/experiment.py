@@ -1,8 +1,10 @@
 """Run one of the BERG paper's in silico experiments over committed responses.
 
-Each experiment reads an output folder written by `generate` and a label table (CSV or
-Parquet with `key` and `label` columns), and writes a Parquet table, a JSON summary and
-figures under --out.
+Each experiment reads committed responses (an output folder written by `generate`) and,
+depending on the experiment, a label table (CSV or Parquet with `key` and `label`
+columns: tripartite, eeg-decoding) or a cross-validated `rnc univariate` study
+(cortical-distance, categorical-selectivity), and writes Parquet tables, a JSON summary
+and figures under --out.
 """
 
 from __future__ import annotations
