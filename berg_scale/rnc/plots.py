@@ -150,7 +150,7 @@ def generations_figure(
                            width / PRINT_WIDTH_IN, 2.25 / height])
         colour = CONDITION_COLOURS.get(curve.condition, "k")
         x = np.arange(1, len(curve.train) + 1)
-        for k, scores in enumerate(curve.heldout.values()):
+        for scores in curve.heldout.values():
             ax.plot(x, scores, color=colour, alpha=0.35, lw=0.7, label="held-out, one line per fold")
         if curve.heldout:
             mean = np.nanmean(np.vstack(list(curve.heldout.values())), axis=0)

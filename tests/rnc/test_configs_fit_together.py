@@ -244,3 +244,28 @@ def test_selector_computes_one_train_average_per_fold_and_roi(monkeypatch):
         u2 = real(values, [slot[s] for s in req.fold.train], rois.index(req.pair[1]))
         expected, _ = univariate.select_condition(u1, u2, 0.0, 0.0, req.condition, 0.04, 25)
         np.testing.assert_array_equal(images, expected)
+
+
+def test_fsaverage_1m_output_feeds_the_shipped_fsaverage_study(tmp_path):
+    """The mean columns configs/fsaverage-1m.yaml writes (FFA-1/FFA-2 and V1-V3 halves as means
+    only) are what configs/rnc_fsaverage_rois.yaml reads, here for two of its subjects."""
+    from berg_scale.config import load_config as load_run_config
+
+    specs = [s for s in load_run_config(REPO / "configs" / "fsaverage-1m.yaml").readout_specs()
+             if s.subject in (1, 2) and "mean" in s.outputs]
+    rng = np.random.default_rng(3)
+    means = {f"{s.column_base}:mean": rng.normal(size=80) for s in specs}
+    ncsnr = {s.column_base: rng.uniform(0.2, 1.0, size=12) for s in specs}
+    write_synthetic_output(str(tmp_path / "out"), means, ncsnr=ncsnr, n_shards=2)
+    study = load_config(REPO / "configs" / "rnc_fsaverage_rois.yaml")
+    study = study.model_copy(update={
+        "responses": str(tmp_path / "out"), "out_dir": str(tmp_path / "rnc"), "storage": study.storage.__class__(),
+        "univariate": study.univariate.model_copy(update={**FAST, "baseline_batch_size": 10, "n_permutations": 20,
+                                                          "n_bootstrap": 20}),
+        "plots": study.plots.model_copy(update={"enabled": False}),
+    })
+    lines: list[str] = []
+    summary = run_study(study, lines.append)
+    assert summary["config"]["subjects"] == [1, 2]
+    assert len({(r["roi_1"], r["roi_2"]) for r in summary["univariate"]["statistics"]}) == 28
+    assert not study.multivariate.enabled and study.section_states()["multivariate"].startswith("off (no")
