@@ -10,7 +10,9 @@ merged exactly.
 ROI unions: the paper's "FFA" is FFA-1 and FFA-2 joined. The univariate response of
 a union is the mean over the concatenated ncsnr-filtered voxels, which equals the
 voxel-count-weighted mean of the parts' `:mean` columns; the counts are the number
-of voxels with ncsnr above the threshold, taken from `readouts.json`.
+of voxels with ncsnr above the threshold, taken from `readouts.json` (the voxel column's
+ncsnr coordinates, or the `:mean` column's, which `generate` records too so that parts
+written as means only still form a union).
 """
 
 from __future__ import annotations

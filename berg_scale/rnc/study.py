@@ -105,7 +105,7 @@ def resolve_from_responses(config: StudyConfig, store: ResponseStore, log: Calla
                 "responses of an fMRI model (generate with fmri-nsd-fwrf or fmri-nsd_fsaverage-vit_b_32)"
             )
         update["model_id"] = model_id
-    if config.subjects is None:
+    if config.subjects is None and (config.univariate.enabled or config.multivariate.enabled):
         pairs = config.roi_pairs()
         rois = sorted({r for p in pairs for r in p}, key=config.rois.index)
         kinds = [k for k, on in (("mean", config.univariate.enabled), ("responses", config.multivariate.enabled))
