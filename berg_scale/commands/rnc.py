@@ -20,15 +20,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="YAML", help="study config to start from")
     parser.add_argument("--responses", metavar="URL", help="output folder or s3:// prefix of `generate`")
     parser.add_argument("--out", dest="out_dir", metavar="URL", help="where tables, plots and summary.json go")
-    parser.add_argument("--model", dest="model_id", help="model id (default fmri-nsd-fwrf)")
-    parser.add_argument("--subjects", nargs="+", type=int, metavar="N")
+    parser.add_argument("--model", dest="model_id",
+                        help="model id (default: the fMRI model in the responses; fmri-nsd-fwrf if several)")
+    parser.add_argument("--subjects", nargs="+", type=int, metavar="N",
+                        help="default: every subject with columns for all the ROIs in the responses")
     parser.add_argument("--rois", nargs="+", metavar="ROI", help="ROIs; every pair of them is studied")
     parser.add_argument("--pair", dest="pairs", nargs=2, action="append", metavar=("ROI1", "ROI2"),
                         help="study only this pair (repeatable)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--ncsnr-threshold", type=float)
     parser.add_argument("--no-cv", action="store_true", help="only the all-subjects run (no held-out folds)")
-    parser.add_argument("--images", metavar="URL", help="input WebDataset shards, for the image grids")
+    parser.add_argument("--images", metavar="URL",
+                        help="input shards for the image grids (default: the input URLs in the _done markers)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
     parser.add_argument("--bootstrap", dest="n_bootstrap", type=int, metavar="N")
@@ -44,11 +47,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     uni = sub.add_parser("univariate", help="univariate RNC (rnc.md section 1)")
     _common(uni)
     uni.add_argument("--margin", type=float)
+    uni.add_argument("--baseline-batch-size", type=int, metavar="K", help="images per baseline batch (default 25)")
     uni.add_argument("--distributed", action="store_true", help="per-shard selection in Ray tasks")
     multi = sub.add_parser("multivariate", help="multivariate RNC (rnc.md section 3)")
     _common(multi)
     multi.add_argument("--generations", type=int)
     multi.add_argument("--population", type=int)
+    multi.add_argument("--batch-size", type=int, metavar="K", help="images per batch (default 50)")
     multi.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     multi.add_argument("--storage-dtype", choices=["float32", "bfloat16", "float16"])
     multi.add_argument("--condition", dest="conditions", action="append", choices=["align", "disentangle"])
@@ -81,8 +86,8 @@ def build_config(args: argparse.Namespace) -> Any:
     section = data.setdefault(analysis, {})
     section["enabled"] = True
     data.setdefault(other, {})["enabled"] = False
-    keys = ["n_bootstrap", "n_permutations", "baseline_batches", "margin", "generations", "population",
-            "device", "storage_dtype", "conditions"]
+    keys = ["n_bootstrap", "n_permutations", "baseline_batches", "baseline_batch_size", "margin", "generations",
+            "population", "batch_size", "device", "storage_dtype", "conditions"]
     for name in keys:
         value = getattr(args, name, None)
         if value is not None:
@@ -99,21 +104,83 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(args)
     # The study reads `responses` and writes `out_dir`: the error names which path failed.
     with storage_errors(None, config.storage.options(), what="read or write"):
-        summary = run_study(config)
+        summary = run_study(config, announce_sections=args.rnc_command == "run")
     for analysis in ("univariate", "multivariate"):
         excluded = summary.get(analysis, {}).get("exclusions") or {}
         if excluded.get("n_excluded"):
             columns = ", ".join(f"{c} {n}" for c, n in sorted(excluded["by_column"].items(), key=lambda i: -i[1])[:4])
             print(f"{analysis}: {excluded['n_excluded']} of {excluded['n_images']} images excluded for NaN or "
                   f"infinite responses ({columns}); listed in {analysis}/excluded.parquet")
-    for row in summary.get("univariate", {}).get("statistics", []):
-        print(
-            f"univariate {row['roi_1']}-{row['roi_2']} {row['condition']:<12} {row['roi']:<5} "
-            f"score {row['mean_score']:+.3f} vs baseline {row['mean_baseline']:+.3f}  "
-            f"significant in {row['n_significant']}/{row['n_subjects']} (binomial p={row['binomial_p']:.2g})"
-        )
-    for row in summary.get("multivariate", {}).get("final", []):
-        if row["fold"] == "all":
-            print(f"multivariate {row['roi_1']}-{row['roi_2']} {row['condition']:<12} train r={row['train_score']:+.3f}")
+    for line in result_lines(summary):
+        print(line)
     print(f"results: {config.out_dir}")
     return 0
+
+
+def _ci(interval) -> str:
+    low, high = interval if interval else (None, None)
+    if low is None or high is None:
+        return "n/a"
+    return f"[{low:+.3f}, {high:+.3f}]"
+
+
+def _verdict(row: dict) -> str:
+    significant = row["binomial_p"] is not None and row["binomial_p"] < 0.05
+    return "significant" if significant else "not significant"
+
+
+def result_lines(summary: dict) -> list[str]:
+    """Console report: held-out scores and significance first, training scores after.
+
+    Held-out scores are those of each left-out subject on the sets chosen without it;
+    the training score of the all-subjects run is what the search optimised, so it is
+    printed last and named as such.
+    """
+    from berg_scale.rnc.plots import condition_label
+
+    lines = []
+    uni = summary.get("univariate")
+    if uni is not None:
+        if uni.get("statistics"):
+            lines.append("univariate, held-out subjects (sets chosen on the other subjects; z-units, "
+                         "difference to the ROI's baseline with its 95% CI):")
+        else:
+            lines.append("univariate: no held-out test (one subject, or cross_validation off); the all-subjects "
+                         "selections are in univariate/controlling.parquet")
+        for row in uni.get("statistics", []):
+            pair = (row["roi_1"], row["roi_2"])
+            difference = row["mean_score"] - row["mean_baseline"] if row["mean_score"] is not None else float("nan")
+            lines.append(
+                f"  univariate {pair[0]}-{pair[1]} {condition_label(row['condition'], pair):<13} "
+                f"[{row['condition']}] {row['roi']:<5} held-out {row['mean_score']:+.3f} vs baseline "
+                f"{row['mean_baseline']:+.3f} (difference {difference:+.3f}, CI {_ci(row.get('difference_ci'))}), "
+                f"significant in {row['n_significant']}/{row['n_subjects']} (binomial p={row['binomial_p']:.2g}): "
+                f"{_verdict(row)}"
+            )
+    multi = summary.get("multivariate")
+    if multi is not None:
+        stats = {(r["roi_1"], r["roi_2"], r["condition"]): r for r in multi.get("statistics", [])}
+        if stats:
+            lines.append("multivariate, held-out subjects (RSA score r of each fold's final batch on its "
+                         "left-out subject; difference to the baseline batch with its 95% CI):")
+        for row in multi.get("final", []):
+            if row["fold"] != "all":
+                continue
+            stat = stats.get((row["roi_1"], row["roi_2"], row["condition"]))
+            train = f"train r={row['train_score']:+.3f} (all subjects; the score the search optimised)"
+            name = f"multivariate {row['roi_1']}-{row['roi_2']} {row['condition']:<12}"
+            if stat is None:
+                lines.append(f"  {name} no held-out test (one subject, or cross_validation off); {train}")
+                continue
+            lines.append(
+                f"  {name} held-out r={stat['mean_score']:+.3f} vs baseline {stat['mean_baseline']:+.3f} "
+                f"(difference CI {_ci(stat.get('difference_ci'))}), significant in "
+                f"{stat['n_significant']}/{stat['n_subjects']} (binomial p={stat['binomial_p']:.2g}): "
+                f"{_verdict(stat)}; {train}"
+            )
+    for analysis in ("univariate", "multivariate"):
+        missing = (summary.get(analysis) or {}).get("images_not_found") or []
+        if missing:
+            lines.append(f"{analysis}: {len(missing)} image(s) of the grids were not found "
+                         f"(listed in summary.json, images_not_found)")
+    return lines

@@ -60,6 +60,8 @@ def column_description(column: Any, with_coords: bool = False) -> dict[str, Any]
         "subject": int(readout.subject),
         "selection": _selection_of(readout),
     }
+    if column.kind == "mean" and getattr(readout, "ncsnr_threshold", None) is not None:
+        description["ncsnr_threshold"] = float(readout.ncsnr_threshold)  # the mean is over ncsnr > this
     if with_coords:
         description["coords"] = {str(k): _jsonable(v) for k, v in (column.coords or {}).items()}
         attrs = getattr(column, "attrs", None)

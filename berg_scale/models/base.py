@@ -91,13 +91,16 @@ class EncodingModel(ABC):
         """Load weights for `specs` (all with this family's group key) onto `ctx.device`."""
 
 
-def mean_column(spec: ReadoutSpec, base_name: str) -> OutputColumn:
+def mean_column(spec: ReadoutSpec, base_name: str, ncsnr: np.ndarray | None = None) -> OutputColumn:
+    """The `:mean` summary column; it carries the ROI's ncsnr so that readers can tell
+    how many voxels/vertices it averages (ncsnr > the spec's threshold), e.g. to weight
+    the parts of an ROI union, without the voxel column."""
     return OutputColumn(
         name=f"{base_name}:mean",
         shape=(),
         dtype=spec.dtype,
         dims=(),
-        coords={},
+        coords={} if ncsnr is None else {"ncsnr": np.asarray(ncsnr)},
         readout=spec,
         kind="mean",
     )

@@ -159,7 +159,7 @@ class FwrfGroup(ReadoutGroup):
                 if keep.size == 0:
                     raise ReadoutError(f"{name}: no voxel has ncsnr > {spec.ncsnr_threshold}; lower ncsnr_threshold")
                 mean_index = torch.from_numpy(keep).to(ctx.device)
-                self.columns.append(mean_column(spec, name))
+                self.columns.append(mean_column(spec, name, ncsnr))
             self.entries.append(_FwrfReadoutEntry(spec, name, parts, mean_index))
 
     def _metadata(self, meta_rel: str, spec: ReadoutSpec) -> Any:

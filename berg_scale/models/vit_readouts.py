@@ -390,7 +390,7 @@ class VitGroup(ReadoutGroup):
                     f"{name}: no vertex/voxel has ncsnr > {spec.ncsnr_threshold}; lower ncsnr_threshold"
                 )
             mean_index = torch.from_numpy(keep).to(self.ctx.device)
-            columns.append(mean_column(spec, name))
+            columns.append(mean_column(spec, name, coords["ncsnr"]))
         regression = _Regression(
             spec=spec,
             name=name,

@@ -71,6 +71,14 @@ class PlotConfig(_Strict):
     tile_size: Int = Field(96, ge=16, le=512)
 
 
+DEFAULT_UNIONS = {
+    "FFA": ["FFA-1", "FFA-2"],
+    # fsaverage splits the early visual areas into ventral and dorsal halves
+    "V1": ["V1v", "V1d"], "V2": ["V2v", "V2d"], "V3": ["V3v", "V3d"],
+}
+SECTIONS = ("univariate", "multivariate")
+
+
 class StudyConfig(_Strict):
     # Local paths here resolve against the study file's folder (berg_scale.config_paths).
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("responses", "out_dir", "plots.images")
@@ -78,11 +86,14 @@ class StudyConfig(_Strict):
     responses: str
     out_dir: str
     storage: StorageConfig = StorageConfig()
-    model_id: str = "fmri-nsd-fwrf"
-    subjects: list[Int] = Field(default_factory=lambda: list(range(1, 9)), min_length=1)
+    # None: the one fMRI model in the responses (fmri-nsd-fwrf when there are several)
+    model_id: str | None = None
+    # None: every subject whose columns for all the study's ROIs are in the responses
+    subjects: list[Int] | None = Field(None, min_length=1)
     rois: list[str] = Field(default_factory=lambda: ["V1", "hV4"], min_length=2)
     pairs: list[tuple[str, str]] | None = None
-    roi_unions: dict[str, list[str]] = Field(default_factory=lambda: {"FFA": ["FFA-1", "FFA-2"]})
+    # an ROI whose own column is absent is read as the union of these parts
+    roi_unions: dict[str, list[str]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_UNIONS.items()})
     ncsnr_threshold: Float = 0.5
     seed: Int = Field(20200220, ge=0)
     # images with a NaN or infinite response are left out and reported; more than this
@@ -93,9 +104,40 @@ class StudyConfig(_Strict):
     multivariate: MultivariateConfig = MultivariateConfig()
     plots: PlotConfig = PlotConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _present_section_is_enabled(cls, data: object) -> object:
+        """A `univariate:` or `multivariate:` section that is written down runs, unless it
+        says `enabled: false`; an absent multivariate section is off (see `section_states`)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in SECTIONS:
+            if name in data and data[name] is None:  # `multivariate:` with nothing below it
+                data[name] = {}
+            if isinstance(data.get(name), dict) and "enabled" not in data[name]:
+                data[name] = {**data[name], "enabled": True}
+        data.setdefault("_sections_given", [n for n in SECTIONS if n in data])
+        return data
+
+    sections_given: list[str] = Field(default_factory=list, alias="_sections_given", exclude=True)
+
+    def section_states(self) -> dict[str, str]:
+        """Analysis -> one line saying whether it runs and why (for the log)."""
+        states = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            if section.enabled:
+                states[name] = "on"
+            elif name in self.sections_given:
+                states[name] = f"off ({name}.enabled is false)"
+            else:
+                states[name] = f"off (no {name}: section in the study config; add one to run it)"
+        return states
+
     @model_validator(mode="after")
     def _check(self) -> "StudyConfig":
-        if len(set(self.subjects)) != len(self.subjects):
+        if self.subjects is not None and len(set(self.subjects)) != len(self.subjects):
             raise ValueError("subjects must be distinct")
         for pair in self.pairs or []:
             if pair[0] == pair[1] or any(r not in self.rois for r in pair):

@@ -44,10 +44,13 @@ def select_in_shard(
     slot = {s: i for i, s in enumerate(subjects)}
     roi_slot = {r: i for i, r in enumerate(rois)}
     out = []
+    averages: dict[tuple, np.ndarray] = {}  # one per (fold, ROI): the shard's rows are few
     for req in requests:
         train = [slot[s] for s in req.fold.train]
-        u1 = train_average(values, train, roi_slot[req.pair[0]])
-        u2 = train_average(values, train, roi_slot[req.pair[1]])
+        for roi in req.pair:
+            if (req.fold, roi) not in averages:
+                averages[(req.fold, roi)] = train_average(values, train, roi_slot[roi])
+        u1, u2 = averages[(req.fold, req.pair[0])], averages[(req.fold, req.pair[1])]
         out.append(select_condition(u1, u2, req.beta1, req.beta2, req.condition, margin, n_images, offset,
                                     excluded=excluded))
     return out

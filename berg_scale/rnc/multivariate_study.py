@@ -11,6 +11,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from berg_scale.errors import ConfigError
 from berg_scale.rnc.finite import DEFAULT_MAX_EXCLUDED_FRACTION, Exclusions, column_label, find_exclusions
 from berg_scale.rnc.multivariate import (
     OBJECTIVES, GAParams, GAResult, PairScorer, choose_multivariate_baseline, difference_null,
@@ -89,6 +90,12 @@ def run_multivariate(
     log(exclusions.message("multivariate"))
     sizes = mutation_sizes(params.ga.batch_size, params.ga.mutation_fractions)[: params.ga.mutants_per_parent]
     exclusions.check("multivariate", params.max_excluded_fraction, params.ga.batch_size + max(sizes))
+    if exclusions.n_used < params.ga.batch_size + max(sizes):
+        raise ConfigError(
+            f"multivariate: {exclusions.n_used:,} images are too few for batches of {params.ga.batch_size} "
+            f"(a batch and its largest mutation need {params.ga.batch_size + max(sizes)}): generate "
+            "responses for more images, or lower multivariate.batch_size (--batch-size)"
+        )
     pool = exclusions.pool
     n_used = exclusions.n_used
     runs: list[MultivariateRun] = []

@@ -10,7 +10,9 @@ merged exactly.
 ROI unions: the paper's "FFA" is FFA-1 and FFA-2 joined. The univariate response of
 a union is the mean over the concatenated ncsnr-filtered voxels, which equals the
 voxel-count-weighted mean of the parts' `:mean` columns; the counts are the number
-of voxels with ncsnr above the threshold, taken from `readouts.json`.
+of voxels with ncsnr above the threshold, taken from `readouts.json` (the voxel column's
+ncsnr coordinates, or the `:mean` column's, which `generate` records too so that parts
+written as means only still form a union).
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class ResponseStore:
         self.fs, self.root = self._store.fs, self._store.root
         self._readouts: dict | None = None
         self._shards: tuple[str, ...] | None = None
+        self._columns: set[str] | None = None
 
     # -- layout -------------------------------------------------------------------
     def committed_shards(self) -> tuple[str, ...]:
@@ -145,13 +148,26 @@ class ResponseStore:
             )
         return np.asarray(coords["ncsnr"], dtype=np.float64)
 
+    def check_mean_threshold(self, column: str, threshold: float) -> None:
+        """A `:mean` column averages voxels with ncsnr above generate's threshold; the study
+        must use the same one, or its univariate responses are not the means it describes."""
+        entry = self.readouts().get(column) or {}
+        used = entry.get("ncsnr_threshold")
+        if used is not None and abs(float(used) - float(threshold)) > 1e-9:
+            raise ResponsesError(
+                f"{column!r} is the mean over voxels with ncsnr > {float(used):g} (generate's ncsnr_threshold), "
+                f"but the study uses ncsnr_threshold {float(threshold):g}: set ncsnr_threshold: {float(used):g} "
+                f"in the study (--ncsnr-threshold {float(used):g}) or regenerate with {float(threshold):g}"
+            )
+
     def voxel_mask(self, column: str, threshold: float) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             return self.ncsnr(column) > threshold
 
     def _existing_columns(self) -> set[str]:
-        schema = self.dataset(self.committed_shards()[:1]).schema
-        return set(schema.names)
+        if self._columns is None:
+            self._columns = set(self.dataset(self.committed_shards()[:1]).schema.names)
+        return self._columns
 
     def _roi_parts(
         self, model_id: str, subject: int, roi: str, unions: Mapping[str, Sequence[str]],
@@ -159,18 +175,20 @@ class ResponseStore:
     ) -> list[_Part]:
         own = mean_column(model_id, subject, roi)
         if own in existing:
+            self.check_mean_threshold(own, threshold)
             return [_Part(own, 1.0)]
         if roi not in unions:
             raise ResponsesError(
                 f"column {own!r} is not in the responses: generate it, or define "
-                f"{roi!r} as a union of ROIs in the study config"
+                f"{roi!r} as a union of ROIs in the study config (roi_unions)"
             )
         parts = []
         for part in unions[roi]:
             column = mean_column(model_id, subject, part)
             if column not in existing:
                 raise ResponsesError(f"union {roi!r} needs column {column!r}, which is missing")
-            count = int(self.voxel_mask(response_column(model_id, subject, part), threshold).sum())
+            self.check_mean_threshold(column, threshold)
+            count = int(self._union_mask(model_id, subject, roi, part, unions[roi], threshold).sum())
             if count:
                 parts.append(_Part(column, float(count)))
         if not parts:
@@ -178,6 +196,62 @@ class ResponseStore:
                 f"no voxel of {roi!r} (subject {subject}) passes ncsnr > {threshold}"
             )
         return parts
+
+    def _union_mask(
+        self, model_id: str, subject: int, union: str, part: str, parts: Sequence[str], threshold: float
+    ) -> np.ndarray:
+        """The part's ncsnr mask, from its voxel column or else from its `:mean` column."""
+        try:
+            return self.voxel_mask(response_column(model_id, subject, part), threshold)
+        except ResponsesError:
+            raise ResponsesError(
+                f"union {union!r} weights its parts by their voxel counts, but readouts.json records no ncsnr "
+                f"for {response_column(model_id, subject, part)!r} or its :mean column (an output written "
+                f"before mean columns carried them): regenerate {part} (any outputs), or study the parts "
+                f"({', '.join(parts)}) as ROIs of their own"
+            ) from None
+
+    # -- what is there ------------------------------------------------------------
+    def column_names(self) -> set[str]:
+        """Every column of the committed shards' schema."""
+        return self._existing_columns()
+
+    def fmri_models(self) -> list[str]:
+        """Model ids with per-subject fMRI columns (`<model>/sub-SS/<ROI>[:mean]`)."""
+        found = {name.split("/")[0] for name in self._existing_columns()
+                 if name.startswith("fmri-") and name.count("/") == 2}
+        return sorted(found)
+
+    def subjects_with(
+        self, model_id: str, rois: Sequence[str], unions: Mapping[str, Sequence[str]], kind: str
+    ) -> tuple[list[int], dict[int, list[str]]]:
+        """(subjects with every ROI readable as `kind` "mean" or "responses", subject -> ROIs it lacks).
+
+        An ROI is readable when its own column is there or, for a union, every part's.
+        """
+        existing = self._existing_columns()
+        column = mean_column if kind == "mean" else response_column
+        subjects = set()
+        prefix = f"{model_id}/sub-"
+        for name in existing:
+            if name.startswith(prefix):
+                number = name[len(prefix):].split("/")[0]
+                if number.isdigit():
+                    subjects.add(int(number))
+        complete, lacking = [], {}
+        for subject in sorted(subjects):
+            missing = []
+            for roi in rois:
+                if column(model_id, subject, roi) in existing:
+                    continue
+                parts = unions.get(roi, ())
+                if not parts or any(column(model_id, subject, p) not in existing for p in parts):
+                    missing.append(roi)
+            if missing:
+                lacking[subject] = missing
+            else:
+                complete.append(subject)
+        return complete, lacking
 
     # -- reading ------------------------------------------------------------------
     def iter_shards(

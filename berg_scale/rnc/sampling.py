@@ -28,7 +28,7 @@ def _index_dtype(n: int) -> type:
 def sample_subsets(rng: np.random.Generator, n: int, k: int, count: int) -> np.ndarray:
     """`count` uniform k-subsets of range(n), each row sorted ascending (canonical)."""
     if k > n:
-        raise ConfigError(f"cannot draw {k} distinct images from {n}: lower the batch size")
+        raise ConfigError(f"cannot draw {k} distinct images from {n}: there are fewer images than one batch holds")
     if count == 0 or k == 0:
         return np.empty((count, k), dtype=_index_dtype(n))
     dtype = _index_dtype(n)

@@ -20,7 +20,7 @@ from berg_scale.rnc.multivariate_study import MultivariateParams, MultivariateRe
 from berg_scale.rnc.outputs import (
     KeyResolver, excluded_images, multivariate_tables, univariate_tables, write_json, write_tables,
 )
-from berg_scale.rnc.responses import ResponseStore
+from berg_scale.rnc.responses import ResponsesError, ResponseStore
 from berg_scale.rnc.univariate import CONDITIONS, UnivariateParams, UnivariateResult, run_univariate, train_average
 
 
@@ -29,17 +29,25 @@ def _log_default(message: str) -> None:
 
 
 def run_study(
-    config: StudyConfig, log: Callable[[str], None] = _log_default, allow_auto_ray: bool = False
+    config: StudyConfig, log: Callable[[str], None] = _log_default, allow_auto_ray: bool = False,
+    announce_sections: bool = True,
 ) -> dict:
     """Univariate and/or multivariate RNC as configured; returns the summary.
 
-    Distributed univariate selection attaches to the Ray named by RAY_ADDRESS (or, with
-    `allow_auto_ray`, the cluster this process runs in), else starts a local one.
+    The model and the subjects, when the config leaves them out, are those of the
+    responses (see `resolve_from_responses`). Distributed univariate selection attaches
+    to the Ray named by RAY_ADDRESS (or, with `allow_auto_ray`, the cluster this process
+    runs in), else starts a local one.
     """
     started = time.time()
     storage = config.storage.options()
     store = ResponseStore(config.responses, storage)
     fs, out_root = filesystem_for(config.out_dir, storage)
+    if announce_sections:
+        for analysis, state in config.section_states().items():
+            if state != "on":
+                log(f"{analysis}: {state}")
+    config = resolve_from_responses(config, store, log)
     pairs = config.roi_pairs()
     rois = sorted({r for p in pairs for r in p}, key=config.rois.index)
     summary: dict = {
@@ -71,6 +79,59 @@ def run_study(
     return summary
 
 
+def resolve_from_responses(config: StudyConfig, store: ResponseStore, log: Callable[[str], None]) -> StudyConfig:
+    """The config with `model_id` and `subjects` filled in from the responses when left out.
+
+    The model is the one fMRI model in the output (fmri-nsd-fwrf when there are several);
+    the subjects are every subject whose columns for all the study's ROIs are there (`:mean`
+    columns for univariate RNC, voxel columns for multivariate RNC).
+    """
+    update: dict = {}
+    model_id = config.model_id
+    if model_id is None:
+        models = store.fmri_models()
+        if len(models) == 1:
+            model_id = models[0]
+        elif "fmri-nsd-fwrf" in models:
+            model_id = "fmri-nsd-fwrf"
+        elif models:
+            raise ResponsesError(
+                f"the responses hold several fMRI models ({', '.join(models)}): choose one with model_id "
+                "(--model)"
+            )
+        else:
+            raise ResponsesError(
+                f"{config.responses!r} has no fMRI response columns (<model>/sub-SS/<ROI>): RNC needs the "
+                "responses of an fMRI model (generate with fmri-nsd-fwrf or fmri-nsd_fsaverage-vit_b_32)"
+            )
+        update["model_id"] = model_id
+    if config.subjects is None and (config.univariate.enabled or config.multivariate.enabled):
+        pairs = config.roi_pairs()
+        rois = sorted({r for p in pairs for r in p}, key=config.rois.index)
+        kinds = [k for k, on in (("mean", config.univariate.enabled), ("responses", config.multivariate.enabled))
+                 if on]
+        subjects: set[int] | None = None
+        lacking: dict[int, list[str]] = {}
+        for kind in kinds:
+            complete, missing = store.subjects_with(model_id, rois, config.roi_unions, kind)
+            subjects = set(complete) if subjects is None else subjects & set(complete)
+            for subject, names in missing.items():
+                lacking.setdefault(subject, []).extend(f"{r} ({'mean' if kind == 'mean' else 'voxels'})"
+                                                       for r in names)
+        chosen = sorted(subjects or [])
+        if not chosen:
+            found = ", ".join(f"sub-{s:02d} lacks {', '.join(n)}" for s, n in sorted(lacking.items()))
+            raise ResponsesError(
+                f"no subject of {model_id} has columns for every ROI of the study ({', '.join(rois)}) in "
+                f"{config.responses!r}{': ' + found if found else ''}: choose rois that were generated"
+            )
+        left_out = "; ".join(f"sub-{s:02d} left out, it lacks {', '.join(n)}" for s, n in sorted(lacking.items()))
+        log(f"subjects {', '.join(map(str, chosen))} (every subject of {model_id} with these ROIs in the "
+            f"responses{'; ' + left_out if left_out else ''}; set subjects (--subjects) to choose)")
+        update["subjects"] = chosen
+    return config.model_copy(update=update) if update else config
+
+
 def _univariate(config, store, storage, fs, out_root, rois, pairs, summary, log) -> dict:
     u = config.univariate
     log(f"univariate: reading {len(config.subjects)} subjects x {len(rois)} ROIs (:mean columns)")
@@ -95,9 +156,12 @@ def _univariate(config, store, storage, fs, out_root, rois, pairs, summary, log)
     keys = KeyResolver(store, data.images, wanted + excluded_images(result.exclusions))
     directory = posixpath.join(out_root, "univariate")
     summary["outputs"] += write_tables(fs, directory, univariate_tables(result, keys))
+    missing: list = []
     if config.plots.enabled:
-        summary["outputs"] += _univariate_plots(config, data, result, keys, fs, directory, storage)
+        written, missing = _univariate_plots(config, data, result, keys, fs, directory, storage, store, log)
+        summary["outputs"] += written
     return {
+        "images_not_found": missing,
         "params": params.__dict__,
         "exclusions": result.exclusions.summary(),
         "baselines": [
@@ -115,13 +179,25 @@ def _univariate(config, store, storage, fs, out_root, rois, pairs, summary, log)
     }
 
 
-def _univariate_plots(config, data, result: UnivariateResult, keys, fs, directory, storage) -> list[str]:
-    from berg_scale.rnc.plots import save_figure, scatter_figure
+UNIVARIATE_UNITS = (
+    "Univariate response: the predicted fMRI response averaged over the ROI's voxels with ncsnr > {t:g}, in the "
+    "z-units of the training data (NSD betas z-scored per voxel and session), averaged over subjects {subjects}. "
+    "↑: at least the margin ({m:g} z) above the ROI's baseline score; ↓: at least the margin below it. Baseline: "
+    "the random {k}-image batch whose mean is nearest the mean of {b:,} random batches."
+)
+
+
+def _univariate_plots(config, data, result: UnivariateResult, keys, fs, directory, storage, store, log) -> tuple:
+    from berg_scale.rnc.plots import GridPanel, condition_label, save_figure, scatter_figure
 
     written = []
     slot = {s: i for i, s in enumerate(data.subjects)}
     all_slots = [slot[s] for s in data.subjects]
     excluded = result.exclusions.excluded if result.exclusions else np.empty(0, np.int64)
+    u = config.univariate
+    units = UNIVARIATE_UNITS.format(t=config.ncsnr_threshold, subjects=", ".join(map(str, data.subjects)),
+                                    m=u.margin, k=u.baseline_batch_size, b=u.baseline_batches)
+    grids = []
     for pair in result.pairs:
         u1 = train_average(data.values, all_slots, data.roi_index(pair[0]))
         u2 = train_average(data.values, all_slots, data.roi_index(pair[1]))
@@ -129,27 +205,66 @@ def _univariate_plots(config, data, result: UnivariateResult, keys, fs, director
         u2[excluded] = np.nan
         sets = {s.condition: s.images for s in result.selections if s.fold.heldout is None and s.pair == pair}
         base = {b.roi: b for b in result.baselines if b.fold.heldout is None and b.roi in pair}
-        fig = scatter_figure(u1, u2, pair, sets, (base[pair[0]].score_train, base[pair[1]].score_train),
-                             {r: base[r].images for r in pair}, config.plots.max_points, config.seed)
+        betas = (base[pair[0]].score_train, base[pair[1]].score_train)
+        fig = scatter_figure(u1, u2, pair, sets, betas, {r: base[r].images for r in pair}, config.plots.max_points,
+                             config.seed, caption=f"Each dot is one image. Dashed lines: baseline scores. {units}")
         stem = posixpath.join(directory, f"scatter_{pair[0]}-{pair[1]}")
         written += save_figure(fig, fs, stem, config.plots.formats)
-        if config.plots.images:
-            rows = {c: list(sets.get(c, [])) for c in CONDITIONS}
-            rows.update({f"baseline {r}": list(base[r].images) for r in pair})
-            written += _grid(config, rows, keys, fs, posixpath.join(directory, f"images_{pair[0]}-{pair[1]}"),
-                             storage, f"{pair[0]} vs {pair[1]} (all subjects)")
-    return written
+        panels = []
+        for condition in CONDITIONS:
+            images = list(sets.get(condition, []))
+            tiles = [(int(i), f"{u1[i]:+.2f}/{u2[i]:+.2f}") for i in images]
+            note = None if images else (
+                f"No image is eligible: none has {condition_label(condition, pair)} by the margin of "
+                f"{u.margin:g} z around both baselines.")
+            panels.append((condition_label(condition, pair, long=True), tiles, u.n_images, note))
+        baselines = [(f"baseline batch of {roi}", [(int(i), f"{(u1 if roi == pair[0] else u2)[i]:+.2f}")
+                                                   for i in base[roi].images], u.baseline_batch_size, None)
+                     for roi in pair]
+        caption = (f"Numbers under each image: its {pair[0]} / {pair[1]} response (z). {units}")
+        grids.append((f"images_{pair[0]}-{pair[1]}", f"{pair[0]} vs {pair[1]}: controlling images (all subjects)",
+                      panels, caption))
+        grids.append((f"baselines_{pair[0]}-{pair[1]}", f"{pair[0]} vs {pair[1]}: baseline images (all subjects)",
+                      baselines, f"Number under each image: its response in that ROI (z). {units}"))
+    missing = []
+    if grids:
+        written_grids, missing = _grids(config, grids, keys, fs, directory, store, log, columns=5, per_row=2,
+                                        panel_type=GridPanel)
+        written += written_grids
+    return written, missing
 
 
-def _grid(config, rows: dict, keys, fs, stem: str, storage, title: str) -> list[str]:
-    from berg_scale.rnc.images import fetch_images
+def _grids(config, grids, keys, fs, directory, store, log, columns, per_row, panel_type) -> tuple[list[str], list]:
+    """Fetch every image of every grid at once, warn about those not found, then draw."""
+    from berg_scale.rnc.images import fetch_thumbnails, locate_sources
     from berg_scale.rnc.plots import image_grid_figure, save_figure
 
-    located = {label: [keys(i) for i in images] for label, images in rows.items()}
-    wanted = {(shard, key) for items in located.values() for key, shard, _ in items}
-    fetched = fetch_images(config.plots.images, wanted, config.storage.options(), config.plots.tile_size)
-    grid = {label: [(key, fetched.get(key)) for key, _, _ in items] for label, items in located.items()}
-    return save_figure(image_grid_figure(grid, config.plots.tile_size, title), fs, stem, config.plots.formats)
+    images = {i for _, _, panels, _ in grids for _, tiles, _, _ in panels for i, _ in tiles}
+    wanted = {(keys(i)[1], keys(i)[0]) for i in images}  # (shard, key)
+    storage = config.storage.options()
+    sources = locate_sources({shard for shard, _ in wanted}, config.responses, config.plots.images, storage)
+    if not sources:
+        log("image grids skipped: the _done markers record no input shard URLs; give the input shards with "
+            "--images (plots.images)")
+        return [], []
+    fetched = fetch_thumbnails(sources, sorted(wanted), storage, config.plots.tile_size)
+    warning = fetched.warning()
+    if warning:
+        log(f"warning: {warning}")
+    written = []
+    for name, title, panels, caption in grids:
+        drawn = []
+        for panel_title, tiles, expected, note in panels:
+            cells = []
+            for image, score in tiles:
+                key, shard, _ = keys(image)
+                cells.append((key, fetched.get(shard, key), score))
+            drawn.append(panel_type(panel_title, cells, expected, note))
+        fig = image_grid_figure(drawn, columns=columns, panels_per_row=per_row, title=title, caption=caption)
+        written += save_figure(fig, fs, posixpath.join(directory, name), config.plots.formats)
+    missing = [{"shard": shard, "key": key, "reason": reason}
+               for (shard, key), reason in sorted(fetched.missing.items())]
+    return written, missing
 
 
 def _multivariate(config, store, fs, out_root, rois, pairs, summary, log) -> dict:
@@ -187,9 +302,12 @@ def _multivariate(config, store, fs, out_root, rois, pairs, summary, log) -> dic
     keys = KeyResolver(store, images, wanted + excluded_images(result.exclusions))
     directory = posixpath.join(out_root, "multivariate")
     summary["outputs"] += write_tables(fs, directory, multivariate_tables(result, keys))
+    missing: list = []
     if config.plots.enabled:
-        summary["outputs"] += _multivariate_plots(config, result, keys, fs, directory)
+        written, missing = _multivariate_plots(config, result, keys, fs, directory, store, log)
+        summary["outputs"] += written
     return {
+        "images_not_found": missing,
         "device": str(device),
         "exclusions": result.exclusions.summary(),
         "final": [
@@ -202,35 +320,75 @@ def _multivariate(config, store, fs, out_root, rois, pairs, summary, log) -> dic
     }
 
 
-def _multivariate_plots(config, result: MultivariateResult, keys, fs, directory) -> list[str]:
-    from berg_scale.rnc.plots import generations_figure, save_figure
+MULTIVARIATE_UNITS = (
+    "RSA score: Pearson r between the two ROIs' representational similarity matrices (RSMs; Pearson r between "
+    "the {k} images' response patterns over voxels with ncsnr > {t:g}), over the {pairs:,} image pairs of the "
+    "batch. Align maximises it; disentangle drives it to 0."
+)
 
-    written = []
+
+def _multivariate_plots(config, result: MultivariateResult, keys, fs, directory, store, log) -> tuple:
+    from berg_scale.rnc.plots import CurveSet, GridPanel, condition_label, generations_figure, save_figure
+    from berg_scale.rnc.stats import bootstrap_ci
+    from berg_scale.rnc.streams import stream
+
+    m = config.multivariate
+    units = MULTIVARIATE_UNITS.format(k=m.batch_size, t=config.ncsnr_threshold,
+                                      pairs=m.batch_size * (m.batch_size - 1) // 2)
+    n_band = min(m.n_bootstrap, 2000) if m.n_bootstrap else 0
+    written, grids = [], []
     for pair in result.pairs:
-        curves = {}
-        for run in result.runs:
-            if run.pair != pair:
+        curves = []
+        finals = {}
+        for condition in result.params.conditions:
+            runs = [r for r in result.runs if r.pair == pair and r.condition == condition]
+            train = next((r for r in runs if r.fold.heldout is None), None)
+            if train is None:
                 continue
-            if run.fold.heldout is None:
-                curves[f"{run.condition} (all subjects, train)"] = run.search.best_scores
-        null_mean = next((b["null_train_mean"] for b in result.baselines
-                          if (b["roi_1"], b["roi_2"]) == pair and b["heldout_subject"] is None), None)
-        fig = generations_figure(curves, f"Multivariate RNC: {pair[0]} vs {pair[1]}", null_mean)
+            heldout = {r.fold.label: r.test_scores for r in runs if r.fold.heldout is not None}
+            ci = None
+            if heldout and n_band:
+                table = np.vstack(list(heldout.values()))
+                ci = bootstrap_ci(table, n_band, stream(config.seed, "multivariate curve band", pair[0], pair[1],
+                                                        condition))
+            bases = [b["test_score"] for b in result.baselines
+                     if (b["roi_1"], b["roi_2"]) == pair and b["heldout_subject"] is not None]
+            null_mean = next((b["null_train_mean"] for b in result.baselines
+                              if (b["roi_1"], b["roi_2"]) == pair and b["heldout_subject"] is None), None)
+            curves.append(CurveSet(condition, train.search.best_scores, heldout, ci,
+                                   float(np.nanmean(bases)) if bases else None, null_mean))
+            stat = next((row for row in result.summary if (row["roi_1"], row["roi_2"]) == pair
+                         and row["condition"] == condition), None)
+            finals[condition] = (train, stat)
+        caption = ("Dashed black: the score the search optimises (all subjects' averaged RSMs). Coloured: each "
+                   "fold's best batch scored on its held-out subject's RSMs, their mean and 95% bootstrap CI over "
+                   "held-out subjects; dotted: the held-out score of the baseline batch. " + units)
+        fig = generations_figure(curves, pair, caption=caption)
         written += save_figure(fig, fs, posixpath.join(directory, f"generations_{pair[0]}-{pair[1]}"),
                                config.plots.formats)
-        if config.plots.images:
-            rows = {r.condition: list(r.search.best_batches[-1]) for r in result.runs
-                    if r.pair == pair and r.fold.heldout is None}
-            written += _grid(config, rows, keys, fs, posixpath.join(directory, f"images_{pair[0]}-{pair[1]}"),
-                             config.storage.options(), f"{pair[0]} vs {pair[1]} (all subjects)")
-    return written
+        panels = []
+        for condition, (run, stat) in finals.items():
+            score = f"train r = {run.search.best_scores[-1]:+.3f}"
+            if stat is not None:
+                score = (f"held-out r = {stat['mean_score']:+.3f} vs baseline {stat['mean_baseline']:+.3f}, "
+                         f"significant in {stat['n_significant']}/{stat['n_subjects']}; {score}")
+            tiles = [(int(i), "") for i in run.search.best_batches[-1]]
+            panels.append((f"{condition_label(condition, pair, long=True)}: {score}", tiles, None, None))
+        grids.append((f"images_{pair[0]}-{pair[1]}", f"{pair[0]} vs {pair[1]}: controlling batches (all subjects)",
+                      panels, "Each panel is the final batch of the search on all subjects. " + units))
+    missing: list = []
+    if grids:
+        written_grids, missing = _grids(config, grids, keys, fs, directory, store, log, columns=10, per_row=1,
+                                        panel_type=GridPanel)
+        written += written_grids
+    return written, missing
 
 
 def run_demo_rnc(
     output_url: str,
     out_dir: str,
     rois: Sequence[str] = ("V1", "hV4"),
-    subjects: Sequence[int] = (1, 2, 3),
+    subjects: Sequence[int] | None = None,
     generations: int = 20,
     images_url: str | None = None,
     model_id: str = "fmri-nsd-fwrf",
@@ -248,9 +406,8 @@ def run_demo_rnc(
             "responses": output_url,
             "out_dir": out_dir,
             "model_id": model_id,
-            "subjects": list(subjects),
+            "subjects": list(subjects) if subjects else None,
             "rois": list(rois),
-            "cross_validation": len(subjects) > 1,
             "univariate": {"baseline_batches": 20_000, "n_bootstrap": 2_000, "n_permutations": 2_000},
             "multivariate": {"enabled": multivariate, "generations": generations, "population": 50,
                              "baseline_batches": 3_000, "n_bootstrap": 2_000, "n_permutations": 1_000,

@@ -39,6 +39,9 @@ def write_synthetic_output(
     shard_bounds: Sequence[int] | None = None,
     coords: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
     layouts: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+    shard_names: Sequence[str] | None = None,
+    inputs: Sequence[str] | None = None,
+    keys: Sequence[str] | None = None,
 ) -> list[str]:
     """Lay out N images' responses as `n_shards` consecutive shards; returns the keys.
 
@@ -49,7 +52,10 @@ def write_synthetic_output(
     coordinates to readouts.json (e.g. fsaverage `hemisphere` and `vertex`); a column with a
     `vertex` coordinate gets the dimension name "vertex", as the fsaverage model writes it.
     `layouts[name]` gives a column's element `shape` and `dims` (e.g. EEG's (repetition,
-    channel, time)); its values may then be shaped (N, *shape).
+    channel, time)); its values may then be shaped (N, *shape). `shard_names` replaces the
+    names 000000, 000001, ... (e.g. `a__shard-000000` for a nested input layout), `inputs`
+    gives each shard's input tar URL for its `_done` marker (as `generate` records it), and
+    `keys` replaces the image keys.
     """
     voxel_columns = dict(voxel_columns or {})
     ncsnr = dict(ncsnr or {})
@@ -63,7 +69,8 @@ def write_synthetic_output(
     errors = set(int(e) for e in error_rows)
     float_type = pa.float16() if dtype == "float16" else pa.float32()
     np_type = np.float16 if dtype == "float16" else np.float32
-    keys = [image_key(i) for i in range(n)]
+    keys = list(keys) if keys is not None else [image_key(i) for i in range(n)]
+    names = list(shard_names) if shard_names is not None else [shard_name(j) for j in range(n_shards)]
     uncommitted = set(int(j) for j in uncommitted_shards)
     for j in range(n_shards):
         lo, hi = int(bounds[j]), int(bounds[j + 1])
@@ -71,7 +78,7 @@ def write_synthetic_output(
         bad = np.array([i in errors for i in rows], dtype=bool)
         arrays: dict[str, Any] = {
             "key": pa.array(keys[lo:hi], pa.string()),
-            "shard": pa.array([shard_name(j)] * (hi - lo), pa.string()),
+            "shard": pa.array([names[j]] * (hi - lo), pa.string()),
             "index": pa.array(np.arange(hi - lo, dtype=np.int32)),
             "status": pa.array(np.where(bad, "error", "ok").tolist(), pa.string()),
             "error": pa.array([("synthetic decode failure" if b else None) for b in bad], pa.string()),
@@ -84,13 +91,15 @@ def write_synthetic_output(
         for name, values in mean_columns.items():
             arrays[name] = pa.array(np.asarray(values[lo:hi], dtype=np.float32), pa.float32(), mask=bad)
         batch = pa.RecordBatch.from_arrays([arrays[field.name] for field in schema], schema=schema)
-        writer = ResponseShardWriter(store, shard_name(j), schema)
+        writer = ResponseShardWriter(store, names[j], schema)
         writer.write(batch)
         if j in uncommitted:
             writer.commit()  # a Parquet file without a marker, as after a crash before commit
         else:
-            commit_shard(store, shard_name(j), writer,
-                         {"rows": hi - lo, "ok": int((~bad).sum()), "errors": int(bad.sum())})
+            marker = {"rows": hi - lo, "ok": int((~bad).sum()), "errors": int(bad.sum())}
+            if inputs is not None:
+                marker["input"] = inputs[j]
+            commit_shard(store, names[j], writer, marker)
     write_readouts(store, columns)
     store.remove_tree(store.staging_folder())
     return keys

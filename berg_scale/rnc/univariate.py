@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from berg_scale.errors import ConfigError
 from berg_scale.rnc.finite import DEFAULT_MAX_EXCLUDED_FRACTION, Exclusions, univariate_exclusions
 from berg_scale.rnc.sampling import sample_injection, sample_subsets
 from berg_scale.rnc.stats import benjamini_hochberg, binomial_tail, bootstrap_ci, pearson_r, permutation_p_value
@@ -333,25 +334,30 @@ Selector = Callable[[Sequence[SelectionRequest], np.ndarray], list[tuple[np.ndar
 def in_memory_selector(
     values: np.ndarray, subjects: Sequence[int], rois: Sequence[str], n_images: int, margin: float
 ) -> Selector:
-    """Top-k over all images held in memory (the reference the distributed path must equal)."""
+    """Top-k over all images held in memory (the reference the distributed path must equal).
+
+    Requests are served fold by fold, and each fold's train average of every ROI its
+    requests name is computed once: a study of R ROIs and F folds computes R x F train
+    averages, whatever the number of pairs, and holds at most R of them at a time.
+    """
     slot = {s: i for i, s in enumerate(subjects)}
     roi_slot = {r: i for i, r in enumerate(rois)}
 
     def select(requests: Sequence[SelectionRequest], excluded: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        out = []
-        cache: dict[tuple, np.ndarray] = {}
-        for req in requests:
-            averages = []
-            for roi in req.pair:
-                key = (req.fold, roi)
-                if key not in cache:
-                    if len(cache) >= 4:  # requests come fold by fold; keep memory at a few N-vectors
-                        cache.clear()
-                    cache[key] = train_average(values, [slot[s] for s in req.fold.train], roi_slot[roi])
-                averages.append(cache[key])
-            out.append(select_condition(averages[0], averages[1], req.beta1, req.beta2, req.condition, margin,
-                                        n_images, excluded=excluded))
-        return out
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(requests)
+        by_fold: dict[Fold, list[int]] = {}
+        for i, req in enumerate(requests):
+            by_fold.setdefault(req.fold, []).append(i)
+        for fold, indices in by_fold.items():
+            train = [slot[s] for s in fold.train]
+            needed = dict.fromkeys(r for i in indices for r in requests[i].pair)
+            averages = {roi: train_average(values, train, roi_slot[roi]) for roi in needed}
+            for i in indices:
+                req = requests[i]
+                out[i] = select_condition(averages[req.pair[0]], averages[req.pair[1]], req.beta1, req.beta2,
+                                          req.condition, margin, n_images, excluded=excluded)
+            del averages
+        return out  # type: ignore[return-value]
 
     return select
 
@@ -383,6 +389,12 @@ def run_univariate(
     exclusions = univariate_exclusions(values, subjects, needed_rois, [roi_slot[r] for r in needed_rois])
     log(exclusions.message("univariate"))
     exclusions.check("univariate", params.max_excluded_fraction, max(params.baseline_batch_size, 1))
+    if exclusions.n_used < params.baseline_batch_size:
+        raise ConfigError(
+            f"univariate: {exclusions.n_used:,} images cannot fill one baseline batch of "
+            f"{params.baseline_batch_size}: generate responses for more images, or lower "
+            "univariate.baseline_batch_size (--baseline-batch-size)"
+        )
     pool = exclusions.pool
     log(f"baseline null: {params.baseline_batches:,} batches of {params.baseline_batch_size}")
     null = baseline_null(values, params.baseline_batches, params.baseline_batch_size, params.seed, pool=pool)

@@ -46,11 +46,12 @@ def test_config_errors_are_one_line_and_name_the_field(tmp_path):
 
 def test_defaults_are_the_published_ones():
     config = parse_config({"responses": "x", "out_dir": "y"})
-    assert config.seed == 20200220 and config.subjects == list(range(1, 9)) and config.ncsnr_threshold == 0.5
+    assert config.seed == 20200220 and config.ncsnr_threshold == 0.5
+    assert config.subjects is None and config.model_id is None  # both taken from the responses
     u, m = config.univariate, config.multivariate
     assert (u.n_images, u.margin, u.baseline_batches, u.n_bootstrap, u.n_permutations) == (25, 0.04, 10**6, 10**5, 10**5)
     assert (m.population, m.batch_size, m.generations, m.baseline_batches) == (200, 50, 2000, 10**6)
-    assert config.roi_unions == {"FFA": ["FFA-1", "FFA-2"]}
+    assert config.roi_unions["FFA"] == ["FFA-1", "FFA-2"] and config.roi_unions["V1"] == ["V1v", "V1d"]
     assert load_config(REPO / "configs" / "rnc_v1_hv4.yaml").roi_pairs() == [("V1", "hV4")]
 
 
