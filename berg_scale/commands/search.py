@@ -8,8 +8,9 @@ image of the output (--like SHARD/KEY, left out of the results).
 Exact search (the default) streams over the committed shards with a running top-k, so
 it works for any number of images in the memory of one shard. --index ann builds a
 faiss HNSW index (pip install faiss-cpu), saved under OUT/index/ and reused by later
-searches while the output and options are unchanged; --index auto uses it above
---ann-above images. Writes OUT/results.parquet, OUT/summary.json and OUT/grid.png.
+searches while the output and options are unchanged; --index auto uses a valid saved
+index, builds one above --ann-above images, and otherwise searches exactly.
+Writes OUT/results.parquet, OUT/summary.json and OUT/grid.png.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", default="euclidean", choices=("euclidean", "cosine", "correlation"),
                         help="distance (default euclidean; correlation = 1 - Pearson r)")
     parser.add_argument("--index", default="exact", choices=("exact", "ann", "auto"),
-                        help="exact streaming search (default), a faiss HNSW index, or ann above --ann-above images")
-    parser.add_argument("--ann-above", type=int, default=1_000_000, metavar="N",
-                        help="--index auto uses the ANN index above this many images (default 1,000,000)")
+                        help="exact streaming search (default), a faiss HNSW index, or auto (see above)")
+    parser.add_argument("--ann-above", type=int, default=10_000_000, metavar="N",
+                        help="--index auto: build an ANN index above this many images (default 10,000,000); "
+                             "a valid saved index is always used")
     parser.add_argument("--index-dir", metavar="DIR", help="where the ANN index is saved and reused (default OUT/index)")
     parser.add_argument("--rebuild-index", action="store_true", help="build a new ANN index even if a valid one exists")
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree (default 32)")

@@ -82,17 +82,10 @@ def save_index(ann: AnnIndex, directory: str, manifest: dict[str, Any], response
 def load_index(directory: str, expected: dict[str, Any], params: AnnParams,
                storage: StorageOptions | None = None) -> tuple[AnnIndex | None, str]:
     """(the saved index, "") when it matches `expected`, else (None, why it cannot be reused)."""
+    manifest, reason = saved_manifest(directory, expected, storage)
+    if manifest is None:
+        return None, reason
     fs, root = filesystem_for(directory, storage)
-    manifest_path = posixpath.join(root, MANIFEST_FILE)
-    try:
-        manifest = json.loads(fs.cat_file(manifest_path))
-    except FileNotFoundError:
-        return None, f"no saved index in {directory}"
-    except ValueError:
-        return None, f"{posixpath.join(directory, MANIFEST_FILE)} is not valid JSON"
-    reason = _mismatch(manifest, expected)
-    if reason:
-        return None, f"the saved index in {directory} {reason}"
     faiss = load_faiss()
     try:
         raw = fs.cat_file(posixpath.join(root, INDEX_FILE))
@@ -119,6 +112,22 @@ def load_index(directory: str, expected: dict[str, Any], params: AnnParams,
                    ids.column("key").combine_chunks(), counts, params, reused=True,
                    build_seconds=float(manifest.get("build_seconds", 0.0)))
     return ann, ""
+
+
+def saved_manifest(directory: str, expected: dict[str, Any],
+                   storage: StorageOptions | None = None) -> tuple[dict[str, Any] | None, str]:
+    """(the saved manifest, "") when it matches `expected`, else (None, why not); reads nothing else."""
+    fs, root = filesystem_for(directory, storage)
+    try:
+        manifest = json.loads(fs.cat_file(posixpath.join(root, MANIFEST_FILE)))
+    except FileNotFoundError:
+        return None, f"no saved index in {directory}"
+    except ValueError:
+        return None, f"{posixpath.join(directory, MANIFEST_FILE)} is not valid JSON"
+    reason = _mismatch(manifest, expected)
+    if reason:
+        return None, f"the saved index in {directory} {reason}"
+    return manifest, ""
 
 
 def _mismatch(manifest: dict[str, Any], expected: dict[str, Any]) -> str:

@@ -18,13 +18,20 @@ from berg_scale.search.ann import AnnParams, build_index, faiss_available, searc
 from berg_scale.search.columns import ColumnSpec, resolve_columns
 from berg_scale.search.errors import SearchError
 from berg_scale.search.exact import exact_search
+from berg_scale.search.index_store import (
+    expected_manifest,
+    load_index,
+    save_index,
+    saved_manifest,
+    shard_stamps,
+)
 from berg_scale.search.metrics import METRICS, check_metric
 from berg_scale.search.scan import ScanCounts
 from berg_scale.search.target import Target, target_from_file, target_like
 from berg_scale.search.topk import Hit
 
 INDEX_CHOICES = ("exact", "ann", "auto")
-DEFAULT_ANN_ABOVE = 1_000_000
+DEFAULT_ANN_ABOVE = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ def find_nearest(request: SearchRequest, on_shard: Callable[[str, int, int], Non
             f"give a target with one value per column value, in this order"
         )
     notes: list[str] = []
-    method = _method(request, store, notes)
+    method = _method(request, store, columns, notes)
     seconds = {"prepare": time.monotonic() - started}
     if method == "exact":
         scan_started = time.monotonic()
@@ -110,13 +117,25 @@ def find_nearest(request: SearchRequest, on_shard: Callable[[str, int, int], Non
     return SearchResult(hits, counts, method, columns, target, request.metric, request.k, seconds, ann_info, notes)
 
 
-def _method(request: SearchRequest, store: ResponseStore, notes: list[str]) -> str:
+def _method(request: SearchRequest, store: ResponseStore, columns: Sequence[ColumnSpec], notes: list[str]) -> str:
+    """exact or ann; `auto` takes a still-valid saved index, else ANN only above --ann-above images.
+
+    One exact pass is cheaper than building an index, so an index pays off only when
+    it is reused by many queries or the collection is too large to scan per query.
+    """
     if request.index != "auto":
         return request.index
+    have_faiss = faiss_available()
+    if have_faiss and request.index_dir:
+        stamps = shard_stamps(request.responses, store.committed_shards(), request.storage)
+        manifest, _ = saved_manifest(request.index_dir, expected_manifest(columns, request.metric, request.ann, stamps),
+                                     request.storage)
+        if manifest is not None:
+            return "ann"
     n_images = count_images(request.responses, store.committed_shards(), request.storage)
     if n_images <= request.ann_above:
         return "exact"
-    if not faiss_available():
+    if not have_faiss:
         notes.append(f"{n_images:,} images is above --ann-above {request.ann_above:,}, but faiss is not installed: "
                      f"searched exactly (pip install faiss-cpu for the ANN index)")
         return "exact"
@@ -130,13 +149,6 @@ def count_images(responses: str, shards: Sequence[str], storage: StorageOptions 
 
 
 def _ann(request, store, columns, target, seconds, notes, on_shard):
-    from berg_scale.search.index_store import (
-        expected_manifest,
-        load_index,
-        save_index,
-        shard_stamps,
-    )
-
     stamps = shard_stamps(request.responses, store.committed_shards(), request.storage)
     expected = expected_manifest(columns, request.metric, request.ann, stamps)
     ann, saved_paths = None, []

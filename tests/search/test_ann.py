@@ -94,12 +94,22 @@ def test_saved_index_is_rebuilt_when_the_output_changes(tmp_path):
     assert not cosine.ann["reused"] and any("another metric" in n for n in cosine.notes)
 
 
-def test_auto_picks_ann_above_the_threshold(data, tmp_path):
+def test_auto_picks_ann_above_the_threshold_or_with_a_valid_saved_index(data, tmp_path):
     target = tmp_path / "t.npy"
     np.save(target, np.zeros(3))
-    common = {"responses": data.output, "columns": list(MEANS), "target_file": str(target), "k": 3, "index": "auto"}
-    assert find_nearest(SearchRequest(**common, ann_above=100)).method == "ann"
+    index_dir = str(tmp_path / "index")
+    common = {"responses": data.output, "columns": list(MEANS), "target_file": str(target), "k": 3, "index": "auto",
+              "index_dir": index_dir}
     assert find_nearest(SearchRequest(**common, ann_above=10_000)).method == "exact"
+    built = find_nearest(SearchRequest(**common, ann_above=100))
+    assert built.method == "ann" and not built.ann["reused"]
+    reused = find_nearest(SearchRequest(**common, ann_above=10_000))  # below the threshold, but the index is valid
+    assert reused.method == "ann" and reused.ann["reused"]
+    two = tmp_path / "two.npy"
+    np.save(two, np.zeros(2))
+    other_columns = find_nearest(SearchRequest(**{**common, "columns": list(MEANS[:2]), "target_file": str(two)},
+                                               ann_above=10_000))
+    assert other_columns.method == "exact"  # the saved index was built over other columns
 
 
 def test_missing_faiss_is_a_clear_error(data, tmp_path, monkeypatch):
