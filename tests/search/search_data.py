@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from berg_scale.io.output_store import OutputStore, read_done_marker, write_done_marker
+from berg_scale.io.storage import StorageOptions, join
 from berg_scale.io.tar_writer import TarShardWriter
 from berg_scale.rnc.synthetic import shard_name, write_synthetic_output
 from berg_scale.testing.synthetic_shards import encode, synthetic_image
@@ -50,24 +51,24 @@ class SearchData:
         return np.concatenate(parts, axis=1).astype(np.float64)
 
 
-def write_search_data(root: Path, seed: int = 0) -> SearchData:
+def write_search_data(root: Path | str, seed: int = 0, storage: StorageOptions | None = None) -> SearchData:
     rng = np.random.default_rng(seed)
     voxels = rng.normal(size=(N, WIDTH)).astype(np.float32)
     voxels[NAN_ROW, 3] = np.nan
     voxels[CONSTANT_ROW] = 0.25
     means = {c: rng.normal(size=N).astype(np.float32) for c in MEANS}
     means[MEANS[1]][INF_ROW] = np.inf
-    output = str(root / "responses")
+    output = join(str(root), "responses")
     keys = write_synthetic_output(output, means, {VOXELS: voxels}, n_shards=N_SHARDS, error_rows=[ERROR_ROW],
-                                  uncommitted_shards=[UNCOMMITTED_SHARD])
+                                  uncommitted_shards=[UNCOMMITTED_SHARD], storage=storage)
     bounds = np.linspace(0, N, N_SHARDS + 1).astype(int)
     shards = [shard_name(int(np.searchsorted(bounds, i, side="right") - 1)) for i in range(N)]
     positions = np.array([i - bounds[int(shard)] for i, shard in enumerate(shards)])
-    images = str(root / "tars")
-    store = OutputStore(output)
+    images = join(str(root), "tars")
+    store = OutputStore(output, storage)
     for j in range(N_SHARDS):
         url = f"{images}/{shard_name(j)}.tar"
-        with TarShardWriter(url) as writer:
+        with TarShardWriter(url, storage) as writer:
             for i in range(bounds[j], bounds[j + 1]):
                 pixels = synthetic_image(np.random.default_rng([seed, i]), 40, 40)
                 writer.add_sample(keys[i], {"png": encode(pixels, "png")})
