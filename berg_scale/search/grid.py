@@ -60,6 +60,11 @@ def fetch_tiles(
     return tiles
 
 
+def format_distance(distance: float) -> str:
+    """Four significant digits; float64 rounding residue (|d| < 1e-12) shows as 0."""
+    return "0" if abs(distance) < 1e-12 else f"{distance:.4g}"
+
+
 def short_key(key: str, limit: int = 24) -> str:
     return key if len(key) <= limit else f"{key[:8]}...{key[-(limit - 11):]}"
 
@@ -73,7 +78,7 @@ def grid_figure(
     if target is not None:
         entries.append((f"target\n{short_key(target[1])}", tiles.get(target), True))
     for hit in hits:
-        entries.append((f"#{hit.rank}  d = {hit.distance:.4g}\n{short_key(hit.key)}",
+        entries.append((f"#{hit.rank}  d = {format_distance(hit.distance)}\n{short_key(hit.key)}",
                         tiles.get((hit.shard, hit.key)), False))
     n_cols = max(1, min(MAX_COLUMNS, len(entries)))
     n_rows = max(1, math.ceil(len(entries) / n_cols))
