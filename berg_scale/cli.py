@@ -26,6 +26,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("fetch-weights", "fetch_weights", "download the BERG weight files a run needs"),
     ("plan", "plan", "estimate GPUs, output size and run time of a config"),
     ("experiment", "experiment", "run an in silico experiment of the BERG paper over generated responses"),
+    ("search", "search", "find the images whose predicted response pattern is nearest a target pattern"),
 ]
 
 
