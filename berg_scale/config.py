@@ -205,8 +205,8 @@ class RetriesConfig(_Strict):
     backoff_s: Float = Field(1.0, ge=0.0, le=MAX_BACKOFF_S)
 
 
-class StorageConfig(_Strict):
-    """S3-compatible storage; unset fields fall back to the standard AWS variables."""
+class StorageSettings(_Strict):
+    """Connection settings for one store; unset fields fall back to the standard AWS variables."""
 
     endpoint_url: str | None = None
     region: str | None = None
@@ -222,6 +222,32 @@ class StorageConfig(_Strict):
             key=self.key.get_secret_value() if self.key else None,
             secret=self.secret.get_secret_value() if self.secret else None,
         )
+
+
+class StorageConfig(StorageSettings):
+    """S3-compatible storage: the fields here serve every URL, except those under a key of
+    `prefixes`, which use that block alone (nothing is inherited from the fields here).
+
+    BERG's public bucket is read anonymously when no credentials are configured.
+    """
+
+    prefixes: dict[str, StorageSettings] = Field(default_factory=dict)
+
+    @field_validator("prefixes")
+    @classmethod
+    def _check_prefixes(cls, value: dict[str, StorageSettings]) -> dict[str, StorageSettings]:
+        for prefix in value:
+            if "://" not in prefix or not prefix.split("://", 1)[1].strip("/"):
+                raise ValueError(
+                    f"prefix {prefix!r} is not a URL with a bucket: write it like 's3://bucket/' "
+                    "or 's3://bucket/folder/'"
+                )
+        return value
+
+    def options(self) -> StorageOptions:
+        base = super().options()
+        prefixes = tuple((prefix, block.options()) for prefix, block in self.prefixes.items())
+        return StorageOptions(base.endpoint_url, base.region, base.anon, base.key, base.secret, prefixes=prefixes)
 
 
 class RunConfig(_Strict):

@@ -1,4 +1,4 @@
-"""Sizing a generation run before paying for it: images, output bytes, GPU-hours, wall time.
+"""Sizing a generation run before paying for it: images, output bytes, GPU- or CPU-hours, wall time.
 
 Output size is predicted column by column from the readouts, in the units the engine
 writes (see `berg_scale.io.response_writer`): each response column is a fixed-size list
@@ -14,6 +14,12 @@ Widths come, in order of preference, from the BERG metadata (exact per subject),
 the model card (EEG shapes, whole-hemisphere fsaverage), or from the subject-1 voxel
 counts documented for fwRF (approximate for other subjects). A column whose width none
 of these know is reported as unknown, never guessed, unless `assume_width` is given.
+A BERG root in object storage is read for its metadata too (metadata files are small).
+
+Compute is per worker (one GPU, or one CPU worker with `cpus_per_worker` threads). Its
+rate is measured on this machine by `berg-scale plan --calibrate` (see
+`berg_scale.engine.calibrate`), or given, or a nominal placeholder, and the plan says
+which of the three it is.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ FWRF_SUBJECT1_VOXELS = {
 OFFSET_BYTES = 4
 _VALUE_BYTES = {"float32": 4, "float16": 2}
 _PLAN_HINT = re.compile(r"^#\s*plan:\s*(.+)$", re.MULTILINE)
+_HINT_KEYS = ("gpus", "workers", "images", "images_per_second_per_gpu", "images_per_second_per_worker")
+# Placeholders for a plan nobody measured; `plan --calibrate` replaces them.
+NOMINAL_IMAGES_PER_SECOND = {"gpu": 100.0, "cpu": 5.0}
 
 
 @dataclass
@@ -77,6 +86,10 @@ class Plan:
     images_per_second_per_gpu: float
     rate_source: str
     notes: list[str] = field(default_factory=list)
+    device: str = "gpu"  # gpu | cpu: what one worker computes on
+    rate_measured: bool = False
+    calibration: dict[str, Any] | None = None
+    cpus_per_worker: float = 1.0
 
     @property
     def unknown_columns(self) -> list[ColumnEstimate]:
@@ -99,8 +112,27 @@ class Plan:
         return self.images / self.images_per_second_per_gpu / 3600.0
 
     @property
+    def worker_hours(self) -> float:
+        """GPU-hours for a GPU plan, CPU-worker-hours for a CPU plan."""
+        return self.gpu_hours
+
+    @property
     def wall_hours(self) -> float:
         return self.gpu_hours / max(self.gpus, 1e-9)
+
+    def _compute_line(self) -> str:
+        if self.device == "gpu":
+            unit, per, on = "GPU-hours", "per GPU", f"{self.gpus:g} GPUs"
+        else:
+            unit = "CPU-worker-hours"
+            per = f"per CPU worker ({self.cpus_per_worker:g} CPUs each)"
+            on = f"{self.gpus:g} CPU workers"
+        nominal = "" if self.rate_measured else "; nominal rate, not measured"
+        return (
+            f"compute: {self.worker_hours:,.2f} {unit} at {self.images_per_second_per_gpu:,.1f} "
+            f"images/s {per} ({self.rate_source}{nominal}); wall time {_duration(self.wall_hours)} "
+            f"on {on} ({self.gpus_source})"
+        )
 
     def render(self, max_columns: int = 40) -> str:
         from berg_scale.weights.fetch import human_bytes
@@ -121,11 +153,7 @@ class Plan:
             f"{human_bytes(self.total_bytes)}{bound} (Arrow/uncompressed; zstd Parquet of float "
             "responses is about the same)"
         )
-        lines.append(
-            f"compute: {self.gpu_hours:,.2f} GPU-hours at {self.images_per_second_per_gpu:,.0f} "
-            f"images/s per GPU ({self.rate_source}); wall time {_duration(self.wall_hours)} "
-            f"on {self.gpus:g} GPUs ({self.gpus_source})"
-        )
+        lines.append(self._compute_line())
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 
@@ -154,7 +182,7 @@ def plan_hints(config_path: str) -> dict[str, float]:
         for item in match.group(1).split():
             key, _, value = item.partition("=")
             key = key.strip().replace("-", "_")
-            if key not in ("gpus", "images", "images_per_second_per_gpu"):
+            if key not in _HINT_KEYS:
                 raise BergScaleError(f"{config_path}: unknown plan hint {key!r} in '# plan:' line")
             try:
                 hints[key] = float(value.replace("_", "").replace(",", ""))
@@ -169,12 +197,18 @@ def plan_hints(config_path: str) -> dict[str, float]:
 class _Metadata:
     """Reads BERG metadata files from a root when it has them; remembers absences."""
 
-    def __init__(self, root: str | None, storage: Any = None) -> None:
+    def __init__(self, root: str | None, storage: Any = None, notes: list[str] | None = None) -> None:
         self.store = None
+        self.notes = notes if notes is not None else []
         self._cache: dict[str, Any] = {}
         if root:
             from berg_scale.models.store import WeightStore
 
+            if is_remote(root):
+                from berg_scale.engine.preflight import fast_fail_options
+
+                # A plan must not hang for minutes on an endpoint that is down.
+                storage = fast_fail_options(storage.for_url(root) if storage else None)
             self.store = WeightStore(root, storage)
 
     def get(self, relative: str) -> Any | None:
@@ -185,9 +219,22 @@ class _Metadata:
                 self.store.require(relative, "metadata")
             except FileNotFoundError:
                 self._cache[relative] = None
+            except Exception as exc:  # noqa: BLE001 - an unreachable root costs exactness, not the plan
+                if not is_remote(self.store.root):
+                    raise
+                self._unreachable(exc)
+                return None
             else:
                 self._cache[relative] = self.store.load(relative, "metadata")
         return self._cache[relative]
+
+    def _unreachable(self, exc: BaseException) -> None:
+        from berg_scale.io.storage_errors import translate_storage_error
+
+        translated = translate_storage_error(exc, self.store.root, self.store.storage, what="read")
+        reason = str(translated) if translated is not None else f"{type(exc).__name__}: {exc}"
+        self.notes.append(f"metadata of {self.store.root} not read ({reason}); widths come from the model cards")
+        self.store = None
 
 
 def _nested(data: Any, *keys: str) -> Any:
@@ -251,10 +298,11 @@ def _eeg_width(spec: Any, resolved: Any, meta: _Metadata) -> tuple[int | None, s
 
 def estimate_columns(
     specs: Sequence[Any], berg_root: str | None = None, storage: Any = None,
-    assume_width: int | None = None,
+    assume_width: int | None = None, notes: list[str] | None = None,
 ) -> list[ColumnEstimate]:
-    """One estimate per output column the engine will write for `specs`, in order."""
-    meta = _Metadata(berg_root, storage)
+    """One estimate per output column the engine will write for `specs`, in order
+    (a remote root that cannot be read adds a line to `notes` and is left out)."""
+    meta = _Metadata(berg_root, storage, notes)
     columns: list[ColumnEstimate] = []
     for spec in specs:
         resolved = spec.resolve()
@@ -348,26 +396,45 @@ def _inputs(config: Any, images: int | None, hints: dict[str, float], list_local
     return _Inputs(images, source, urls, key_chars, shard_chars)
 
 
-def _rate(value: float | None, hints: dict[str, float]) -> tuple[float, str]:
+def _rate(value: float | None, hints: dict[str, float], device: str, calibration: Any) -> tuple[float, str, bool]:
+    """(images/s per worker, where it came from, whether it was measured here)."""
     if value is not None:
-        source = "--images-per-second-per-gpu"
-    elif "images_per_second_per_gpu" in hints:
-        value, source = hints["images_per_second_per_gpu"], "config's plan line"
-    else:
-        value, source = 100.0, "placeholder: measure with benchmarks/ and pass --images-per-second-per-gpu"
-    if value <= 0:
-        raise BergScaleError("--images-per-second-per-gpu must be positive")
-    return float(value), source
+        if value <= 0:
+            raise BergScaleError("--images-per-second must be positive")
+        return float(value), "--images-per-second", False
+    if calibration is not None:
+        return calibration.images_per_second, calibration.describe(), True
+    for key in ("images_per_second_per_worker", "images_per_second_per_gpu"):
+        if key in hints:
+            if hints[key] <= 0:
+                raise BergScaleError(f"the config's '# plan:' line needs a positive {key}")
+            return hints[key], "config's plan line", False
+    return (
+        NOMINAL_IMAGES_PER_SECOND[device],
+        "placeholder; `berg-scale plan --calibrate` measures it here, or pass --images-per-second",
+        False,
+    )
 
 
-def _gpus(value: float | None, hints: dict[str, float], resources: Any) -> tuple[float, str]:
+def _workers(value: float | None, hints: dict[str, float], resources: Any, device: str) -> tuple[float, str]:
+    """How many workers (GPUs, or CPU workers) the run gets."""
     if value is not None:
-        return float(value), "--gpus"
-    if "gpus" in hints:
-        return hints["gpus"], "config's plan line"
+        if value <= 0:
+            raise BergScaleError("--workers/--gpus must be positive")
+        return float(value), "--workers" if device == "cpu" else "--gpus"
+    for key in (("gpus", "workers") if device == "gpu" else ("workers", "gpus")):
+        if key in hints:
+            return hints[key], "config's plan line"
     if isinstance(resources.workers, int):
-        return resources.workers * resources.gpus_per_worker or 1.0, "resources.workers x gpus_per_worker"
-    return 1.0, "default; pass --gpus"
+        if device == "gpu":
+            return resources.workers * resources.gpus_per_worker or 1.0, "resources.workers x gpus_per_worker"
+        return float(resources.workers), "resources.workers"
+    return 1.0, f"default; pass --{'gpus' if device == 'gpu' else 'workers'}"
+
+
+def target_device(resources: Any) -> str:
+    """'cpu' when the config runs its workers without GPUs, else 'gpu'."""
+    return "cpu" if resources.device == "cpu" or resources.gpus_per_worker == 0 else "gpu"
 
 
 def make_plan(
@@ -380,39 +447,66 @@ def make_plan(
     berg_root: str | None = None,
     assume_width: int | None = None,
     list_local: bool = True,
+    device: str | None = None,
+    calibration: Any | None = None,
+    read_metadata: bool = True,
 ) -> Plan:
-    """Estimate a run; explicit arguments beat `# plan:` hints in the config, which beat defaults."""
+    """Estimate a run; explicit arguments beat a calibration, which beats `# plan:` hints
+    in the config, which beat nominal defaults.
+
+    `images_per_second_per_gpu` and `gpus` are per worker and worker counts: GPUs for a
+    GPU plan, CPU workers for a CPU plan (`device`, by default the config's, or the
+    device `calibration` measured on).
+    """
     hints = plan_hints(config_path) if config_path else {}
     notes: list[str] = []
     inputs = _inputs(config, images, hints, list_local, notes)
 
-    root = berg_root
-    if root is None and not is_remote(config.berg_root) and os.path.isdir(config.berg_root):
-        root = config.berg_root
-    if root is None:
+    root = berg_root or config.berg_root
+    storage = config.storage_options() if is_remote(root) else None
+    if not read_metadata:
+        notes.append("metadata not read (--cards-only): widths from the model cards")
+        root = None
+    elif not is_remote(root) and not os.path.isdir(root):
         notes.append(
-            f"metadata not read (berg_root {config.berg_root} is not a local folder); pass "
-            "--berg-root DIR after `berg-scale fetch-weights --config CONFIG --metadata-only "
-            "--to DIR` for exact widths"
+            f"metadata not read (berg_root {root} is not a folder); pass --berg-root DIR after "
+            "`berg-scale fetch-weights --config CONFIG --metadata-only --to DIR` for exact widths"
         )
-    storage = config.storage_options() if root and is_remote(root) else None
-    columns = estimate_columns(config.readout_specs(), root, storage, assume_width)
+        root = None
+    columns = estimate_columns(config.readout_specs(), root, storage, assume_width, notes)
     if any(c.width is None for c in columns):
         notes.append("unknown widths are left out of the totals; --assume-width N fills them")
 
-    rate, rate_source = _rate(images_per_second_per_gpu, hints)
-    n_gpus, gpus_source = _gpus(gpus, hints, config.resources)
+    wanted = device or target_device(config.resources)
+    if wanted not in ("gpu", "cpu"):
+        raise BergScaleError(f"device must be 'gpu' or 'cpu', got {wanted!r}")
+    if calibration is not None and calibration.kind != wanted:
+        notes.append(
+            f"the config runs on {wanted.upper()} workers but this machine calibrated on "
+            f"{calibration.kind.upper()}: the plan is for {calibration.kind.upper()} workers like this "
+            "machine's; calibrate on the target hardware for the other"
+        )
+        wanted = calibration.kind
+    rate, rate_source, measured = _rate(images_per_second_per_gpu, hints, wanted, calibration)
+    if not measured:
+        notes.append("compute rates are nominal, not measured on this hardware: `plan --calibrate` "
+                     "runs the models on a few images here and uses the measured rate")
+    n_workers, workers_source = _workers(gpus, hints, config.resources, wanted)
     return Plan(
         images=int(inputs.images),
         images_source=inputs.source,
         shards=inputs.shards,
         columns=columns,
         id_bytes_per_image=id_bytes_per_image(inputs.key_chars, inputs.shard_chars),
-        gpus=n_gpus,
-        gpus_source=gpus_source,
+        gpus=n_workers,
+        gpus_source=workers_source,
         images_per_second_per_gpu=rate,
         rate_source=rate_source,
         notes=notes,
+        device=wanted,
+        rate_measured=measured,
+        calibration=calibration.to_dict() if calibration is not None else None,
+        cpus_per_worker=float(config.resources.cpus_per_worker),
     )
 
 

@@ -2,7 +2,12 @@
 
 Reads BERG's public bucket anonymously by default; files already present are skipped and
 interrupted downloads resume. Name readouts with --models/--subjects/--rois, or give a
-run config with --config to fetch what that run reads.
+run config with --config to fetch what that run reads. --backbone also downloads
+torchvision's ViT-B/32 checkpoint (which BERG's bucket does not hold), checked against
+the sha256 prefix in its file name as torchvision checks it.
+
+BERG's weights come with BERG's terms (CC BY-NC 4.0, cite the paper); every run of this
+command says so.
 """
 
 from __future__ import annotations
@@ -11,6 +16,12 @@ import argparse
 import os
 
 from berg_scale.errors import BergScaleError
+
+BERG_TERMS = (
+    "BERG's models and weights are licensed CC BY-NC 4.0 (non-commercial use, with attribution): "
+    "cite the BERG paper (Gifford, Bersch, Janini, Roig & Cichy, \"Catalyzing in silico neuroscience "
+    "with a toolkit of accurate encoding models of the brain\"); see CITATION.cff"
+)
 
 BACKBONE_HELP = """\
 ViT-B/32 backbone (needed by the fsaverage and EEG models; it is not in BERG's bucket):
@@ -30,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rois", nargs="+", metavar="ROI", help="ROIs (needed for fmri-nsd-fwrf)")
     parser.add_argument("--config", metavar="YAML", help="fetch what this generation config reads")
-    parser.add_argument("--to", dest="dest", required=True, metavar="DIR", help="local BERG root")
+    parser.add_argument("--to", dest="dest", metavar="DIR", help="local BERG root (needed unless only --backbone)")
     parser.add_argument(
         "--bucket",
         default=None,
@@ -55,7 +66,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--backbone", action="store_true", help="also say where the ViT-B/32 backbone goes"
+        "--backbone", action="store_true",
+        help="also download torchvision's ViT-B/32 checkpoint (the fsaverage and EEG models' backbone)",
+    )
+    parser.add_argument("--backbone-url", metavar="URL", help="where to download it from (default: torchvision's URL)")
+    parser.add_argument(
+        "--backbone-to", metavar="PATH",
+        help="where to put it (default: torch.hub's checkpoint folder, where the models look for it)",
     )
 
 
@@ -92,12 +109,14 @@ def _requests(args: argparse.Namespace) -> list:
             except ValueError:
                 raise BergScaleError(f"--subjects takes numbers or 'all', got {args.subjects}") from None
         requests.extend(expand_requests(args.models, subjects, args.rois))
-    if not requests:
-        raise BergScaleError("name what to fetch: --models MODEL_ID [...] or --config RUN.yaml")
+    if not requests and not args.backbone:
+        raise BergScaleError("name what to fetch: --models MODEL_ID [...] or --config RUN.yaml (or --backbone)")
+    if requests and not args.dest:
+        raise BergScaleError("say where the BERG root goes: --to DIR")
     return requests
 
 
-def run(args: argparse.Namespace) -> int:
+def _fetch_berg(args: argparse.Namespace, requests: list) -> None:
     from berg_scale.io.storage import StorageOptions
     from berg_scale.io.storage_errors import storage_errors
     from berg_scale.weights.fetch import fetch_weights, load_hashes
@@ -112,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
         anon=anon,
     )
     hashes = load_hashes(args.hashes) if args.hashes else None
-    requests = _requests(args)
     with storage_errors(bucket, storage, what="read"):
         report = fetch_weights(
             requests,
@@ -128,6 +146,38 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(report.table())
     print(report.summary())
-    if args.backbone:
-        print(backbone_instructions())
+
+
+def _fetch_backbone(args: argparse.Namespace) -> int:
+    import sys
+
+    from berg_scale.models.layout import BACKBONE_FILE, BACKBONE_URL
+    from berg_scale.weights.backbone import fetch_backbone, hash_prefix_of
+
+    url = args.backbone_url or BACKBONE_URL
+    path = args.backbone_to or os.path.join(torch_hub_checkpoints(), BACKBONE_FILE)
+    if args.dry_run:
+        hash_prefix_of(url)  # refuses a URL it could not verify before anything is fetched
+        state = "present" if os.path.isfile(path) else "missing"
+        print(f"backbone: {path} ({state}); would download {url} if missing (dry run)")
+        return 0
+    try:
+        result = fetch_backbone(path, url, progress=not args.no_progress)
+    except BergScaleError as exc:
+        if not str(exc).startswith("cannot download"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        print(backbone_instructions(), file=sys.stderr)
+        return 1
+    print(f"backbone: {result.path} ({result.state}, sha256 checked against {hash_prefix_of(url)})")
+    if args.backbone_to:
+        print(f"pass `backbone: {result.path}` in the run config (or copy it to {torch_hub_checkpoints()})")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    requests = _requests(args)
+    print(BERG_TERMS)
+    if requests:
+        _fetch_berg(args, requests)
+    return _fetch_backbone(args) if args.backbone else 0

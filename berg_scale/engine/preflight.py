@@ -33,7 +33,7 @@ def check_bucket(url: str, storage: StorageOptions | None, role: str) -> None:
     """Make one cheap request to the bucket behind `url`; translate failures into advice."""
     if not is_remote(url):
         return
-    options = fast_fail_options(storage)
+    options = fast_fail_options((storage or StorageOptions()).for_url(url))
     fs, path = filesystem_for(url, options)
     fs.retries = 1  # this instance is private to the fast-fail options
     bucket = path.split("/", 1)[0]

@@ -27,7 +27,7 @@ from berg_scale.engine.ledger import LedgerMismatch, RunBinding, hash_weights, r
 from berg_scale.engine.manifest import build_manifest
 from berg_scale.engine.model_factory import ModelSetFactory
 from berg_scale.engine.preflight import check_storage, check_weights, list_input_shards
-from berg_scale.engine.progress import ProgressBar, RunStats
+from berg_scale.engine.progress import LiveProgress, RunStats, StartupPhases
 from berg_scale.engine.scheduler import RetryPolicy, SchedulerReport, ShardScheduler, WorkerSlot
 from berg_scale.engine.shard_pipeline import ShardSettings
 from berg_scale.engine.worker_pool import start_workers, stop_workers, wait_for_first_worker
@@ -65,8 +65,8 @@ class RunResult:
             f"output: {self.output}",
             f"shards: {s.shards_done} done now, {s.shards_skipped} already done, "
             f"{s.shards_failed} quarantined, of {s.shards_total}",
-            f"images: {s.images} ({s.images_ok} ok, {s.images_error} error rows), "
-            f"{s.images_per_second:.1f} images/s over {s.elapsed:.1f} s",
+            f"images: {s.images} ({s.images_ok} ok, {s.images_error} error rows)",
+            f"rate: {s.rate_line()}",
         ]
         for name, info in sorted(self.failed.items())[:10]:
             lines.append(f"quarantined {name}: {info.get('error')}")
@@ -157,6 +157,9 @@ def _run_holding_lease(
             f"same size and stamp (first: {plan.relocated[0]}); kept")
     todo = plan.todo
     stats = RunStats(shards_total=len(shards), shards_skipped=len(shards) - len(todo))
+    # Storage checks, listing, weight hashing and the ledger ran before this point.
+    preflight_seconds = max(time.time() - started_at, 0.0)
+    stats.startup_phases["preflight"] = preflight_seconds
     manifest_args: dict[str, Any] = {
         "config": config.redacted(),
         "config_fingerprint": binding.config_fingerprint,
@@ -190,38 +193,46 @@ def _run_holding_lease(
         binding=binding.marker_fields(),
         sample_metadata=tuple(config.input.metadata),
     )
-    we_started_ray = ensure_ray(ray_address, allow_auto=allow_auto_address)
+    phases = StartupPhases(stats, log, live=show_progress)
+    with phases.phase("ray", "connecting to Ray"):
+        we_started_ray = ensure_ray(ray_address, allow_auto=allow_auto_address)
     slots: list[WorkerSlot] = []
-    progress: ProgressBar | None = None
+    progress: LiveProgress | None = None
     report: SchedulerReport | None = None
     try:
-        slots = start_workers(config, factory, settings, n_shards=len(todo))
-        first = wait_for_first_worker(slots, config.resources.startup_timeout_s)
+        with phases.phase("workers", "starting workers and loading the models"):
+            slots = start_workers(config, factory, settings, n_shards=len(todo))
+            first = wait_for_first_worker(slots, config.resources.startup_timeout_s)
+        if first.get("model_load_seconds") is not None:
+            phases.record("model_load", float(first["model_load_seconds"]))
+            log(f"start-up: the first of {len(slots)} workers loaded its models in "
+                f"{first['model_load_seconds']:.1f} s on {first.get('info', {}).get('device', '?')}")
         _check_same_model(previous, first, weights, config.output)
         manifest_args["model_fingerprint"] = first["fingerprint"]
         manifest_args["model_weight_hashes"] = first["weight_hashes"]
-        _write_manifest(store, manifest_args, "running", stats)
-        if overwrite or with_storage_retries(lambda: read_readouts(store), "reading readouts.json") is None:
-            import ray
+        with phases.phase("describe_output", "writing run.json and readouts.json"):
+            _write_manifest(store, manifest_args, "running", stats)
+            if overwrite or with_storage_retries(lambda: read_readouts(store), "reading readouts.json") is None:
+                import ray
 
-            ready_slot = next(slot for slot in slots if slot.state == "idle")
-            columns = ray.get(ready_slot.handle.column_coords.remote())
-            with_storage_retries(lambda: write_readouts(store, columns), "writing readouts.json")
+                ready_slot = next(slot for slot in slots if slot.state == "idle")
+                columns = ray.get(ready_slot.handle.column_coords.remote())
+                with_storage_retries(lambda: write_readouts(store, columns), "writing readouts.json")
         log(f"generating {len(todo)} shards ({stats.shards_skipped} already done) with "
             f"{len(slots)} workers into {config.output}")
-        stats.startup_seconds = stats.elapsed
+        stats.startup_seconds = preflight_seconds + stats.elapsed
         stats.started = time.monotonic()  # throughput counts from the first ready worker
-        progress = ProgressBar(stats, enabled=show_progress)
+        progress = LiveProgress(stats, slots, todo, live=show_progress, log=log)
 
         def on_done(name: str, marker: dict[str, Any]) -> None:
             lease.check()
             stats.add_marker(marker)
-            progress.update()
+            progress.shard_done(name, marker)
 
         def on_failed(name: str, info: dict[str, Any]) -> None:
             lease.check()
             stats.shards_failed += 1
-            progress.update()
+            progress.shard_failed(name)
             log(f"quarantined shard {name} after {info.get('attempts')} attempt(s): {info.get('error')}")
 
         policy = RetryPolicy(

@@ -101,8 +101,11 @@ def process_shard(
     worker: dict[str, Any] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
     samples: Iterable[Sample] | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Process and commit one shard; returns the payload written to its `_done` marker.
+
+    `on_rows(n)` is told the rows written so far after each row group (live progress).
 
     Three stages overlap: a thread reads the tar ahead, a second one decodes the next
     chunk (itself fanning out over `executor`) while this thread runs the model on the
@@ -124,6 +127,7 @@ def process_shard(
         if settings.decode_ahead > 0
         else _Inline(chunks)
     )
+    rows_written = 0
     try:
         for decoded in decoded_chunks:
             if cancelled():
@@ -132,6 +136,9 @@ def process_shard(
             write_started = time.perf_counter()
             writer.write(build_record_batch(schema, shard.name, decoded.rows, outputs))
             stats.seconds["write"] += time.perf_counter() - write_started
+            rows_written += len(decoded.rows)
+            if on_rows is not None:
+                on_rows(rows_written)
         stats.seconds["read"] = reader.busy_seconds
         if stats.rows and stats.errors / stats.rows > settings.error_rate_threshold:
             top = ", ".join(f"{reason} x{n}" for reason, n in stats.error_reasons.most_common(3))

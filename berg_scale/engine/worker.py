@@ -32,13 +32,17 @@ class EncoderWorker:
     """Plain class; `remote_worker_class()` wraps it as a Ray actor."""
 
     def __init__(self, worker_index: int, factory: Any, settings: ShardSettings) -> None:
+        import time
+
         from berg_scale.engine.devices import choose_device, describe_worker
 
         self.worker_index = worker_index
         self.settings = settings
         self.device = choose_device(settings.device)
         self.info = describe_worker(self.device, worker_index)
+        load_started = time.perf_counter()
         self.model = factory.build(self.device)
+        self.model_load_seconds = time.perf_counter() - load_started
         self.columns = iter_descriptions(self.model.columns)
         self.schema = build_schema(
             self.columns,
@@ -55,6 +59,7 @@ class EncoderWorker:
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self.shards_done = 0
+        self._current: tuple[str | None, int] = (None, 0)  # (shard, rows written), for progress()
 
     def ready(self) -> dict[str, Any]:
         """What the driver needs before it hands out work (and to check the fingerprint)."""
@@ -63,7 +68,13 @@ class EncoderWorker:
             "fingerprint": self.model.fingerprint,
             "weight_hashes": dict(self.model.weight_hashes),
             "columns": self.columns,
+            "model_load_seconds": self.model_load_seconds,
         }
+
+    def progress(self) -> dict[str, Any]:
+        """Rows written of the shard `process` is running now (cheap; polled by the driver)."""
+        shard, rows = self._current
+        return {"shard": shard, "rows": rows, "worker": self.worker_index}
 
     def column_coords(self) -> list[dict[str, Any]]:
         """Full column descriptions with coordinates, for readouts.json."""
@@ -74,6 +85,11 @@ class EncoderWorker:
         with self._lock:
             self._cancelled.discard(shard.name)
         base = {"shard": shard.name, "attempt": attempt, "worker": self.worker_index}
+        self._current = (shard.name, 0)
+
+        def on_rows(rows: int) -> None:
+            self._current = (shard.name, rows)
+
         try:
             payload = process_shard(
                 shard,
@@ -85,6 +101,7 @@ class EncoderWorker:
                 attempt=attempt,
                 worker=self.info,
                 cancelled=lambda: shard.name in self._cancelled,
+                on_rows=on_rows,
             )
         except ShardCancelled:
             return {**base, "status": "cancelled"}
@@ -97,6 +114,8 @@ class EncoderWorker:
                 "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000],
                 "traceback": traceback.format_exc(limit=8)[-4000:],
             }
+        finally:
+            self._current = (None, 0)
         self.shards_done += 1
         return {**base, "status": "done", "marker": payload}
 

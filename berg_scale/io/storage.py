@@ -3,6 +3,11 @@
 Local paths and `s3://` URLs go through the same code so every reader and writer
 works unchanged on a laptop and on a cluster. S3-compatible servers (SeaweedFS, MinIO,
 GCS interop, AWS) are selected with the standard AWS variables or explicit options.
+
+One run may read from several stores (BERG's public bucket on AWS, shards on a lab's
+own endpoint): `StorageOptions.prefixes` gives a URL prefix its own settings, and
+`filesystem_for` picks the longest matching prefix for every URL. BERG's public bucket
+is read anonymously unless credentials are configured, as BERG itself reads it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ import fsspec
 from berg_scale.errors import StorageError
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                  "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+# BERG's public bucket (docs/berg-format.md): anonymous reads, region us-west-2.
+BERG_PUBLIC_BUCKET = "s3://brain-encoding-response-generator"
+BERG_PUBLIC_REGION = "us-west-2"
 
 # botocore's defaults (legacy retries: 5 attempts with exponential back-off, 60 s connect
 # timeout) hold a command for 10+ s against an endpoint that refuses connections and for
@@ -35,6 +45,27 @@ class StorageOptions:
     key: str | None = field(default=None, repr=False)
     secret: str | None = field(default=None, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
+    # (URL prefix, settings) pairs; a URL under a prefix uses that prefix's settings alone.
+    prefixes: tuple[tuple[str, StorageOptions], ...] = ()
+
+    def for_url(self, url: str) -> StorageOptions:
+        """The settings that apply to `url`: the longest matching prefix, else these."""
+        normalized = _normalized(url)
+        matches = [(prefix, options) for prefix, options in self.prefixes if normalized.startswith(_normalized(prefix))]
+        if matches:
+            return max(matches, key=lambda item: len(item[0]))[1]
+        base = StorageOptions(self.endpoint_url, self.region, self.anon, self.key, self.secret, self.extra)
+        if is_berg_public(url) and not base.anon and not base.has_credentials():
+            return StorageOptions(base.endpoint_url, base.region or BERG_PUBLIC_REGION, True, extra=base.extra)
+        return base
+
+    def has_credentials(self) -> bool:
+        """Whether credentials are configured here or for botocore (variables, profiles)."""
+        if self.key or any(k in self.extra for k in ("key", "profile", "token")):
+            return True
+        if any(os.environ.get(name) for name in CREDENTIAL_ENV):
+            return True
+        return _botocore_files_have_credentials()
 
     def resolved_endpoint(self) -> str | None:
         if self.endpoint_url:
@@ -63,6 +94,37 @@ class StorageOptions:
         return kwargs
 
 
+def _normalized(url: str) -> str:
+    return url.replace("s3a://", "s3://", 1)
+
+
+def is_berg_public(url: str) -> bool:
+    """Whether `url` is in BERG's public bucket."""
+    normalized = _normalized(url).rstrip("/")
+    return normalized == BERG_PUBLIC_BUCKET or normalized.startswith(BERG_PUBLIC_BUCKET + "/")
+
+
+# Lines of ~/.aws/config that make botocore sign requests (a region alone does not).
+_CONFIG_CREDENTIAL_KEYS = ("aws_access_key_id", "credential_process", "sso_", "role_arn", "web_identity_token_file")
+
+
+def _botocore_files_have_credentials() -> bool:
+    home = os.path.expanduser("~")
+    credentials = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials")
+    config = os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config")
+    if "aws_access_key_id" in _read_text(credentials):
+        return True
+    return any(key in _read_text(config) for key in _CONFIG_CREDENTIAL_KEYS)
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(1 << 20)
+    except OSError:
+        return ""
+
+
 def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
@@ -75,7 +137,7 @@ def filesystem_for(
     url: str, options: StorageOptions | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return `(filesystem, path-within-filesystem)` for a local path or URL."""
-    options = options or StorageOptions()
+    options = (options or StorageOptions()).for_url(url)
     protocol = protocol_of(url)
     if protocol == "file":
         path = url[len("file://") :] if url.startswith("file://") else url

@@ -157,6 +157,8 @@ def translate_storage_error(
     codes = {code for code in map(_error_code, chain) if code}
     codes |= {code for text, code in _REJECTED_CREDENTIAL_TEXTS.items()
               if any(text in str(item).lower() for item in chain)}
+    if url and hasattr(options, "for_url"):
+        options = options.for_url(url)  # the prefix's settings when one matches
     endpoint = endpoint or _endpoint_of(options, chain)
     at = f" at {endpoint}" if endpoint else ""
     where = _where(url)

@@ -1,17 +1,17 @@
 """An exclusive, time-limited lock on a directory, shared by processes on one machine.
 
-`fcntl.flock` locks belong to the open file, so a lock held by a process that dies is
-released by the kernel: a crashed worker can never wedge the others. Polling with a
-deadline (instead of a blocking call) turns a stuck holder into a clear error, not a hang.
+`filelock` takes an OS lock on a file in the directory (flock on POSIX), which the kernel
+releases when the holding process dies, so a crashed worker can never wedge the others.
+A deadline instead of an unbounded wait turns a stuck holder into a clear error, not a hang.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import time
-from typing import Iterator
+from collections.abc import Iterator
+
+from filelock import FileLock, Timeout
 
 from berg_scale.errors import StorageError
 
@@ -23,23 +23,17 @@ def directory_lock(directory: str, timeout_s: float = 3600.0, poll_s: float = 0.
     """Hold the exclusive lock of `directory` (created if missing) for the `with` block."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # Not thread-local and not a singleton: two holders in one process exclude each other
+    # exactly like two processes do.
+    lock = FileLock(path, thread_local=False, is_singleton=False)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StorageError(
-                        f"another process has held {path} for over {timeout_s:.0f} s; if no "
-                        "download is running, the holder is stuck: stop it and retry"
-                    ) from None
-                time.sleep(poll_s)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        lock.acquire(timeout=timeout_s, poll_interval=poll_s)
+    except Timeout:
+        raise StorageError(
+            f"another process has held {path} for over {timeout_s:.0f} s; if no "
+            "download is running, the holder is stuck: stop it and retry"
+        ) from None
+    try:
+        yield
     finally:
-        os.close(fd)
+        lock.release()
