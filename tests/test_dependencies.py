@@ -14,7 +14,9 @@ tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "berg_scale"
 # Distribution name -> the module it is imported as, where they differ.
-IMPORT_NAME = {"pillow": "PIL", "pyyaml": "yaml", "scikit-learn": "sklearn"}
+IMPORT_NAME = {"pillow": "PIL", "pyyaml": "yaml", "scikit-learn": "sklearn", "faiss-cpu": "faiss"}
+# Modules a distribution ships besides its own name (matplotlib installs mpl_toolkits).
+SHIPPED_BY = {"mpl_toolkits": "matplotlib"}
 # berg_scale.testing serves the tests (loopback S3 server); its imports come from the test extra.
 TEST_ONLY = {PACKAGE / "testing"}
 # Run dependencies loaded by name rather than imported: fsspec opens s3:// with s3fs.
@@ -43,7 +45,7 @@ def test_run_dependencies_match_the_imports():
     declared = {IMPORT_NAME.get(d, d) for d in map(_distribution, project["dependencies"])}
     optional = {IMPORT_NAME.get(d, d) for group in project["optional-dependencies"].values()
                 for d in map(_distribution, group)}
-    imported = _imported_modules()
+    imported = {SHIPPED_BY.get(m, m) for m in _imported_modules()}
     unused = declared - imported - LOADED_BY_NAME
     assert not unused, f"declared but never imported at run time: {sorted(unused)}"
     missing = imported - declared - optional
