@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from berg_scale.errors import BergScaleError
-from berg_scale.models import layout
+from berg_scale.models import families
 from berg_scale.models.registry import ModelCard, UnknownModelError, get_card, known_model_ids
 from berg_scale.models.spec import ReadoutError, ReadoutSpec
 
@@ -143,11 +143,7 @@ class EncodingModel:
             chunk = torch.from_numpy(np.ascontiguousarray(stimulus[start : start + BATCH]))
             result = self.modelset.forward_tensors(chunk)[column.name]
             out[start : start + chunk.shape[0]] = result.cpu().numpy()
-        if self.model_id == "fmri-nsd_fsaverage-vit_b_32":
-            is_lh = column.coords["hemisphere"] == "lh"
-            n_lh = int(is_lh.sum())
-            return out[:, :n_lh], out[:, n_lh:]
-        return out
+        return families.family_for(self.model_id).split_output(out, column.coords)
 
     @classmethod
     def get_metadata(cls, berg_dir: str | None = None, subject: int | None = None,
@@ -238,7 +234,7 @@ class BERG:
             from berg_scale.models.store import WeightStore
 
             store = WeightStore(self.berg_dir, self.storage)
-            rel = layout.metadata_file(model_id, int(subject), roi if card.selection_required else None)
+            rel = families.metadata_file(model_id, int(subject), roi if card.selection_required else None)
             data = store.load(rel, f"{model_id} subject {subject} metadata")
             if not isinstance(data, dict):
                 raise BergScaleError(f"{store.url(rel)}: expected a metadata dict")

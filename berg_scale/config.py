@@ -265,6 +265,15 @@ class RunConfig(_Strict):
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
+def default_of(model: type[BaseModel], name: str) -> Any:
+    """A field's default as the config model defines it.
+
+    The config model is the one place a default is written; code that also runs without a
+    config (ModelSet, the worker recipe, the scheduler's policy) takes its defaults from here.
+    """
+    return model.model_fields[name].get_default(call_default_factory=True)
+
+
 # --------------------------------------------------------------------------- loading
 
 

@@ -59,21 +59,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def torch_hub_checkpoints() -> str:
-    """torch.hub's checkpoint folder, computed the way torch does, without importing it."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "torch",
-    )
-    return os.path.join(os.path.expanduser(torch_home), "hub", "checkpoints")
-
-
 def backbone_instructions() -> str:
-    from berg_scale.models.layout import BACKBONE_FILE, BACKBONE_URL
+    from berg_scale.models.families import VIT_B_32
 
-    path = os.path.join(torch_hub_checkpoints(), BACKBONE_FILE)
+    path = str(VIT_B_32.default_path())
     state = "present" if os.path.isfile(path) else "missing"
-    return BACKBONE_HELP.format(path=path, state=state, name=BACKBONE_FILE, url=BACKBONE_URL)
+    return BACKBONE_HELP.format(path=path, state=state, name=VIT_B_32.file, url=VIT_B_32.url)
 
 
 def _requests(args: argparse.Namespace) -> list:

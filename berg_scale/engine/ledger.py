@@ -64,12 +64,13 @@ def hash_weights(
     run stops if the two disagree.
     """
     from berg_scale.engine.preflight import required_weight_files
+    from berg_scale.models.families import backbones_of
     from berg_scale.models.store import WeightStore
 
     store = WeightStore(berg_root, storage)
     files = sorted({relative for _, relative in required_weight_files(specs)})
     hashes = {relative: store.sha256(relative) for relative in files}
-    if backbone and any("vit_b_32" in spec.model_id for spec in specs):
+    if backbone and backbones_of(spec.model_id for spec in specs):
         hashes[f"backbone:{backbone.rsplit('/', 1)[-1]}"] = _sha256_of(backbone, storage)
     return hashes
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from berg_scale.errors import BergScaleError
-from berg_scale.models import layout
+from berg_scale.models import families
 from berg_scale.models.base import (
     BuildContext,
     EncodingModel,
@@ -91,7 +91,7 @@ class FwrfModel(EncodingModel):
 
 
 class FwrfGroup(ReadoutGroup):
-    recipe = "fwrf227"
+    recipe = families.FWRF.recipe
 
     def __init__(self, specs: list[ReadoutSpec], ctx: BuildContext) -> None:
         self.ctx = ctx
@@ -101,7 +101,7 @@ class FwrfGroup(ReadoutGroup):
         parts_by_file: dict[str, _Part] = {}
         for spec in specs:
             sel = spec.resolve()
-            files = layout.weight_files(spec.model_id, spec.subject, sel.roi)
+            files = families.weight_files(spec.model_id, spec.subject, sel.roi)
             parts = []
             for position, rel in enumerate(files):
                 if rel not in parts_by_file:
@@ -110,14 +110,14 @@ class FwrfGroup(ReadoutGroup):
                 parts.append(parts_by_file[rel])
             n_voxels = sum(int(p.readout.b.shape[0]) for p in parts)
             coords: dict[str, np.ndarray] = {"voxel": np.arange(n_voxels)}
-            meta_rel = layout.metadata_file(spec.model_id, spec.subject, sel.roi)
+            meta_rel = families.metadata_file(spec.model_id, spec.subject, sel.roi)
             meta_source = ctx.store.url(meta_rel)
             ncsnr = self._ncsnr(meta_rel, spec, n_voxels)
             if ncsnr is not None:
                 coords["ncsnr"] = ncsnr
             name = spec.column_base
             if "responses" in spec.outputs:
-                self.columns.append(OutputColumn(name, (n_voxels,), spec.dtype, ("voxel",), coords, spec, "responses"))
+                self.columns.append(OutputColumn(name, (n_voxels,), spec.dtype, families.FWRF.dims, coords, spec, "responses"))
             mean_index = None
             if "mean" in spec.outputs:
                 if ncsnr is None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from berg_scale import __version__
+from berg_scale.config import ResourcesConfig, default_of
 from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import StorageOptions
 from berg_scale.models.base import BuildContext, OutputColumn, ReadoutGroup
@@ -24,6 +25,8 @@ from berg_scale.models.spec import ReadoutSpec
 from berg_scale.models.store import WeightStore
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_PRECISION: str = default_of(ResourcesConfig, "precision")
+DEFAULT_BATCH_SIZE: int = default_of(ResourcesConfig, "batch_size")
 
 __all__ = ["ModelSet", "OutputColumn", "resolve_device"]
 
@@ -69,8 +72,8 @@ class ModelSet:
         berg_root: str,
         readouts: Sequence[ReadoutSpec],
         device: str | torch.device = "auto",
-        precision: str = "fp32",
-        batch_size: int = 100,
+        precision: str = DEFAULT_PRECISION,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         backbone_path: str | None = None,
         storage: StorageOptions | None = None,
         exact_resize: bool | None = None,

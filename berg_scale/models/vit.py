@@ -9,7 +9,6 @@ strictly, and stop before the final LayerNorm and the classification head.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import torch
@@ -17,13 +16,15 @@ from torch import nn
 
 from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote
-from berg_scale.models.layout import BACKBONE_FILE, BACKBONE_URL
+from berg_scale.models.families import VIT_B_32
 from berg_scale.models.safe_load import load_checkpoint
 
 N_LAYERS = 12
 N_TOKENS = 50
 WIDTH = 768
 N_FEATURES = N_LAYERS * N_TOKENS * WIDTH  # 460,800
+BACKBONE_FILE = VIT_B_32.file
+BACKBONE_URL = VIT_B_32.url
 
 
 class BackboneMissingError(BergScaleError, FileNotFoundError):
@@ -32,10 +33,7 @@ class BackboneMissingError(BergScaleError, FileNotFoundError):
 
 def default_backbone_path() -> Path:
     """torchvision's cache location: $TORCH_HOME/hub/checkpoints (default ~/.cache/torch)."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch"
-    )
-    return Path(torch_home) / "hub" / "checkpoints" / BACKBONE_FILE
+    return VIT_B_32.default_path()
 
 
 def resolve_backbone_path(backbone_path: str | None, storage: StorageOptions | None = None) -> str:
