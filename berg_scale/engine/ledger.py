@@ -227,13 +227,13 @@ def _check_not_listed(output: str, markers: dict[str, dict[str, Any]], by_name: 
                 if shard.size is not None and shard.stamp is not None and shard.name not in markers}
     for name in orphans:
         marker = markers[name]
-        key = (marker.get("input_size"), marker.get("input_stamp"))
-        twin = by_bytes.get(key) if None not in key else None
+        size, stamp = marker.get("input_size"), marker.get("input_stamp")
+        twin = by_bytes.get((size, stamp)) if size is not None and stamp is not None else None
         if twin is not None:
             raise LedgerMismatch(
                 f"input shard {twin.url} (output name {twin.name!r}) is the same file as committed "
                 f"shard {name!r} (from {marker.get('input')}: same size and "
-                f"{'ETag' if not _is_number(key[1]) else 'mtime'}): the input root moved, so its "
+                f"{'ETag' if not _is_number(stamp) else 'mtime'}): the input root moved, so its "
                 f"images would be written twice; point input.shards at the folder the output was "
                 f"made from (shard names are paths relative to it), or {WAY_OUT}"
             )

@@ -10,7 +10,7 @@ input shards, missing weight files.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from berg_scale.errors import BergScaleError, StorageError
 from berg_scale.io.shard_listing import InputShard, list_shards
@@ -59,7 +59,7 @@ def check_bucket(url: str, storage: StorageOptions | None, role: str) -> None:
         raise StorageError(f"cannot access {role} {url}: {_first_line(exc)}") from None
 
 
-def check_storage(urls: dict[str, Iterable[str]], storage: StorageOptions | None) -> None:
+def check_storage(urls: Mapping[str, Iterable[str]], storage: StorageOptions | None) -> None:
     """Check each distinct bucket once; `urls` maps a role ("input", "output") to URLs."""
     seen: set[str] = set()
     for role, items in urls.items():

@@ -377,8 +377,8 @@ def permutation_pvalues(
         means = {s: (onehot.reshape(B * C, N) @ X[s]).reshape(B, C, -1) for s in subjects}
         out = {}
         for (who, roi), entry in index.items():
-            total = 0.0
-            n = 0.0
+            total: Any = 0.0
+            n: Any = 0.0
             for s, where in entry.items():
                 present = where >= 0
                 total = total + np.where(present, means[s][:, :, np.maximum(where, 0)], 0.0)

@@ -256,7 +256,7 @@ def pack_folder(
             if writer is None:
                 url = join(dest, f"{prefix}{len(report.shards):06d}.tar")
                 writer = TarShardWriter(url, storage)
-            label = {"source": rel}
+            label: dict[str, object] = {"source": rel}
             if checked.width:
                 label.update(width=checked.width, height=checked.height)
             writer.add_sample(

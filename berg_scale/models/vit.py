@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,7 +67,7 @@ class VitFeatures(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         self.forward_count += 1
-        model = self.model
+        model: Any = self.model  # torchvision's VisionTransformer: its parts are untyped
         tokens = model._process_input(pixels)  # conv_proj + flatten -> (B, 49, 768)
         cls = model.class_token.expand(tokens.shape[0], -1, -1)
         x = torch.cat([cls, tokens], dim=1) + model.encoder.pos_embedding

@@ -92,14 +92,14 @@ def expand_requests(
     models: Iterable[str], subjects: Iterable[int] | None, rois: Iterable[str] | None
 ) -> list[WeightRequest]:
     """The cross product a command line asks for; `subjects=None` means all of a model's."""
-    rois = list(rois or [])
+    wanted_rois: list[str | None] = [*(rois or [])] or [None]
     requests: list[WeightRequest] = []
     for model_id in models:
         card = get_card(model_id)
         chosen = list(subjects) if subjects else list(card.subjects)
         for subject in chosen:
             if family_for(model_id).files_per_roi:
-                requests.extend(WeightRequest(model_id, subject, roi) for roi in rois or [None])
+                requests.extend(WeightRequest(model_id, subject, roi) for roi in wanted_rois)
             else:
                 requests.append(WeightRequest(model_id, subject, None))
     return requests
