@@ -53,6 +53,7 @@ from berg_scale.experiments.labels import (
 )
 from berg_scale.io.output_store import OutputStore, done_shards, read_readouts
 from berg_scale.io.storage import StorageOptions, filesystem_for
+from berg_scale.models.families import FSAVERAGE, family_name
 from berg_scale.rnc.responses import fixed_size_list_to_numpy
 
 MODEL_ID = "fmri-nsd_fsaverage-vit_b_32"
@@ -107,7 +108,8 @@ def fsaverage_columns(readouts: Mapping[str, Any] | None, output: str) -> dict[i
     found: dict[int, list[FsColumn]] = {}
     for entry in (readouts or {}).get("columns", []):
         name = str(entry.get("name", ""))
-        if entry.get("model_id") != MODEL_ID or entry.get("kind", "responses") != "responses" or ":" in name:
+        fsaverage = family_name(entry.get("model_id")) == FSAVERAGE.name
+        if not fsaverage or entry.get("kind", "responses") != "responses" or ":" in name:
             continue
         coords = entry.get("coords") or {}
         if "hemisphere" not in coords or "vertex" not in coords:

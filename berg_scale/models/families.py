@@ -281,6 +281,15 @@ def family_for(model_id: str) -> ModelFamily:
     return get_family(card.family)
 
 
+def family_name(model_id: object) -> str | None:
+    """The family a model id belongs to, None for an id no card describes (e.g. read from a file)."""
+    from berg_scale.models.registry import known_model_ids
+
+    if not isinstance(model_id, str) or model_id not in known_model_ids():
+        return None
+    return get_card(model_id).family or None
+
+
 def weight_files(model_id: str, subject: int, roi: str | None = None) -> list[str]:
     """Weight files of one readout, in load order (two for split fwRF ROIs)."""
     return family_for(model_id).weight_files(get_card(model_id), subject, roi)
