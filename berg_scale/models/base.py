@@ -40,7 +40,7 @@ class ReadoutGroup(ABC):
     """Readouts computed together from one preprocessed batch."""
 
     recipe: str
-    columns: list[OutputColumn]
+    columns: list[OutputColumn[ReadoutSpec]]
     weight_files: list[str]
 
     @abstractmethod

@@ -7,15 +7,19 @@ so the type that says what a column holds lives apart from the models that fill 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from berg_scale.models.spec import ReadoutSpec
 
+# The readout a column comes from: a `ReadoutSpec` for encoding models; stand-ins that
+# have no model card use a record with the same identity fields (model_id, subject, selection).
+R = TypeVar("R")
+
 
 @dataclass
-class OutputColumn:
+class OutputColumn(Generic[R]):
     """One output column: per-image shape, dtype, axis names and axis coordinates."""
 
     name: str
@@ -23,24 +27,11 @@ class OutputColumn:
     dtype: str
     dims: tuple[str, ...]
     coords: dict[str, np.ndarray]
-    readout: ReadoutSpec
+    readout: R
     kind: str  # "responses" | "mean"
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-friendly summary (no coordinate arrays) for schema metadata."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "model_id": self.readout.model_id,
-            "subject": self.readout.subject,
-            "selection": self.readout.to_dict()["selection"],
-            "shape": list(self.shape),
-            "dims": list(self.dims),
-            "dtype": self.dtype,
-        }
 
-
-def mean_column(spec: ReadoutSpec, base_name: str) -> OutputColumn:
+def mean_column(spec: ReadoutSpec, base_name: str) -> OutputColumn[ReadoutSpec]:
     return OutputColumn(
         name=f"{base_name}:mean",
         shape=(),

@@ -115,7 +115,7 @@ class ModelSet:
                 self.groups.append(implementation.build_group(specs, self.context))
         order = {spec.column_base: i for i, spec in enumerate(readouts)}
         columns = [c for g in self.groups for c in g.columns]
-        self.columns: list[OutputColumn] = sorted(
+        self.columns: list[OutputColumn[ReadoutSpec]] = sorted(
             columns, key=lambda c: (order[c.readout.column_base], c.kind != "responses")
         )
         self._hashes: dict[str, str] | None = None
@@ -142,7 +142,7 @@ class ModelSet:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
-    def column(self, name: str) -> OutputColumn:
+    def column(self, name: str) -> OutputColumn[ReadoutSpec]:
         for column in self.columns:
             if column.name == name:
                 return column
