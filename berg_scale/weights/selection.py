@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from berg_scale.errors import BergScaleError
+from berg_scale.models import families
 from berg_scale.models.families import family_for
 from berg_scale.models.registry import get_card
 
@@ -77,12 +78,11 @@ def files_for_readouts(
     files: dict[str, None] = {}
     for item in readouts:
         request = _validated(_as_request(item))
-        family, card = family_for(request.model_id), get_card(request.model_id)
         if include_weights:
-            for path in family.weight_files(card, request.subject, request.roi):
+            for path in families.weight_files(request.model_id, request.subject, request.roi):
                 files[path] = None
         if include_metadata:
-            files[family.metadata_file(card, request.subject, request.roi)] = None
+            files[families.metadata_file(request.model_id, request.subject, request.roi)] = None
     if not files:
         raise BergScaleError("no readouts given: name at least one model and subject")
     return list(files)
