@@ -2,6 +2,7 @@
 # Set up (once) and run berg-scale from a fresh clone.
 #   ./bootstrap.sh demo [ARGS...]   run the demo: synthetic BERG root + synthetic shards -> responses -> RNC
 #   ./bootstrap.sh test [ARGS...]   run the full test suite (starts a loopback SeaweedFS S3 server itself)
+#   ./bootstrap.sh typecheck        type-check the package with mypy (settings in pyproject.toml)
 # The virtualenv lives in .venv (override with BERG_SCALE_VENV); dependencies are pinned by
 # requirements/constraints.txt so every machine resolves the same versions.
 set -euo pipefail
@@ -48,8 +49,11 @@ case "$command" in
     fi
     exit "$status"
     ;;
+  typecheck)
+    exec python -m mypy berg_scale
+    ;;
   *)
-    echo "usage: ./bootstrap.sh demo [--out DIR] | ./bootstrap.sh test [PYTEST ARGS]" >&2
+    echo "usage: ./bootstrap.sh demo [--out DIR] | ./bootstrap.sh test [PYTEST ARGS] | ./bootstrap.sh typecheck" >&2
     exit 2
     ;;
 esac

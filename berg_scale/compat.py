@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from berg_scale.errors import BergScaleError
-from berg_scale.models import layout
+from berg_scale.models import families
 from berg_scale.models.registry import ModelCard, UnknownModelError, get_card, known_model_ids
 from berg_scale.models.spec import ReadoutError, ReadoutSpec
 
@@ -243,16 +243,7 @@ class EncodingModel:
         for start in starts:
             chunk = stimulus[start : start + BATCH]
             out[start : start + chunk.shape[0]] = self._forward_chunk(chunk).cpu().numpy()
-        if self.model_id == "fmri-nsd_fsaverage-vit_b_32":
-            # Two arrays of their own (BERG computes each hemisphere separately), not two
-            # views of one buffer: C-contiguous, writable, and freeing one frees it.
-            is_lh = column.coords["hemisphere"] == "lh"
-            n_lh = int(is_lh.sum())
-            lh = np.ascontiguousarray(out[:, :n_lh])
-            rh = np.ascontiguousarray(out[:, n_lh:])
-            del out
-            return lh, rh
-        return out
+        return families.family_for(self.model_id).split_output(out, column.coords)
 
     @classmethod
     def get_metadata(cls, berg_dir: str | None = None, subject: int | None = None,
@@ -373,7 +364,7 @@ class BERG:
             from berg_scale.models.store import WeightStore
 
             store = WeightStore(self.berg_dir, self.storage)
-            rel = layout.metadata_file(model_id, int(subject), roi if card.selection_required else None)
+            rel = families.metadata_file(model_id, int(subject), roi if card.selection_required else None)
             data = store.load(rel, f"{model_id} subject {subject} metadata")
             if not isinstance(data, dict):
                 raise BergScaleError(f"{store.url(rel)}: expected a metadata dict")

@@ -11,14 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from berg_scale.models import layout
+from berg_scale.models import families
 from berg_scale.models.registry import ModelCard
-
-_MODEL_DIRS = {
-    layout.FWRF_ID: layout.FWRF_DIR,
-    "fmri-nsd_fsaverage-vit_b_32": layout.FSAVERAGE_DIR,
-    "eeg-things_eeg_2-vit_b_32": layout.EEG_DIR,
-}
 
 _DIMENSION_TEXT = {
     "voxel": "voxels of the selected ROI, in the order of the metadata's roi_mask_volume",
@@ -166,7 +160,7 @@ def describe_card(card: ModelCard) -> dict[str, Any]:
     args = f"subject={parameters['subject']['example']!r}"
     if card.selection_required or selection_example.get("roi"):
         args += f", selection={{'roi': {selection_example.get('roi')!r}}}"
-    folder = _MODEL_DIRS.get(card.model_id)
+    folder = families.get_family(card.family).folder if card.family else None
     return {
         "model_id": card.model_id,
         "model_info": {

@@ -14,7 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Sequence, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Sequence, TypeVar
 
 import yaml
 from pydantic import (
@@ -110,7 +110,7 @@ class ReadoutConfig(_Strict):
     subjects: list[Int] | Literal["all"] = "all"
     rois: list[str] | None = None
     selections: list[dict[str, Any]] | None = None
-    outputs: list[Literal["responses", "mean"]] = Field(default_factory=lambda: ["responses"])
+    outputs: list[Literal["responses", "mean"]] = ["responses"]  # pydantic copies it per instance
     dtype: Literal["float32", "float16"] = "float32"
     ncsnr_threshold: Float = 0.5
     downsample: Literal["fsaverage5"] | None = None
@@ -308,6 +308,15 @@ class RunConfig(_Strict):
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
+def default_of(model: type[BaseModel], name: str) -> Any:
+    """A field's default as the config model defines it.
+
+    The config model is the one place a default is written; code that also runs without a
+    config (ModelSet, the worker recipe, the scheduler's policy) takes its defaults from here.
+    """
+    return model.model_fields[name].get_default(call_default_factory=True)
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -501,7 +510,7 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and bool(_UNION_TAG.match(part))
 
 
-def _problem(error: dict[str, Any]) -> str:
+def _problem(error: Mapping[str, Any]) -> str:
     problem = error["msg"]
     if problem.startswith("Value error, "):
         problem = problem[len("Value error, ") :]

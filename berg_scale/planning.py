@@ -10,11 +10,12 @@ Parquet with zstd stores float responses at about that size too (within ~10 %, m
 in the tests), because noisy mantissas hardly compress, so the figure doubles as a disk
 estimate.
 
-Widths come, in order of preference, from the BERG metadata (exact per subject), from
-the model card (EEG shapes, whole-hemisphere fsaverage), or from the subject-1 voxel
-counts documented for fwRF (approximate for other subjects). A column whose width none
-of these know is reported as unknown, never guessed, unless `assume_width` is given.
-A BERG root in object storage is read for its metadata too (metadata files are small).
+Widths come from each model's family (`berg_scale.models.families`): in order of
+preference from the BERG metadata (exact per subject), from the model card (EEG shapes,
+whole-hemisphere fsaverage), or from the subject-1 voxel counts documented for fwRF
+(approximate for other subjects). A column whose width none of these know is reported as
+unknown, never guessed, unless `assume_width` is given. A BERG root in object storage is
+read for its metadata too (metadata files are small).
 
 Compute is per worker (one GPU, or one CPU worker with `cpus_per_worker` threads). Its
 rate is measured on this machine by `berg-scale plan --calibrate` (see
@@ -29,23 +30,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
-
 from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import is_remote
-from berg_scale.models import layout
+from berg_scale.models.families import family_for
 
-FSAVERAGE_ID = "fmri-nsd_fsaverage-vit_b_32"
-EEG_ID = "eeg-things_eeg_2-vit_b_32"
-FWRF_ID = layout.FWRF_ID
-PUBLISHED_EEG_REPETITIONS = 4
-# Subject-1 voxel counts of the published fwRF models (docs/berg-format.md, section 8.1).
-FWRF_SUBJECT1_VOXELS = {
-    "V1": 1350, "V2": 1433, "V3": 1187, "hV4": 687, "EBA": 2971, "FBA-2": 430, "OFA": 355,
-    "FFA-1": 484, "FFA-2": 310, "PPA": 1033, "RSC": 566, "OPA": 1611, "OWFA": 464,
-    "VWFA-1": 773, "VWFA-2": 505, "mfs-words": 165, "early": 5917, "midventral": 986,
-    "midlateral": 834, "midparietal": 950, "parietal": 3548, "lateral": 7799, "ventral": 7604,
-}
 # Arrow layout per row: a string costs a 4-byte offset plus its characters.
 OFFSET_BYTES = 4
 _VALUE_BYTES = {"float32": 4, "float16": 2}
@@ -237,65 +225,6 @@ class _Metadata:
         self.store = None
 
 
-def _nested(data: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
-def _fwrf_width(spec: Any, roi: str, meta: _Metadata) -> tuple[int | None, str]:
-    data = meta.get(layout.metadata_file(FWRF_ID, spec.subject, roi))
-    ncsnr = _nested(data, "fmri", "ncsnr")
-    if ncsnr is not None:
-        return int(np.asarray(ncsnr).shape[0]), "metadata"
-    mask = _nested(data, "fmri", "roi_mask_volume")
-    if mask is not None:
-        return int(np.count_nonzero(mask)), "metadata"
-    if roi in FWRF_SUBJECT1_VOXELS:
-        label = "documented count" if spec.subject == 1 else "subject-1 count (approx.)"
-        return FWRF_SUBJECT1_VOXELS[roi], label
-    return None, "needs metadata"
-
-
-def _fsaverage_width(spec: Any, resolved: Any, meta: _Metadata) -> tuple[int | None, str]:
-    card = resolved.card
-    per_hemi = int(card.vertices_per_hemisphere or 0)
-    limit = int(card.fsaverage5_vertices or 0) if spec.downsample == "fsaverage5" else None
-    if resolved.roi is None:
-        total = 0
-        for chosen in (resolved.lh_vertices, resolved.rh_vertices):
-            idx = np.arange(per_hemi) if chosen is None else np.asarray(chosen)
-            total += int(np.count_nonzero(idx < limit)) if limit is not None else int(idx.size)
-        return total, "model card"
-    data = meta.get(layout.metadata_file(FSAVERAGE_ID, spec.subject))
-    total = 0
-    for hemi in ("lh", "rh"):
-        idx = _nested(data, "fmri", f"{hemi}_fsaverage_rois", resolved.roi)
-        if idx is None:
-            return None, "needs metadata"
-        idx = np.asarray(idx)
-        total += int(np.count_nonzero(idx < limit)) if limit is not None else int(idx.size)
-    return total, "metadata"
-
-
-def _eeg_width(spec: Any, resolved: Any, meta: _Metadata) -> tuple[int | None, str]:
-    card = resolved.card
-    data = meta.get(layout.metadata_file(EEG_ID, spec.subject))
-    names = _nested(data, "eeg", "ch_names")
-    times = _nested(data, "eeg", "times")
-    n_ch = len(names) if isinstance(names, list) else len(card.channels)
-    n_t = int(np.asarray(times).shape[0]) if times is not None else int(card.n_timepoints or 0)
-    if resolved.channels is not None:
-        n_ch = len(resolved.channels)
-    if resolved.timepoints is not None:
-        n_t = int(np.asarray(resolved.timepoints).size)
-    # The repetition count lives only in the (large) weight file; the published models have 4.
-    source = "metadata + 4 repetitions" if data is not None else "model card (4 repetitions)"
-    return PUBLISHED_EEG_REPETITIONS * n_ch * n_t, source
-
-
 def estimate_columns(
     specs: Sequence[Any], berg_root: str | None = None, storage: Any = None,
     assume_width: int | None = None, notes: list[str] | None = None,
@@ -306,14 +235,8 @@ def estimate_columns(
     columns: list[ColumnEstimate] = []
     for spec in specs:
         resolved = spec.resolve()
-        if spec.model_id == FWRF_ID:
-            width, source = _fwrf_width(spec, resolved.roi, meta)
-        elif spec.model_id == FSAVERAGE_ID:
-            width, source = _fsaverage_width(spec, resolved, meta)
-        elif spec.model_id == EEG_ID:
-            width, source = _eeg_width(spec, resolved, meta)
-        else:
-            width, source = None, "unknown model family"
+        known = family_for(spec.model_id).output_width(spec, resolved, meta.get)
+        width, source = known.values, known.source
         if width is None and assume_width is not None:
             width, source = assume_width, "assumed (--assume-width)"
         name = spec.column_base

@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     rnc_summary = None
     if not args.no_rnc:
         log("running a small RNC study (V1 vs hV4, fwRF, subjects 1 and 2)")
-        rnc_summary = run_rnc_step(config.output, out, config.input.shards, log)
+        rnc_summary = run_rnc_step(config.output, out, config.input.shard_patterns()[0], log)
     experiments: dict[str, str] = {}
     if not args.no_experiments:
         log("running the in silico experiments (tripartite map, EEG decoding) on the demo responses")

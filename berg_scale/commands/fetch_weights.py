@@ -76,21 +76,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def torch_hub_checkpoints() -> str:
-    """torch.hub's checkpoint folder, computed the way torch does, without importing it."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "torch",
-    )
-    return os.path.join(os.path.expanduser(torch_home), "hub", "checkpoints")
-
-
 def backbone_instructions() -> str:
-    from berg_scale.models.layout import BACKBONE_FILE, BACKBONE_URL
+    from berg_scale.models.families import VIT_B_32
 
-    path = os.path.join(torch_hub_checkpoints(), BACKBONE_FILE)
+    path = str(VIT_B_32.default_path())
     state = "present" if os.path.isfile(path) else "missing"
-    return BACKBONE_HELP.format(path=path, state=state, name=BACKBONE_FILE, url=BACKBONE_URL)
+    return BACKBONE_HELP.format(path=path, state=state, name=VIT_B_32.file, url=VIT_B_32.url)
 
 
 def _requests(args: argparse.Namespace) -> list:
@@ -151,11 +142,11 @@ def _fetch_berg(args: argparse.Namespace, requests: list) -> None:
 def _fetch_backbone(args: argparse.Namespace) -> int:
     import sys
 
-    from berg_scale.models.layout import BACKBONE_FILE, BACKBONE_URL
+    from berg_scale.models.families import VIT_B_32
     from berg_scale.weights.backbone import fetch_backbone, hash_prefix_of
 
-    url = args.backbone_url or BACKBONE_URL
-    path = args.backbone_to or os.path.join(torch_hub_checkpoints(), BACKBONE_FILE)
+    url = args.backbone_url or VIT_B_32.url
+    path = args.backbone_to or str(VIT_B_32.default_path())
     if args.dry_run:
         hash_prefix_of(url)  # refuses a URL it could not verify before anything is fetched
         state = "present" if os.path.isfile(path) else "missing"
@@ -171,7 +162,7 @@ def _fetch_backbone(args: argparse.Namespace) -> int:
         return 1
     print(f"backbone: {result.path} ({result.state}, sha256 checked against {hash_prefix_of(url)})")
     if args.backbone_to:
-        print(f"pass `backbone: {result.path}` in the run config (or copy it to {torch_hub_checkpoints()})")
+        print(f"pass `backbone: {result.path}` in the run config (or copy it to {VIT_B_32.default_path().parent})")
     return 0
 
 

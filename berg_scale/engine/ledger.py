@@ -64,12 +64,13 @@ def hash_weights(
     run stops if the two disagree.
     """
     from berg_scale.engine.preflight import required_weight_files
+    from berg_scale.models.families import backbones_of
     from berg_scale.models.store import WeightStore
 
     store = WeightStore(berg_root, storage)
     files = sorted({relative for _, relative in required_weight_files(specs)})
     hashes = {relative: store.sha256(relative) for relative in files}
-    if backbone and any("vit_b_32" in spec.model_id for spec in specs):
+    if backbone and backbones_of(spec.model_id for spec in specs):
         hashes[f"backbone:{backbone.rsplit('/', 1)[-1]}"] = _sha256_of(backbone, storage)
     return hashes
 
@@ -226,13 +227,13 @@ def _check_not_listed(output: str, markers: dict[str, dict[str, Any]], by_name: 
                 if shard.size is not None and shard.stamp is not None and shard.name not in markers}
     for name in orphans:
         marker = markers[name]
-        key = (marker.get("input_size"), marker.get("input_stamp"))
-        twin = by_bytes.get(key) if None not in key else None
+        size, stamp = marker.get("input_size"), marker.get("input_stamp")
+        twin = by_bytes.get((size, stamp)) if size is not None and stamp is not None else None
         if twin is not None:
             raise LedgerMismatch(
                 f"input shard {twin.url} (output name {twin.name!r}) is the same file as committed "
                 f"shard {name!r} (from {marker.get('input')}: same size and "
-                f"{'ETag' if not _is_number(key[1]) else 'mtime'}): the input root moved, so its "
+                f"{'ETag' if not _is_number(stamp) else 'mtime'}): the input root moved, so its "
                 f"images would be written twice; point input.shards at the folder the output was "
                 f"made from (shard names are paths relative to it), or {WAY_OUT}"
             )

@@ -7,8 +7,13 @@ copied into the node-local weight cache, so the workers of one node download it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from berg_scale.config import ResourcesConfig, default_of
+from berg_scale.models.encoder import Encoder
+from berg_scale.models.registry import installed_plugins
 
 
 @dataclass(frozen=True)
@@ -17,11 +22,13 @@ class ModelSetFactory:
 
     berg_root: str
     readouts: tuple[Any, ...]
-    precision: str = "fp32"
-    batch_size: int = 100
+    precision: str = default_of(ResourcesConfig, "precision")
+    batch_size: int = default_of(ResourcesConfig, "batch_size")
     backbone_path: str | None = None
     storage: Any = None
     exact_resize: bool | None = None
+    # Models registered at run time on the driver; each worker installs them again.
+    plugins: tuple[Callable[[], None], ...] = field(default_factory=installed_plugins)
     needs_weights: bool = field(default=True, init=False)
 
     def local_berg_root(self) -> str:
@@ -39,9 +46,11 @@ class ModelSetFactory:
         present = [rel for rel in metadata if fs.exists(filesystem_for(join(self.berg_root, rel), self.storage)[1])]
         return ensure_local_weights(self.berg_root, weights + present, storage=self.storage)
 
-    def build(self, device: Any) -> Any:
+    def build(self, device: Any) -> Encoder:
         from berg_scale.models import ModelSet
 
+        for install in self.plugins:
+            install()
         return ModelSet(
             self.local_berg_root(),
             list(self.readouts),

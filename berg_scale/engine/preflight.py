@@ -10,7 +10,7 @@ input shards, missing weight files.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from berg_scale.errors import BergScaleError, StorageError
 from berg_scale.io.shard_listing import InputShard, list_shards
@@ -59,7 +59,7 @@ def check_bucket(url: str, storage: StorageOptions | None, role: str) -> None:
         raise StorageError(f"cannot access {role} {url}: {_first_line(exc)}") from None
 
 
-def check_storage(urls: dict[str, Iterable[str]], storage: StorageOptions | None) -> None:
+def check_storage(urls: Mapping[str, Iterable[str]], storage: StorageOptions | None) -> None:
     """Check each distinct bucket once; `urls` maps a role ("input", "output") to URLs."""
     seen: set[str] = set()
     for role, items in urls.items():
@@ -79,25 +79,18 @@ def list_input_shards(patterns: Sequence[str], storage: StorageOptions | None) -
 
 def required_weight_files(specs: Sequence[Any]) -> list[tuple[str, str]]:
     """(readout label, relative path) for every file the readouts load."""
-    from berg_scale.models.layout import metadata_file, weight_files
+    from berg_scale.models.families import family_for
 
     needed: list[tuple[str, str]] = []
     for spec in specs:
         resolved = spec.resolve()
         label = spec.column_base
-        for relative in weight_files(spec.model_id, int(spec.subject), resolved.roi):
+        family = family_for(spec.model_id)
+        for relative in family.weight_files(resolved.card, int(spec.subject), resolved.roi):
             needed.append((label, relative))
-        if _needs_metadata(spec):
-            needed.append((label, metadata_file(spec.model_id, int(spec.subject), resolved.roi)))
+        if family.metadata_required(spec):
+            needed.append((label, family.metadata_file(resolved.card, int(spec.subject), resolved.roi)))
     return needed
-
-
-def _needs_metadata(spec: Any) -> bool:
-    # EEG channel names and fsaverage ROI/ncsnr tables live in metadata; fwRF needs it only
-    # for the ncsnr of the `:mean` summary.
-    if spec.model_id.startswith("eeg-") or "fsaverage" in spec.model_id:
-        return True
-    return "mean" in tuple(spec.outputs)
 
 
 def check_weights(
@@ -114,17 +107,16 @@ def check_weights(
     for label, relative in required_weight_files(specs):
         if not fs.exists(join(root, relative)):
             missing.append((label, join(berg_root, relative)))
-    if any("vit_b_32" in spec.model_id for spec in specs):
+    from berg_scale.models.families import backbones_of
+
+    for needed in backbones_of(spec.model_id for spec in specs):
         if backbone:
             bfs, bpath = filesystem_for(backbone, storage)
             if not bfs.exists(bpath):
-                missing.append(("the ViT-B/32 backbone (config 'backbone')", backbone))
-        else:
-            from berg_scale.models.vit import default_backbone_path
-
-            default = default_backbone_path()
-            if not default.exists():
-                missing.append(("the ViT-B/32 backbone (torchvision cache; or set 'backbone')", str(default)))
+                missing.append((f"the {needed.name} backbone (config 'backbone')", backbone))
+        elif not needed.default_path().exists():
+            missing.append((f"the {needed.name} backbone (torchvision cache; or set 'backbone')",
+                            str(needed.default_path())))
     if missing:
         label, path = missing[0]
         raise MissingWeightsError(

@@ -44,6 +44,7 @@ from berg_scale.io.output_store import (
     write_readouts,
 )
 from berg_scale.io.shard_listing import InputShard
+from berg_scale.models.encoder import EncoderFactory
 
 
 @dataclass
@@ -80,7 +81,7 @@ def run_generation(
     *,
     overwrite: bool = False,
     take_over: bool = False,
-    model_factory: Any | None = None,
+    model_factory: EncoderFactory | None = None,
     show_progress: bool | None = None,
     ray_address: str | None = None,
     allow_auto_address: bool = False,

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from berg_scale.config import MAX_BACKOFF_S
+from berg_scale.config import MAX_BACKOFF_S, ResourcesConfig, RetriesConfig, default_of
 from berg_scale.io.output_store import OutputStore, read_done_marker, with_storage_retries, write_failed_marker
 from berg_scale.io.shard_listing import InputShard
 
@@ -54,13 +54,14 @@ class Execution:
 
 @dataclass
 class RetryPolicy:
-    max_attempts: int = 3
-    backoff_s: float = 1.0
+    max_attempts: int = default_of(RetriesConfig, "max_attempts")
+    backoff_s: float = default_of(RetriesConfig, "backoff_s")
     max_backoff_s: float = MAX_BACKOFF_S  # the wait grows with each attempt up to this
-    speculative_tail: bool = True
-    speculative_min_elapsed_s: float = 5.0
+    speculative_tail: bool = default_of(RetriesConfig, "speculative_tail")
+    speculative_min_elapsed_s: float = default_of(RetriesConfig, "speculative_min_elapsed_s")
     speculative_factor: float = 1.5
-    startup_timeout_s: float = 1800.0  # a worker (re)starting for longer is given up
+    # A worker (re)starting for longer is given up.
+    startup_timeout_s: float = default_of(ResourcesConfig, "startup_timeout_s")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 import numpy as np
 
@@ -272,7 +272,7 @@ def _run_model(decoded: DecodedChunk, model: Any, stats: ShardStats) -> dict[str
 class _Inline:
     """The no-overlap variant of ReadAhead (same interface), for measurements."""
 
-    def __init__(self, iterator: Iterator[Any]) -> None:
+    def __init__(self, iterator: Generator[Any, None, None]) -> None:
         self.iterator = iterator
 
     def __iter__(self) -> Iterator[Any]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from berg_scale.models.columns import OutputColumn
+
 
 @dataclass(frozen=True)
 class StandInReadout:
@@ -25,15 +27,7 @@ class StandInReadout:
     dtype: str = "float32"
 
 
-@dataclass(frozen=True)
-class StandInColumn:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    dims: tuple[str, ...]
-    coords: dict[str, np.ndarray]
-    readout: StandInReadout
-    kind: str
+StandInColumn = OutputColumn[StandInReadout]
 
 
 @dataclass

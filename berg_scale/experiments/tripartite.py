@@ -53,6 +53,7 @@ from berg_scale.experiments.labels import (
 )
 from berg_scale.io.output_store import OutputStore, done_shards, read_readouts
 from berg_scale.io.storage import StorageOptions, filesystem_for
+from berg_scale.models.families import FSAVERAGE, family_name
 from berg_scale.rnc.responses import fixed_size_list_to_numpy
 
 MODEL_ID = "fmri-nsd_fsaverage-vit_b_32"
@@ -107,7 +108,8 @@ def fsaverage_columns(readouts: Mapping[str, Any] | None, output: str) -> dict[i
     found: dict[int, list[FsColumn]] = {}
     for entry in (readouts or {}).get("columns", []):
         name = str(entry.get("name", ""))
-        if entry.get("model_id") != MODEL_ID or entry.get("kind", "responses") != "responses" or ":" in name:
+        fsaverage = family_name(entry.get("model_id")) == FSAVERAGE.name
+        if not fsaverage or entry.get("kind", "responses") != "responses" or ":" in name:
             continue
         coords = entry.get("coords") or {}
         if "hemisphere" not in coords or "vertex" not in coords:
@@ -377,8 +379,8 @@ def permutation_pvalues(
         means = {s: (onehot.reshape(B * C, N) @ X[s]).reshape(B, C, -1) for s in subjects}
         out = {}
         for (who, roi), entry in index.items():
-            total = 0.0
-            n = 0.0
+            total: Any = 0.0
+            n: Any = 0.0
             for s, where in entry.items():
                 present = where >= 0
                 total = total + np.where(present, means[s][:, :, np.maximum(where, 0)], 0.0)

@@ -210,8 +210,8 @@ class OutputLease:
         if holder.get("host") != socket.gethostname():
             return False
         try:
-            pid = int(holder.get("pid"))
-        except (TypeError, ValueError):
+            pid = int(holder["pid"])
+        except (KeyError, TypeError, ValueError):
             return False
         if pid == os.getpid() and holder.get("run_id") != self.run_id:
             # Same process, another run object (tests, notebooks): that run is gone only

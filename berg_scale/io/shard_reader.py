@@ -178,7 +178,7 @@ class ReadAheadFile(io.RawIOBase):
     the current and previous chunk, which is all tar parsing needs.
     """
 
-    def __init__(self, raw: BinaryIO, chunk_bytes: int, depth: int) -> None:
+    def __init__(self, raw: BinaryIO | io.RawIOBase, chunk_bytes: int, depth: int) -> None:
         super().__init__()
         self._raw = raw
         self._chunk_bytes = max(int(chunk_bytes), 2 * _BLOCK)
@@ -587,7 +587,7 @@ class _KeyedSamples:
                 raise ShardReadError(self.url, f"damaged tar ({exc})") from None
             if member is None:
                 break
-            archive.members.clear()  # earlier TarInfo objects are never needed: flat memory
+            archive.members.clear()  # type: ignore[attr-defined]  # earlier TarInfo objects: flat memory
             if member.isdir():
                 continue
             name = normalise_member_name(member.name)

@@ -1,11 +1,12 @@
 """BERG-compatible encoding models.
 
-`ReadoutSpec`, the registry and the file layout import without torch; `ModelSet` and
-`OutputColumn` load lazily (they need torch).
+`ReadoutSpec`, `OutputColumn`, the registry and the model families import without torch;
+`ModelSet` loads lazily (it needs torch).
 """
 
 from __future__ import annotations
 
+from berg_scale.models.columns import OutputColumn
 from berg_scale.models.registry import ModelCard, get_card, known_model_ids, register_model
 from berg_scale.models.spec import ReadoutError, ReadoutSpec
 
@@ -22,7 +23,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("ModelSet", "OutputColumn"):
+    if name == "ModelSet":
         from berg_scale.models import modelset
 
         return getattr(modelset, name)

@@ -11,41 +11,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
+from berg_scale.models.columns import OutputColumn, mean_column
 from berg_scale.models.registry import ModelCard, get_card
 from berg_scale.models.spec import ReadoutSpec
 from berg_scale.models.store import WeightStore
 
-
-@dataclass
-class OutputColumn:
-    """One output column: per-image shape, dtype, axis names and axis coordinates."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    dims: tuple[str, ...]
-    coords: dict[str, np.ndarray]
-    readout: ReadoutSpec
-    kind: str  # "responses" | "mean"
-    # Column-wide facts that are not per-element coordinates (EEG sampling rate, time of the
-    # first sample and unit; fwRF volume shape and affine), written to readouts.json.
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-friendly summary (no coordinate arrays) for schema metadata."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "model_id": self.readout.model_id,
-            "subject": self.readout.subject,
-            "selection": self.readout.to_dict()["selection"],
-            "shape": list(self.shape),
-            "dims": list(self.dims),
-            "dtype": self.dtype,
-        }
+__all__ = ["BuildContext", "EncodingModel", "OutputColumn", "ReadoutGroup", "mean_column"]
 
 
 @dataclass
@@ -67,7 +40,7 @@ class ReadoutGroup(ABC):
     """Readouts computed together from one preprocessed batch."""
 
     recipe: str
-    columns: list[OutputColumn]
+    columns: list[OutputColumn[ReadoutSpec]]
     weight_files: list[str]
 
     @abstractmethod
@@ -89,18 +62,3 @@ class EncodingModel(ABC):
     @abstractmethod
     def build_group(cls, specs: list[ReadoutSpec], ctx: BuildContext) -> ReadoutGroup:
         """Load weights for `specs` (all with this family's group key) onto `ctx.device`."""
-
-
-def mean_column(spec: ReadoutSpec, base_name: str, ncsnr: np.ndarray | None = None) -> OutputColumn:
-    """The `:mean` summary column; it carries the ROI's ncsnr so that readers can tell
-    how many voxels/vertices it averages (ncsnr > the spec's threshold), e.g. to weight
-    the parts of an ROI union, without the voxel column."""
-    return OutputColumn(
-        name=f"{base_name}:mean",
-        shape=(),
-        dtype=spec.dtype,
-        dims=(),
-        coords={} if ncsnr is None else {"ncsnr": np.asarray(ncsnr)},
-        readout=spec,
-        kind="mean",
-    )

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from berg_scale.errors import BergScaleError
-from berg_scale.models import layout
+from berg_scale.models import families
 from berg_scale.models.base import (
     BuildContext,
     EncodingModel,
@@ -113,7 +113,7 @@ class FwrfModel(EncodingModel):
 
 
 class FwrfGroup(ReadoutGroup):
-    recipe = "fwrf227"
+    recipe = families.FWRF.recipe
 
     def __init__(self, specs: list[ReadoutSpec], ctx: BuildContext) -> None:
         self.ctx = ctx
@@ -123,7 +123,7 @@ class FwrfGroup(ReadoutGroup):
         parts_by_file: dict[str, _Part] = {}
         for spec in specs:
             sel = spec.resolve()
-            files = layout.weight_files(spec.model_id, spec.subject, sel.roi)
+            files = families.weight_files(spec.model_id, spec.subject, sel.roi)
             parts = []
             for position, rel in enumerate(files):
                 if rel not in parts_by_file:
@@ -134,7 +134,7 @@ class FwrfGroup(ReadoutGroup):
                 _warn_if_split_means_differ(files, parts, ctx)
             n_voxels = sum(int(p.readout.b.shape[0]) for p in parts)
             coords: dict[str, np.ndarray] = {"voxel": np.arange(n_voxels)}
-            meta_rel = layout.metadata_file(spec.model_id, spec.subject, sel.roi)
+            meta_rel = families.metadata_file(spec.model_id, spec.subject, sel.roi)
             meta_source = ctx.store.url(meta_rel)
             meta = self._metadata(meta_rel, spec)
             ncsnr = self._ncsnr(meta, meta_rel, n_voxels)
@@ -146,7 +146,7 @@ class FwrfGroup(ReadoutGroup):
                 coords["volume_index"], attrs = volume
             name = spec.column_base
             if "responses" in spec.outputs:
-                self.columns.append(OutputColumn(name, (n_voxels,), spec.dtype, ("voxel",), coords, spec,
+                self.columns.append(OutputColumn(name, (n_voxels,), spec.dtype, families.FWRF.dims, coords, spec,
                                                  "responses", attrs))
             mean_index = None
             if "mean" in spec.outputs:

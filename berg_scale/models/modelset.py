@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from berg_scale import __version__
+from berg_scale.config import ResourcesConfig, default_of
 from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import StorageOptions
 from berg_scale.models.base import BuildContext, OutputColumn, ReadoutGroup
@@ -24,6 +25,8 @@ from berg_scale.models.spec import ReadoutSpec
 from berg_scale.models.store import WeightStore
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_PRECISION: str = default_of(ResourcesConfig, "precision")
+DEFAULT_BATCH_SIZE: int = default_of(ResourcesConfig, "batch_size")
 
 __all__ = ["ModelSet", "OutputColumn", "resolve_device"]
 
@@ -88,8 +91,8 @@ class ModelSet:
         berg_root: str,
         readouts: Sequence[ReadoutSpec],
         device: str | torch.device = "auto",
-        precision: str = "fp32",
-        batch_size: int = 100,
+        precision: str = DEFAULT_PRECISION,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         backbone_path: str | None = None,
         storage: StorageOptions | None = None,
         exact_resize: bool | None = None,
@@ -131,7 +134,7 @@ class ModelSet:
                 self.groups.append(implementation.build_group(specs, self.context))
         order = {spec.column_base: i for i, spec in enumerate(readouts)}
         columns = [c for g in self.groups for c in g.columns]
-        self.columns: list[OutputColumn] = sorted(
+        self.columns: list[OutputColumn[ReadoutSpec]] = sorted(
             columns, key=lambda c: (order[c.readout.column_base], c.kind != "responses")
         )
         self._hashes: dict[str, str] | None = None
@@ -158,7 +161,7 @@ class ModelSet:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
-    def column(self, name: str) -> OutputColumn:
+    def column(self, name: str) -> OutputColumn[ReadoutSpec]:
         for column in self.columns:
             if column.name == name:
                 return column

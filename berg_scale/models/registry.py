@@ -8,6 +8,7 @@ strings and imported only when a model is actually built.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Callable, TypeVar
@@ -48,6 +49,7 @@ class ModelCard:
     preprocessing: str = ""
     input: str = ""
     output: dict[str, Any] = field(default_factory=dict)
+    family: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def canonical_roi(self, roi: str) -> str | None:
@@ -66,7 +68,7 @@ class ModelCard:
             "model_id", "modality", "dataset", "architecture", "implementation", "subjects",
             "selection", "description", "rois", "roi_aliases", "split_rois", "channels",
             "n_timepoints", "pca_components", "vertices_per_hemisphere",
-            "fsaverage5_vertices", "preprocessing", "input", "output",
+            "fsaverage5_vertices", "preprocessing", "input", "output", "family",
         }
         try:
             selection = data.get("selection") or {}
@@ -91,14 +93,28 @@ class ModelCard:
                 preprocessing=str(data.get("preprocessing", "")),
                 input=str(data.get("input", "")),
                 output=dict(data.get("output") or {}),
+                family=str(data.get("family", "")),
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except KeyError as exc:
             raise BergScaleError(f"model card is missing the key {exc.args[0]!r}") from None
 
 
+def load_card(path: str | os.PathLike[str]) -> ModelCard:
+    """A model card from a YAML file (a new model's card sits next to its module)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as exc:
+        raise BergScaleError(f"cannot read model card {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise BergScaleError(f"model card {path} must be a mapping of keys")
+    return ModelCard.from_mapping(data)
+
+
 _CARDS: dict[str, ModelCard] = {}
 _IMPLEMENTATIONS: dict[str, Any] = {}
+_PLUGINS: list[Callable[[], None]] = []
 _BUILTINS_LOADED = False
 
 
@@ -138,6 +154,28 @@ def register_model(card: ModelCard | dict[str, Any]) -> Callable[[T], T]:
         return implementation
 
     return decorator
+
+
+def install_plugin(install: Callable[[], None]) -> None:
+    """Run `install` (it registers a model, its family and recipes) here and in every worker.
+
+    Registrations live in one process; the engine hands the installers of this process to
+    each worker it starts (`installed_plugins`), so a model added at run time is known
+    where it is built. The installer is pickled with the worker's recipe: by reference for
+    an installed package, by value where cloudpickle is told so.
+    """
+    install()
+    if install not in _PLUGINS:
+        _PLUGINS.append(install)
+
+
+def installed_plugins() -> tuple[Callable[[], None], ...]:
+    return tuple(_PLUGINS)
+
+
+def uninstall_plugin(install: Callable[[], None]) -> None:
+    if install in _PLUGINS:
+        _PLUGINS.remove(install)
 
 
 def unregister_model(model_id: str) -> None:

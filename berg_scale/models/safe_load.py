@@ -28,7 +28,7 @@ import numpy as np
 
 from berg_scale.errors import BergScaleError, UnsafeFileError
 
-_reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's array reconstructor
+_reconstruct: Callable[..., Any] = np.ndarray.__reduce__(np.zeros(0))[0]  # type: ignore[assignment]  # numpy's array reconstructor
 _scalar = np.float64(0).__reduce__()[0]  # numpy's scalar reconstructor
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from berg_scale.config import ReadoutConfig, default_of
 from berg_scale.errors import BergScaleError
 from berg_scale.models.registry import ModelCard, get_card
 
@@ -41,10 +42,10 @@ class ReadoutSpec:
     model_id: str
     subject: int
     selection: dict[str, Any] | None = None
-    outputs: tuple[str, ...] = ("responses",)
-    dtype: str = "float32"
-    ncsnr_threshold: float = 0.5
-    downsample: str | None = None
+    outputs: tuple[str, ...] = tuple(default_of(ReadoutConfig, "outputs"))
+    dtype: str = default_of(ReadoutConfig, "dtype")
+    ncsnr_threshold: float = default_of(ReadoutConfig, "ncsnr_threshold")
+    downsample: str | None = default_of(ReadoutConfig, "downsample")
 
     def __post_init__(self) -> None:
         # Copy the selection so later changes to the caller's arrays/lists cannot

@@ -9,21 +9,23 @@ strictly, and stop before the final LayerNorm and the classification head.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote
-from berg_scale.models.layout import BACKBONE_FILE, BACKBONE_URL
+from berg_scale.models.families import VIT_B_32
 from berg_scale.models.safe_load import load_checkpoint
 
 N_LAYERS = 12
 N_TOKENS = 50
 WIDTH = 768
 N_FEATURES = N_LAYERS * N_TOKENS * WIDTH  # 460,800
+BACKBONE_FILE = VIT_B_32.file
+BACKBONE_URL = VIT_B_32.url
 
 
 class BackboneMissingError(BergScaleError, FileNotFoundError):
@@ -32,10 +34,7 @@ class BackboneMissingError(BergScaleError, FileNotFoundError):
 
 def default_backbone_path() -> Path:
     """torchvision's cache location: $TORCH_HOME/hub/checkpoints (default ~/.cache/torch)."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch"
-    )
-    return Path(torch_home) / "hub" / "checkpoints" / BACKBONE_FILE
+    return VIT_B_32.default_path()
 
 
 def resolve_backbone_path(backbone_path: str | None, storage: StorageOptions | None = None) -> str:
@@ -68,7 +67,7 @@ class VitFeatures(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         self.forward_count += 1
-        model = self.model
+        model: Any = self.model  # torchvision's VisionTransformer: its parts are untyped
         tokens = model._process_input(pixels)  # conv_proj + flatten -> (B, 49, 768)
         cls = model.class_token.expand(tokens.shape[0], -1, -1)
         x = torch.cat([cls, tokens], dim=1) + model.encoder.pos_embedding

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from berg_scale.errors import BergScaleError
-from berg_scale.models import layout
+from berg_scale.models import families
 from berg_scale.models.base import (
     BuildContext,
     EncodingModel,
@@ -166,7 +166,7 @@ def shared_backbone(ctx: BuildContext) -> VitFeatures:
 class VitGroup(ReadoutGroup):
     """Backbone once, one stacked projection for all subjects, then each regression."""
 
-    recipe = "vit224"
+    recipe = families.VitReadoutFamily.recipe
 
     def __init__(self, specs: list[ReadoutSpec], ctx: BuildContext) -> None:
         self.ctx = ctx
@@ -176,7 +176,7 @@ class VitGroup(ReadoutGroup):
         self.backbone = shared_backbone(ctx)
         files = []
         for spec, _ in resolved:
-            rel = layout.weight_files(spec.model_id, spec.subject)[0]
+            rel = families.weight_files(spec.model_id, spec.subject)[0]
             if rel not in files:
                 files.append(rel)
         self.weight_files = list(files)
@@ -190,7 +190,7 @@ class VitGroup(ReadoutGroup):
         start = 0
         self.regressions: list[_Regression] = []
         for spec, sel in resolved:
-            rel = layout.weight_files(spec.model_id, spec.subject)[0]
+            rel = families.weight_files(spec.model_id, spec.subject)[0]
             digest = digest_of[rel]
             card = sel.card
             if rel not in loaded:
@@ -236,7 +236,7 @@ class VitGroup(ReadoutGroup):
     # --- readout construction -------------------------------------------------------
 
     def _metadata(self, spec: ReadoutSpec) -> tuple[dict[str, Any] | None, str]:
-        rel = layout.metadata_file(spec.model_id, spec.subject)
+        rel = families.metadata_file(spec.model_id, spec.subject)
         source = self.ctx.store.url(rel)
         cache = self.ctx.shared.setdefault("metadata", {})
         if rel not in cache:
@@ -271,7 +271,7 @@ class VitGroup(ReadoutGroup):
                 "(copy BERG's metadata file into the root)"
             )
         coefs, intercepts, hemis, vertices, ncsnrs = [], [], [], [], []
-        for hemi in ("lh", "rh"):
+        for hemi in families.FSAVERAGE.hemispheres:
             coef, intercept = _regression_arrays(weights, source, (f"{hemi}_reg_param",), projection.k)
             n_rows = coef.shape[0]
             if sel.roi is not None:
@@ -305,7 +305,7 @@ class VitGroup(ReadoutGroup):
         if len(ncsnrs) == 2:
             coords["ncsnr"] = np.concatenate(ncsnrs)
         return self._finish(spec, projection, np.concatenate(coefs), np.concatenate(intercepts),
-                            ("vertex",), coords, meta_source)
+                            families.FSAVERAGE.dims, coords, meta_source)
 
     def _eeg_readout(
         self,
@@ -357,7 +357,7 @@ class VitGroup(ReadoutGroup):
             "time": times[t_idx].astype(np.float64),
         }
         return self._finish(spec, projection, np.concatenate(coefs), np.concatenate(intercepts),
-                            ("repetition", "channel", "time"), coords, meta_source,
+                            families.EEG.dims, coords, meta_source,
                             shape=(n_rep, ch_idx.size, t_idx.size),
                             attrs=eeg_time_attrs(times, t_idx, sel.card.output.get("unit")))
 

@@ -145,7 +145,7 @@ class StudyConfig(_Strict):
         return self
 
     def roi_pairs(self) -> list[tuple[str, str]]:
-        return [tuple(p) for p in self.pairs] if self.pairs else list(itertools.combinations(self.rois, 2))
+        return [(p[0], p[1]) for p in self.pairs] if self.pairs else list(itertools.combinations(self.rois, 2))
 
 
 def parse_config(data: object, source: str = "config") -> StudyConfig:

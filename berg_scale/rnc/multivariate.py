@@ -138,9 +138,9 @@ class GAResult:
 def mutate(rng: np.random.Generator, parents: np.ndarray, sizes: Sequence[int], n_images: int) -> np.ndarray:
     """One mutant per (parent, size): `size` positions replaced by images not in the parent."""
     p, k = parents.shape
-    sizes = np.asarray(sizes, dtype=np.int64)
-    base = np.repeat(parents, sizes.size, axis=0).astype(np.int64)
-    counts = np.tile(sizes, p)
+    size_array = np.asarray(sizes, dtype=np.int64)
+    base = np.repeat(parents, size_array.size, axis=0).astype(np.int64)
+    counts = np.tile(size_array, p)
     positions = np.argsort(rng.random(base.shape), axis=1)  # uniform without replacement
     new = sample_excluding(rng, n_images, base, counts)
     replace = np.arange(new.shape[1])[None, :] < counts[:, None]

@@ -6,6 +6,7 @@ left out of the search, the null and so of every statistic (see `finite`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -131,13 +132,13 @@ def run_multivariate(
                         log(f"{pair[0]}-{pair[1]} {_c} {_f.label}: generation {generation + 1}, best {best:+.4f}")
 
                 search = genetic_search(
-                    lambda batches, _t=fold.train: scorer.score(batches, _t),
+                    functools.partial(scorer.score, subjects=fold.train),
                     n_used, condition, params.ga, np.random.default_rng(seed), report, images=pool,
                 )
                 test_scores = np.full(search.best_scores.shape, np.nan)
                 if fold.heldout is not None:
                     test_scores = scorer.score(search.best_batches, [fold.heldout])
-                runs.append(MultivariateRun(tuple(pair), condition, fold, search, test_scores))
+                runs.append(MultivariateRun((pair[0], pair[1]), condition, fold, search, test_scores))
         cv_folds = [f for f in folds if f.heldout is not None]
         pair_tests = []
         for fold in cv_folds:
@@ -165,7 +166,7 @@ def run_multivariate(
                 table = np.array([[t["score"], t["baseline_score"], t["difference"]] for t in rows])
                 rng = stream(seed, "multivariate bootstrap", pair[0], pair[1], condition)
                 low, high = bootstrap_ci(table, params.n_bootstrap, rng)
-                k = int(sum(t["significant"] for t in rows))
+                k = int(sum(bool(t["significant"]) for t in rows))
                 summary.append(
                     {"roi_1": pair[0], "roi_2": pair[1], "condition": condition,
                      "mean_score": float(np.nanmean(table[:, 0])), "mean_baseline": float(np.nanmean(table[:, 1])),
@@ -173,5 +174,5 @@ def run_multivariate(
                      "difference_ci": [float(low[2]), float(high[2])], "n_subjects": len(rows),
                      "n_significant": k, "binomial_p": binomial_tail(k, len(rows), params.chance)}
                 )
-    return MultivariateResult(params, tuple(subjects), [tuple(p) for p in pairs], runs, baselines, tests, summary,
+    return MultivariateResult(params, tuple(subjects), [(p[0], p[1]) for p in pairs], runs, baselines, tests, summary,
                               exclusions)

@@ -27,10 +27,10 @@ class KeyResolver:
     """Maps image numbers to (key, shard, index), reading key columns once per shard."""
 
     def __init__(self, store: ResponseStore, images: ImageIndex, wanted: Sequence[int]) -> None:
-        wanted = np.unique(np.asarray(list(wanted), dtype=np.int64))
-        keys = store.keys_for(images, wanted) if wanted.size else []
-        shards, positions = images.locate(wanted) if wanted.size else ([], np.empty(0))
-        self._rows = {int(i): (k, s, int(p)) for i, k, s, p in zip(wanted, keys, shards, positions)}
+        numbers = np.unique(np.asarray(list(wanted), dtype=np.int64))
+        keys = store.keys_for(images, numbers) if numbers.size else []
+        shards, positions = images.locate(numbers) if numbers.size else ([], np.empty(0))
+        self._rows = {int(i): (k, s, int(p)) for i, k, s, p in zip(numbers, keys, shards, positions)}
 
     def __call__(self, image: int) -> tuple[str, str, int]:
         return self._rows[int(image)]

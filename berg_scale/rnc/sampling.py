@@ -33,7 +33,7 @@ def sample_subsets(rng: np.random.Generator, n: int, k: int, count: int) -> np.n
         return np.empty((count, k), dtype=_index_dtype(n))
     dtype = _index_dtype(n)
     if n <= _DENSE_RATIO * k:
-        out = np.empty((count, k), dtype=dtype)
+        out: np.ndarray = np.empty((count, k), dtype=dtype)
         for start in range(0, count, _DENSE_ROWS):
             keys = rng.random((min(_DENSE_ROWS, count - start), n))
             out[start : start + keys.shape[0]] = np.sort(np.argpartition(keys, k - 1, axis=1)[:, :k], axis=1)

@@ -163,7 +163,7 @@ def _univariate(config, store, storage, fs, out_root, rois, pairs, summary, log)
     return {
         "images_not_found": missing,
         "params": params.__dict__,
-        "exclusions": result.exclusions.summary(),
+        "exclusions": result.exclusions.summary() if result.exclusions is not None else None,
         "baselines": [
             {"roi": b.roi, "fold": b.fold.label, "score_train": b.score_train, "score_test": b.score_test,
              "null_mean": b.null_mean, "batch": b.batch_index}
@@ -309,7 +309,7 @@ def _multivariate(config, store, fs, out_root, rois, pairs, summary, log) -> dic
     return {
         "images_not_found": missing,
         "device": str(device),
-        "exclusions": result.exclusions.summary(),
+        "exclusions": result.exclusions.summary() if result.exclusions is not None else None,
         "final": [
             {"roi_1": r.pair[0], "roi_2": r.pair[1], "condition": r.condition, "fold": r.fold.label,
              "train_score": float(r.search.best_scores[-1]), "test_score": float(r.test_scores[-1])}

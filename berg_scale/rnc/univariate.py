@@ -410,7 +410,7 @@ def run_univariate(
         baselines.extend(fold_baselines.values())
         for pair in pairs:
             b1, b2 = fold_baselines[pair[0]].score_train, fold_baselines[pair[1]].score_train
-            requests.extend(SelectionRequest(fold, tuple(pair), c, b1, b2) for c in CONDITIONS)
+            requests.extend(SelectionRequest(fold, (pair[0], pair[1]), c, b1, b2) for c in CONDITIONS)
     selector = selector or in_memory_selector(values, subjects, rois, params.n_images, params.margin)
     log(f"selecting {len(requests)} controlling sets")
     selections: list[Selection] = []
@@ -436,7 +436,7 @@ def run_univariate(
         for p in pairs
         for s in subjects
     ]
-    return UnivariateResult(params, subjects, rois, [tuple(p) for p in pairs], baselines, selections, tests, summary,
+    return UnivariateResult(params, subjects, rois, [(p[0], p[1]) for p in pairs], baselines, selections, tests, summary,
                             correlations, exclusions)
 
 
@@ -466,6 +466,7 @@ def _statistics(
     cv_folds = [f for f in folds if f.heldout is not None]
     for pair in pairs:
         for fold in cv_folds:
+            assert fold.heldout is not None  # cv_folds keeps only held-out folds
             h = slot[fold.heldout]
             u = np.stack([values[:, h, roi_slot[pair[0]]], values[:, h, roi_slot[pair[1]]]], axis=1)
             rows = []
@@ -512,7 +513,7 @@ def _statistics(
                 table = np.array([[t["score"], t["baseline_score"], t["difference"]] for t in rows])
                 ci_rng = stream(params.seed, "univariate bootstrap", pair[0], pair[1], condition, roi)
                 low, high = bootstrap_ci(table, params.n_bootstrap, ci_rng)
-                k = sum(t["significant"] for t in rows)
+                k = sum(bool(t["significant"]) for t in rows)
                 summary.append(
                     {
                         "roi_1": pair[0], "roi_2": pair[1], "condition": condition, "roi": roi,

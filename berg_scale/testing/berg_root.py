@@ -17,7 +17,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from berg_scale.errors import BergScaleError
-from berg_scale.models import layout
+from berg_scale.models import families
 from berg_scale.models.registry import get_card
 
 ALL_MODELS = ("fmri-nsd-fwrf", "fmri-nsd_fsaverage-vit_b_32", "eeg-things_eeg_2-vit_b_32")
@@ -56,7 +56,7 @@ def _write_backbone(root: Path, seed: int, dtype: str):
     if dtype == "float16":
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         model.load_state_dict(state)
-    torch.save(state, root / layout.BACKBONE_FILE)
+    torch.save(state, root / families.VIT_B_32.file)
     return model
 
 
@@ -159,7 +159,7 @@ def _write_fsaverage(root: Path, subject: int, seed: int, k: int, rois: Iterable
         "lh_reg_param": _regression(rng, n, k, shared=1.5),
         "rh_reg_param": _regression(rng, n, k, shared=1.5),
     }
-    _save_npy(root, layout.weight_files(model_id, subject)[0], weights)
+    _save_npy(root, families.weight_files(model_id, subject)[0], weights)
     roi_names = [card.canonical_roi(r) or r for r in rois]
     fmri: dict = {}
     for hemi in ("lh", "rh"):
@@ -176,7 +176,7 @@ def _write_fsaverage(root: Path, subject: int, seed: int, k: int, rois: Iterable
             "test_img_num": np.arange(95, 100, dtype=np.int64),
         },
     }
-    _save_npy(root, layout.metadata_file(model_id, subject), meta)
+    _save_npy(root, families.metadata_file(model_id, subject), meta)
 
 
 def _write_eeg(
@@ -191,7 +191,7 @@ def _write_eeg(
     link_to: Path | None,
 ) -> Path:
     model_id = "eeg-things_eeg_2-vit_b_32"
-    weights_path = root / layout.weight_files(model_id, subject)[0]
+    weights_path = root / families.weight_files(model_id, subject)[0]
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     rng = _rng(seed, 3, subject)
     if link_to is not None:
@@ -204,7 +204,7 @@ def _write_eeg(
             f"rep-{r}": _regression(rng, len(channels) * n_times, EEG_COMPONENTS)
             for r in range(1, repetitions + 1)
         }
-        _save_npy(root, layout.weight_files(model_id, subject)[0],
+        _save_npy(root, families.weight_files(model_id, subject)[0],
                   {"scaler_param": scaler, "pca_param": pca, "reg_param": reg})
     times = np.round(-0.1 + 0.005 * np.arange(n_times), 6)
     meta = {
@@ -214,7 +214,7 @@ def _write_eeg(
             "correlation_single_repetitions": rng.uniform(0, 0.5, (repetitions, len(channels), n_times)),
         },
     }
-    _save_npy(root, layout.metadata_file(model_id, subject), meta)
+    _save_npy(root, families.metadata_file(model_id, subject), meta)
     return weights_path
 
 
@@ -293,7 +293,7 @@ def _write_fwrf(root: Path, subject: int, roi: str, roi_index: int, seed: int, n
     model_id = "fmri-nsd-fwrf"
     rng = _rng(seed, 1, subject, roi_index)
     stim_mean = rng.uniform(0.35, 0.5, (1, 3, 1, 1)).astype(np.float32)
-    files = layout.weight_files(model_id, subject, roi)
+    files = families.weight_files(model_id, subject, roi)
     sizes = [n_voxels] if len(files) == 1 else [math.ceil(n_voxels / 2), n_voxels // 2]
     for relative, size in zip(files, sizes):
         path = root / relative
@@ -316,7 +316,7 @@ def _write_fwrf(root: Path, subject: int, roi: str, roi_index: int, seed: int, n
             "test_img_num": np.arange(95, 100, dtype=np.int64),
         },
     }
-    _save_npy(root, layout.metadata_file(model_id, subject, roi), meta)
+    _save_npy(root, families.metadata_file(model_id, subject, roi), meta)
 
 
 # --- entry point --------------------------------------------------------------------------
@@ -361,18 +361,18 @@ def make_synthetic_root(
     if unknown:
         raise BergScaleError(f"cannot synthesise {unknown}; choose from {ALL_MODELS}")
     subjects = tuple(subjects)
-    vit_models = [m for m in models if m != "fmri-nsd-fwrf"]
+    vit_models = [m for m in models if families.family_for(m).backbone is not None]
     stats = None
     if write_backbone or vit_models:
         model = None
         if write_backbone:
             model = _write_backbone(root, seed, backbone_dtype)
-        elif calibrate_scaler and vit_models and (root / layout.BACKBONE_FILE).exists():
+        elif calibrate_scaler and vit_models and (root / families.VIT_B_32.file).exists():
             from berg_scale.models.vit import load_vit_b_32
 
             import torch
 
-            model = load_vit_b_32(root / layout.BACKBONE_FILE, torch.device("cpu")).model
+            model = load_vit_b_32(root / families.VIT_B_32.file, torch.device("cpu")).model
         if model is not None and calibrate_scaler and vit_models:
             stats = _feature_statistics(model, seed)
     if "fmri-nsd_fsaverage-vit_b_32" in models:
@@ -402,4 +402,4 @@ def make_synthetic_root(
 
 def backbone_file(root: str | os.PathLike) -> Path:
     """Where `make_synthetic_root` put the random ViT-B/32 weights."""
-    return Path(root) / layout.BACKBONE_FILE
+    return Path(root) / families.VIT_B_32.file

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import IO
 from pathlib import Path
 
 from berg_scale.testing.env import TEST_ACCESS_KEY, TEST_SECRET_KEY
@@ -71,7 +72,7 @@ class S3Server:
         self.secret_key = TEST_SECRET_KEY
         self._process: subprocess.Popen | None = None
         self._ports: dict[str, int] = {}
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     # ---- SeaweedFS specifics -------------------------------------------------
     def _identity_file(self) -> Path:

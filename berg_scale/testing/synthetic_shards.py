@@ -126,13 +126,14 @@ def synthetic_image(rng: np.random.Generator, width: int, height: int) -> np.nda
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
-def encode(pixels: np.ndarray, fmt: str, **save_args: object) -> bytes:
+def encode(pixels: np.ndarray | Image.Image, fmt: str, **save_args: object) -> bytes:
     """Encode an array with Pillow in the format named by a file extension."""
     pil_format = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP",
                   "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF"}[fmt]
     buffer = io.BytesIO()
     image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
-    defaults: dict[str, object] = {"JPEG": {"quality": 90}, "WEBP": {"quality": 85}}.get(
+    per_format: dict[str, dict[str, object]] = {"JPEG": {"quality": 90}, "WEBP": {"quality": 85}}
+    defaults = per_format.get(
         pil_format, {}
     )
     image.save(buffer, pil_format, **{**defaults, **save_args})

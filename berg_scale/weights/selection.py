@@ -1,7 +1,8 @@
 """Which BERG files a set of readouts needs.
 
-Only fwRF checkpoints depend on the ROI; the ViT models keep every ROI of a subject in
-one weight file, so a selection there never changes what has to be fetched.
+Only families that keep one checkpoint per ROI (fwRF) need the ROI to name their files;
+the ViT models keep every ROI of a subject in one weight file, so a selection there never
+changes what has to be fetched.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from berg_scale.errors import BergScaleError
-from berg_scale.models import layout
+from berg_scale.models import families
+from berg_scale.models.families import family_for
 from berg_scale.models.registry import get_card
 
 DEFAULT_BUCKET = "s3://brain-encoding-response-generator"
@@ -48,7 +50,7 @@ def _validated(request: WeightRequest) -> WeightRequest:
             f"{request.model_id} has no subject {request.subject}; "
             f"choose from {', '.join(str(s) for s in card.subjects)}"
         )
-    if request.model_id != layout.FWRF_ID:
+    if not family_for(request.model_id).files_per_roi:
         return WeightRequest(request.model_id, request.subject, None)
     if not request.roi:
         raise BergScaleError(
@@ -77,10 +79,10 @@ def files_for_readouts(
     for item in readouts:
         request = _validated(_as_request(item))
         if include_weights:
-            for path in layout.weight_files(request.model_id, request.subject, request.roi):
+            for path in families.weight_files(request.model_id, request.subject, request.roi):
                 files[path] = None
         if include_metadata:
-            files[layout.metadata_file(request.model_id, request.subject, request.roi)] = None
+            files[families.metadata_file(request.model_id, request.subject, request.roi)] = None
     if not files:
         raise BergScaleError("no readouts given: name at least one model and subject")
     return list(files)
@@ -90,14 +92,14 @@ def expand_requests(
     models: Iterable[str], subjects: Iterable[int] | None, rois: Iterable[str] | None
 ) -> list[WeightRequest]:
     """The cross product a command line asks for; `subjects=None` means all of a model's."""
-    rois = list(rois or [])
+    wanted_rois: list[str | None] = [*(rois or [])] or [None]
     requests: list[WeightRequest] = []
     for model_id in models:
         card = get_card(model_id)
         chosen = list(subjects) if subjects else list(card.subjects)
         for subject in chosen:
-            if model_id == layout.FWRF_ID:
-                requests.extend(WeightRequest(model_id, subject, roi) for roi in rois or [None])
+            if family_for(model_id).files_per_roi:
+                requests.extend(WeightRequest(model_id, subject, roi) for roi in wanted_rois)
             else:
                 requests.append(WeightRequest(model_id, subject, None))
     return requests

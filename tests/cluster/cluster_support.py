@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from berg_scale.models import layout
+from berg_scale.models import families
 
 # Readouts the tests fetch, and files in the bucket that no test asks for.
 NEEDED = [
@@ -24,8 +24,8 @@ UNNEEDED = [
 def layout_paths(requests) -> list[str]:
     out: list[str] = []
     for model_id, subject, roi in requests:
-        out.extend(layout.weight_files(model_id, subject, roi))
-        out.append(layout.metadata_file(model_id, subject, roi))
+        out.extend(families.weight_files(model_id, subject, roi))
+        out.append(families.metadata_file(model_id, subject, roi))
     return list(dict.fromkeys(out))
 
 

@@ -60,14 +60,14 @@ READOUTS = [
 
 
 def test_widths_come_from_metadata_when_the_root_has_it(plan_root, tmp_path):
-    from berg_scale.models import layout
+    from berg_scale.models import families
     from berg_scale.models.store import WeightStore
 
     config = _generation_config("unused.tar", str(tmp_path / "o"), plan_root, None, READOUTS)
     columns = {c.name: c for c in estimate_columns(config.readout_specs(), plan_root)}
     assert columns[f"{FWRF}/sub-01/V1"].width == 300
     assert columns[f"{FWRF}/sub-01/hV4"].width == 120
-    meta = WeightStore(plan_root).load(layout.metadata_file(FSAVERAGE, 1), "metadata")["fmri"]
+    meta = WeightStore(plan_root).load(families.metadata_file(FSAVERAGE, 1), "metadata")["fmri"]
     expected = len(meta["lh_fsaverage_rois"]["hV4"]) + len(meta["rh_fsaverage_rois"]["hV4"])
     hv4 = columns[f"{FSAVERAGE}/sub-01/hV4"]
     assert hv4.width == expected and hv4.source == "metadata"

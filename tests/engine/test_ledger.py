@@ -24,7 +24,7 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def fwrf_roots(tmp_path_factory, engine_berg_root):
     """Two BERG roots that differ only in the fwRF V1 weights (root B is a linked copy)."""
-    from berg_scale.models.layout import metadata_file, weight_files
+    from berg_scale.models.families import metadata_file, weight_files
     from berg_scale.testing.berg_root import _write_fwrf
 
     root_b = tmp_path_factory.mktemp("berg_root_b") / "root"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from berg_scale.io.response_writer import iter_descriptions
-from berg_scale.models import ModelSet, ReadoutSpec, layout
+from berg_scale.models import ModelSet, ReadoutSpec, families
 from berg_scale.testing.berg_root import backbone_file, make_synthetic_root
 
 FWRF = "fmri-nsd-fwrf"
@@ -40,7 +40,7 @@ def test_fwrf_volume_indices_and_affine_equal_the_metadata(fwrf_root):
     by_name = {entry["name"]: entry for entry in described}
     for roi, n in (("V1", 6), ("lateral", 5)):
         entry = by_name[f"{FWRF}/sub-01/{roi}"]
-        meta = load_npy_dict(str(fwrf_root / layout.metadata_file(FWRF, 1, roi)))["fmri"]
+        meta = load_npy_dict(str(fwrf_root / families.metadata_file(FWRF, 1, roi)))["fmri"]
         expected = np.argwhere(meta["roi_mask_volume"])  # C order: voxel j = j-th True element
         assert entry["shape"] == [n] and expected.shape == (n, 3)
         np.testing.assert_array_equal(np.asarray(entry["coords"]["volume_index"]), expected)
@@ -63,7 +63,7 @@ def test_eeg_columns_record_sampling_rate_tmin_and_unit(tmp_path):
     specs = [ReadoutSpec(EEG, 1), ReadoutSpec(EEG, 1, {"channels": ["Oz", "Cz"], "timepoints": timepoints})]
     ms = ModelSet(str(root), specs, device="cpu", backbone_path=str(backbone_file(root)))
     full, part = iter_descriptions(ms.columns, with_coords=True)
-    times = load_npy_dict(str(root / layout.metadata_file(EEG, 1)))["eeg"]["times"]
+    times = load_npy_dict(str(root / families.metadata_file(EEG, 1)))["eeg"]["times"]
     assert full["attrs"] == {"sfreq": 200.0, "tmin": pytest.approx(float(times[0])), "unit": "V/m^2"}
     assert part["attrs"] == {"sfreq": 200.0, "tmin": pytest.approx(float(times[30])), "unit": "V/m^2"}
     assert part["coords"]["channel"] == ["Oz", "Cz"] and len(part["coords"]["time"]) == 30

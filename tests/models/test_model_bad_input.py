@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from berg_scale.errors import BergScaleError
-from berg_scale.models import ModelSet, ReadoutError, ReadoutSpec, layout
+from berg_scale.models import ModelSet, ReadoutError, ReadoutSpec, families
 from berg_scale.models.preprocess import ImageInputError
 from berg_scale.models.vit import BackboneMissingError
 
@@ -77,7 +77,7 @@ def test_missing_weight_file_names_file_and_fix(tmp_path):
     with pytest.raises(BergScaleError) as info:
         ModelSet(str(tmp_path), [ReadoutSpec(FWRF, 1, {"roi": "V2"})], device="cpu")
     message = str(info.value)
-    assert layout.weight_files(FWRF, 1, "V2")[0] in message
+    assert families.weight_files(FWRF, 1, "V2")[0] in message
     assert "fetch-weights" in message
 
 
@@ -100,7 +100,7 @@ def test_backbone_found_in_torch_home(berg_root, backbone, tmp_path, monkeypatch
 
 
 def test_damaged_weight_files_give_clear_errors(berg_root, tmp_path):
-    rel = layout.weight_files(FWRF, 1, "V1")[0]
+    rel = families.weight_files(FWRF, 1, "V1")[0]
     (tmp_path / rel).parent.mkdir(parents=True)
     (tmp_path / rel).write_bytes((berg_root / rel).read_bytes()[:5000])
     with pytest.raises(BergScaleError, match="damaged|re-download"):
@@ -120,7 +120,7 @@ def test_damaged_weight_files_give_clear_errors(berg_root, tmp_path):
 
 
 def test_mean_without_ncsnr_is_a_clear_error(berg_root, tmp_path):
-    rel = layout.weight_files(FWRF, 1, "V1")[0]
+    rel = families.weight_files(FWRF, 1, "V1")[0]
     (tmp_path / rel).parent.mkdir(parents=True)
     (tmp_path / rel).write_bytes((berg_root / rel).read_bytes())
     with pytest.raises(BergScaleError, match="ncsnr"):

@@ -8,7 +8,7 @@ import pytest
 import berg_reference as ref
 from berg_scale import BERG
 from berg_scale import compat
-from berg_scale.models import layout
+from berg_scale.models import families
 from berg_scale.models.modelset import ModelSet
 
 FWRF = "fmri-nsd-fwrf"
@@ -63,13 +63,13 @@ def test_fwrf_shape_and_values(berg, berg_root):
     assert out.shape == (3, 7) and out.dtype == np.float32
     x = ref.fwrf_preprocess(images)
     expected = np.concatenate([ref.fwrf_responses(ref.load_pt(berg_root / f), 1, x)
-                               for f in layout.weight_files(FWRF, 1, "lateral")], axis=1)
+                               for f in families.weight_files(FWRF, 1, "lateral")], axis=1)
     assert ref.rel_error(out, expected) < 1e-5
 
 
 def test_fsaverage_returns_hemisphere_tuple_and_roi_aliases(berg, berg_root):
     images = np.random.default_rng(1).integers(0, 256, (2, 3, 256, 256), dtype=np.uint8)
-    meta = ref.load_npy_dict(berg_root / layout.metadata_file(FSAV, 1))["fmri"]
+    meta = ref.load_npy_dict(berg_root / families.metadata_file(FSAV, 1))["fmri"]
     for roi in ("OWFA", "OVWFA"):  # BERG 2.0.0 rejects the first and fails to load the second
         model = berg.get_encoding_model(FSAV, subject=1, selection={"roi": roi}, device="cpu")
         (lh, rh), metadata = berg.encode(model, images, return_metadata=True, show_progress=False)
@@ -151,7 +151,7 @@ def test_get_model_metadata(berg, berg_root):
 
 
 def test_return_metadata_falls_back_like_berg(tmp_path, berg_root, capsys):
-    rel = layout.weight_files(FWRF, 1, "V1")[0]
+    rel = families.weight_files(FWRF, 1, "V1")[0]
     (tmp_path / rel).parent.mkdir(parents=True)
     (tmp_path / rel).write_bytes((berg_root / rel).read_bytes())
     berg = BERG(str(tmp_path))
@@ -214,7 +214,7 @@ def test_fwrf_takes_integer_and_float_stimuli_as_berg_does(berg, berg_root):
     floats = odd.astype(np.float64) + rng.uniform(-0.4, 0.4, odd.shape).clip(-odd, 255 - odd)
     out = berg.encode(model, floats, show_progress=False)
     x = ref._resize(floats, [227, 227]).astype(np.float32).astype(np.float64) / 255.0
-    reference = ref.fwrf_responses(ref.load_pt(berg_root / layout.weight_files(FWRF, 1, "V1")[0]), 1, x)
+    reference = ref.fwrf_responses(ref.load_pt(berg_root / families.weight_files(FWRF, 1, "V1")[0]), 1, x)
     assert ref.rel_error(out, reference) < 1e-5
     with pytest.warns(UserWarning, match="0..255 scale"):
         berg.encode(model, odd / 255.0, show_progress=False)
@@ -269,7 +269,7 @@ def test_split_rois_warn_when_the_checkpoints_mu_differ(tmp_path, berg_root, rec
 
     import torch
 
-    files = layout.weight_files(FWRF, 1, "lateral")
+    files = families.weight_files(FWRF, 1, "lateral")
     for rel in files:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(berg_root / rel, tmp_path / rel)

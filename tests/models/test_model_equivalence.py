@@ -13,7 +13,7 @@ import pytest
 
 import berg_reference as ref
 from model_images import smooth_images
-from berg_scale.models import ModelSet, ReadoutSpec, layout
+from berg_scale.models import ModelSet, ReadoutSpec, families
 
 TOL = 1e-5
 FSAV = "fmri-nsd_fsaverage-vit_b_32"
@@ -48,8 +48,8 @@ def test_fsaverage_selections_match_reference(berg_root, backbone, vit_reference
     ms = ModelSet(str(berg_root), specs, device="cpu", backbone_path=backbone)
     out = ms.forward(_images(image_set, images_square, images_odd))
 
-    weights = ref.load_npy_dict(berg_root / layout.weight_files(FSAV, 2)[0])
-    meta = ref.load_npy_dict(berg_root / layout.metadata_file(FSAV, 2))["fmri"]
+    weights = ref.load_npy_dict(berg_root / families.weight_files(FSAV, 2)[0])
+    meta = ref.load_npy_dict(berg_root / families.metadata_file(FSAV, 2))["fmri"]
     scores = ref.pca_scores(weights, vit_reference[image_set])
 
     def both(lh_rows, rh_rows):
@@ -94,8 +94,8 @@ def test_eeg_selections_match_reference(berg_root, backbone, vit_reference, imag
     ]
     ms = ModelSet(str(berg_root), specs, device="cpu", backbone_path=backbone)
     out = ms.forward(images_odd)
-    weights = ref.load_npy_dict(berg_root / layout.weight_files(EEG, 1)[0])
-    meta = ref.load_npy_dict(berg_root / layout.metadata_file(EEG, 1))
+    weights = ref.load_npy_dict(berg_root / families.weight_files(EEG, 1)[0])
+    meta = ref.load_npy_dict(berg_root / families.metadata_file(EEG, 1))
     scores = ref.pca_scores(weights, vit_reference["odd"])
     selections = [(None, None), (channels, None), (None, timepoints), (["Cz"], timepoints)]
     for spec, (ch, tp) in zip(specs, selections):
@@ -118,13 +118,13 @@ def test_fwrf_single_and_split_match_reference(berg_root, size):
     ms = ModelSet(str(berg_root), specs, device="cpu", batch_size=2)  # 3 batches, last one short
     out = ms.forward(images)
     x = ref.fwrf_preprocess(images)
-    v1 = ref.fwrf_responses(ref.load_pt(berg_root / layout.weight_files(FWRF, 1, "V1")[0]), 1, x)
-    split = [ref.fwrf_responses(ref.load_pt(berg_root / f), 1, x) for f in layout.weight_files(FWRF, 1, "lateral")]
+    v1 = ref.fwrf_responses(ref.load_pt(berg_root / families.weight_files(FWRF, 1, "V1")[0]), 1, x)
+    split = [ref.fwrf_responses(ref.load_pt(berg_root / f), 1, x) for f in families.weight_files(FWRF, 1, "lateral")]
     lateral = np.concatenate(split, axis=1)
     assert lateral.shape == (5, 7) and [s.shape[1] for s in split] == [4, 3]
     assert ref.rel_error(out[f"{FWRF}/sub-01/V1"], v1) < TOL
     assert ref.rel_error(out[f"{FWRF}/sub-01/lateral"], lateral) < TOL
-    ncsnr = ref.load_npy_dict(berg_root / layout.metadata_file(FWRF, 1, "V1"))["fmri"]["ncsnr"]
+    ncsnr = ref.load_npy_dict(berg_root / families.metadata_file(FWRF, 1, "V1"))["fmri"]["ncsnr"]
     assert ref.rel_error(out[f"{FWRF}/sub-01/V1:mean"], v1[:, ncsnr > 0.5].mean(1)) < TOL
     assert np.std(v1, axis=0).mean() > 0.01
 
@@ -245,7 +245,7 @@ def test_folded_projection_alone_is_float64_accurate(berg_root, backbone, vit_re
     assert g < _gamma(PROJECTION_CHUNK + 4, U32)  # the sharper of the two bounds is the one asserted
     g64_fold = _gamma(n_features + 8, U64)
     for spec, (start, k) in zip(specs, [(0, 3), (3, 250)]):
-        weights = ref.load_npy_dict(berg_root / layout.weight_files(spec.model_id, spec.subject)[0])
+        weights = ref.load_npy_dict(berg_root / families.weight_files(spec.model_id, spec.subject)[0])
         expected = ref.pca_scores(weights, features.astype(np.float64))
         got = scores[:, start : start + k]
         off = offsets[start : start + k]

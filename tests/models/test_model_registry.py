@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from berg_scale.cli import main
-from berg_scale.models import ReadoutSpec, get_card, known_model_ids, layout
+from berg_scale.models import ReadoutSpec, families, get_card, known_model_ids
 
 
 def test_registry_lists_builtin_models_without_torch():
     code = (
         "import sys; from berg_scale.models import known_model_ids, get_card, ReadoutSpec;"
-        "from berg_scale.models.layout import weight_files;"
+        "from berg_scale.models.families import weight_files;"
         "ids = known_model_ids(); ReadoutSpec(ids[0], 1, {'roi': 'V1'}).resolve();"
         "print(ids, 'torch' in sys.modules)"
     )
@@ -36,24 +36,24 @@ def test_cards_describe_subjects_rois_channels():
 
 
 def test_layout_paths_are_berg_paths():
-    assert layout.weight_files("eeg-things_eeg_2-vit_b_32", 3) == [
+    assert families.weight_files("eeg-things_eeg_2-vit_b_32", 3) == [
         "encoding_models/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32/"
         "encoding_models_weights/weights_subject-03.npy"
     ]
-    assert layout.metadata_file("fmri-nsd_fsaverage-vit_b_32", 8) == (
+    assert families.metadata_file("fmri-nsd_fsaverage-vit_b_32", 8) == (
         "encoding_models/modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32/metadata/metadata_subject-08.npy"
     )
     base = "encoding_models/modality-fmri/train_dataset-nsd/model-fwrf/"
-    assert layout.weight_files("fmri-nsd-fwrf", 1, "FFA-1") == [
+    assert families.weight_files("fmri-nsd-fwrf", 1, "FFA-1") == [
         base + "encoding_models_weights/weights_sub-01_roi-FFA-1.pt"
     ]
-    assert layout.weight_files("fmri-nsd-fwrf", 2, "ventral") == [
+    assert families.weight_files("fmri-nsd-fwrf", 2, "ventral") == [
         base + "encoding_models_weights/weights_sub-02_roi-ventral_split-1.pt",
         base + "encoding_models_weights/weights_sub-02_roi-ventral_split-2.pt",
     ]
-    assert layout.metadata_file("fmri-nsd-fwrf", 2, "ventral") == base + "metadata/metadata_sub-02_roi-ventral.npy"
+    assert families.metadata_file("fmri-nsd-fwrf", 2, "ventral") == base + "metadata/metadata_sub-02_roi-ventral.npy"
     with pytest.raises(Exception, match="plain name"):
-        layout.weight_files("fmri-nsd-fwrf", 1, "../../etc")
+        families.weight_files("fmri-nsd-fwrf", 1, "../../etc")
 
 
 def test_column_names_and_stable_selection_labels():
@@ -80,7 +80,7 @@ def test_synth_root_command_writes_a_loadable_root(tmp_path, capsys):
     assert code == 0
     assert "synthetic BERG root written" in capsys.readouterr().out
     for roi in ("V2", "ventral"):
-        for rel in layout.weight_files("fmri-nsd-fwrf", 2, roi) + [layout.metadata_file("fmri-nsd-fwrf", 2, roi)]:
+        for rel in families.weight_files("fmri-nsd-fwrf", 2, roi) + [families.metadata_file("fmri-nsd-fwrf", 2, roi)]:
             assert (root / rel).is_file(), rel
     from berg_scale.models import ModelSet
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from berg_scale.io.storage import filesystem_for
-from berg_scale.models import ModelSet, ReadoutSpec, layout
+from berg_scale.models import ModelSet, ReadoutSpec, families
 from berg_scale.models.vit import BackboneMissingError
 
 pytestmark = pytest.mark.s3
@@ -18,8 +18,8 @@ def test_root_and_backbone_on_s3(berg_root, backbone, s3_server, s3_bucket, tmp_
     fs, bucket = filesystem_for(s3_bucket, storage)
     fsav = ReadoutSpec("fmri-nsd_fsaverage-vit_b_32", 1, {"roi": "V2d"}, outputs=("responses", "mean"))
     fwrf = ReadoutSpec("fmri-nsd-fwrf", 1, {"roi": "lateral"})
-    files = layout.weight_files(fwrf.model_id, 1, "lateral") + [layout.metadata_file(fwrf.model_id, 1, "lateral")]
-    files += layout.weight_files(fsav.model_id, 1) + [layout.metadata_file(fsav.model_id, 1)]
+    files = families.weight_files(fwrf.model_id, 1, "lateral") + [families.metadata_file(fwrf.model_id, 1, "lateral")]
+    files += families.weight_files(fsav.model_id, 1) + [families.metadata_file(fsav.model_id, 1)]
     for rel in files:
         fs.put(str(berg_root / rel), f"{bucket}/root/{rel}")
     # A half-size copy of the backbone keeps the upload small; both runs use it.

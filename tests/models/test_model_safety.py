@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from berg_scale.errors import UnsafeFileError
-from berg_scale.models import ModelSet, ReadoutSpec, layout
+from berg_scale.models import ModelSet, ReadoutSpec, families
 from berg_scale.models import safe_load, store
 
 
@@ -59,7 +59,7 @@ def test_crafted_pt_is_refused_without_running_code(tmp_path):
 def test_crafted_file_inside_a_root_is_refused_by_modelset(berg_root, tmp_path):
     """End to end: a poisoned checkpoint in a BERG root never executes."""
     root = tmp_path / "root"
-    rel = layout.weight_files("fmri-nsd-fwrf", 1, "V1")[0]
+    rel = families.weight_files("fmri-nsd-fwrf", 1, "V1")[0]
     (root / rel).parent.mkdir(parents=True)
     marker = tmp_path / "pwned"
     torch.save({"stim_mean": np.zeros((1, 3, 1, 1), np.float32), "x": _RunsCode(str(marker))}, root / rel)
@@ -85,7 +85,7 @@ def test_numpy1_pickle_names_are_accepted(tmp_path):
 
 def test_checkpoint_with_namespace_and_numpy_loads_inertly(berg_root):
     """Synthetic checkpoints carry argparse.Namespace and NumPy objects, like BERG's."""
-    path = berg_root / layout.weight_files("fmri-nsd-fwrf", 1, "V1")[0]
+    path = berg_root / families.weight_files("fmri-nsd-fwrf", 1, "V1")[0]
     trusting = torch.load(path, map_location="cpu", weights_only=False)
     assert isinstance(trusting["args."], argparse.Namespace)
     assert isinstance(trusting["stim_mean"], np.ndarray)
@@ -105,7 +105,7 @@ def test_codecs_encode_is_limited_to_latin1():
 
 def test_each_weight_file_is_hashed_once(berg_root, tmp_path):
     root = tmp_path / "copy"
-    rel = layout.weight_files("fmri-nsd-fwrf", 1, "V1")[0]
+    rel = families.weight_files("fmri-nsd-fwrf", 1, "V1")[0]
     (root / rel).parent.mkdir(parents=True)
     shutil.copy(berg_root / rel, root / rel)
     before = store.hash_computations

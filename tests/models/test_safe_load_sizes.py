@@ -17,7 +17,7 @@ import torch
 
 from berg_scale.cli import main
 from berg_scale.errors import BergScaleError, UnsafeFileError
-from berg_scale.models import layout, safe_load
+from berg_scale.models import families, safe_load
 from berg_scale.models.store import WeightStore
 
 TERA = 10**12
@@ -121,7 +121,7 @@ def test_plan_reports_an_oversized_metadata_header_as_one_line(tmp_path, capsys)
     import yaml
 
     root = tmp_path / "root"
-    rel = layout.metadata_file("fmri-nsd-fwrf", 1, "V1")
+    rel = families.metadata_file("fmri-nsd-fwrf", 1, "V1")
     (root / rel).parent.mkdir(parents=True)
     _npy_with_header(root / rel, "<f4", (TERA,), b"\0" * 16)
     config = tmp_path / "run.yaml"
