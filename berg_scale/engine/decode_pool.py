@@ -8,10 +8,11 @@ makes the model's resized copies (the exact per-recipe resize), then returns uin
 NumPy results go through Ray's shared-memory object store: on the worker's node the
 worker maps them without a copy.
 
-`DecodePool.decoded(chunks)` keeps the tar order: chunks are handed out as they come
-(to the process with the fewest queued), at most `in_flight` of them at a time
-(backpressure: memory stays flat whatever the shard size), and results are taken back
-strictly in submission order. Error rows stay in their chunk, so a shard's rows and
+`DecodePool.decoded(chunks)` keeps the tar order: each chunk is cut into contiguous parts,
+one per process (so a shard's first batch is ready after a fraction of its decode time),
+handed to the processes with the fewest queued, at most `in_flight` chunks at a time
+(backpressure: memory stays flat whatever the shard size), and taken back strictly in
+submission order. Error rows stay in their chunk, so a shard's rows and
 commit are exactly as with in-process decoding.
 """
 
@@ -30,6 +31,9 @@ from berg_scale.io.image_decode import DecodeOptions
 
 # A decode process that does not come up within this time means the node lacks CPUs.
 DEFAULT_START_TIMEOUT_S = 300.0
+# The smallest piece of a chunk handed to one process (smaller pieces cost more in calls
+# than they save in waiting).
+MIN_PART = 8
 
 
 @dataclass
@@ -145,12 +149,19 @@ class DecodePool:
         self.queued[index] += 1
         return index, self.actors[index].decode.remote(payloads)
 
-    def decoded(self, chunks: Iterable[tuple[Any, list[bytes | None]]]) -> Iterator[tuple[Any, DecodedArrays]]:
-        """(tag, payloads) in -> (tag, DecodedArrays) out, in the same order, `in_flight`
-        chunks at most between handing out and taking back."""
+    def _parts(self, payloads: list[bytes | None]) -> list[list[bytes | None]]:
+        """A chunk cut into contiguous parts, one per process (at least MIN_PART images
+        each), so that the first batch of a shard is ready after 1/count of its decode time."""
+        n = max(1, min(self.count, len(payloads) // MIN_PART))
+        step = -(-len(payloads) // n)
+        return [payloads[i : i + step] for i in range(0, len(payloads), step)] or [payloads]
+
+    def decoded(self, chunks: Iterable[tuple[Any, list[bytes | None]]]) -> Iterator[tuple[Any, list[DecodedArrays]]]:
+        """(tag, payloads) in -> (tag, [DecodedArrays of each part, in order]) out, in the
+        same order as handed in, with at most `in_flight` chunks out at a time."""
         import ray
 
-        pending: deque[tuple[Any, int, Any]] = deque()
+        pending: deque[tuple[Any, list[tuple[int, Any]]]] = deque()
         source = iter(chunks)
         exhausted = False
         try:
@@ -161,21 +172,23 @@ class DecodePool:
                     except StopIteration:
                         exhausted = True
                         break
-                    index, ref = self._submit(payloads)
-                    pending.append((tag, index, ref))
+                    pending.append((tag, [self._submit(part) for part in self._parts(payloads)]))
                 if not pending:
                     return
-                tag, index, ref = pending.popleft()
-                arrays = ray.get(ref)
-                self.queued[index] -= 1
+                tag, parts = pending[0]
+                arrays = ray.get([ref for _, ref in parts])
+                pending.popleft()
+                for index, _ in parts:
+                    self.queued[index] -= 1
                 yield tag, arrays
         finally:
-            for _, index, ref in pending:  # a cancelled shard: drop what is still queued
-                self.queued[index] -= 1
-                try:
-                    ray.cancel(ref)
-                except Exception:  # noqa: BLE001 - already finished, or the process is gone
-                    pass
+            for _, parts in pending:  # a cancelled shard: drop what is still queued
+                for index, ref in parts:
+                    self.queued[index] -= 1
+                    try:
+                        ray.cancel(ref)
+                    except Exception:  # noqa: BLE001 - already finished, or the process is gone
+                        pass
 
     def close(self) -> None:
         import ray

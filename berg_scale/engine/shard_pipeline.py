@@ -239,36 +239,44 @@ class PooledChunks:
     def decoded(self, chunks: Iterable[list[Sample]]) -> Iterator[DecodedChunk]:
         jobs = ((chunk, [s.data if s.error is None else None for s in chunk]) for chunk in chunks)
         waited = time.perf_counter()
-        for chunk, arrays in self.pool.decoded(jobs):
-            rows = account_rows(chunk, arrays.errors, arrays.decoded_on, self.stats)
-            images, presized, ready = self._tensors(arrays)
-            # Time the model loop waited on decoding (the pool's own CPU time is `cpu_seconds`).
+        for chunk, parts in self.pool.decoded(jobs):
+            errors = [error for part in parts for error in part.errors]
+            decoded_on = [where for part in parts for where in part.decoded_on]
+            rows = account_rows(chunk, errors, decoded_on, self.stats)
+            images = self._batch([part.images for part in parts])
+            sizes = dict.fromkeys(size for part in parts for size in part.presized)  # parts with no ok image have none
+            presized = {size: self._batch([part.presized[size] for part in parts if size in part.presized])
+                        for size in sizes}
+            ready = self._record() if self.stream is not None else None
+            # Time the model loop's feed waited on decoding (the processes' CPU time is their own).
             self.stats.seconds["decode"] += time.perf_counter() - waited
             yield DecodedChunk(rows, images, ready, presized)
             waited = time.perf_counter()
 
-    def _tensors(self, arrays: Any) -> tuple[Any, dict[tuple[int, int], Any], Any]:
-        from berg_scale.engine.decode_pool import as_tensor
-
-        images = as_tensor(arrays.images)
-        presized = {size: as_tensor(array) for size, array in arrays.presized.items()}
-        if self.stream is None or not len(images):
-            return images, presized, None
+    def _batch(self, arrays: list[Any]) -> Any:
+        """One batch tensor from the parts' shared-memory arrays: no copy for a single part
+        on the CPU; otherwise one copy, into pinned memory and on to the GPU for CUDA."""
         import torch
 
+        from berg_scale.engine.decode_pool import as_tensor
+
+        tensors = [as_tensor(array) for array in arrays if len(array)]
+        if not tensors:
+            return as_tensor(arrays[0])
+        if self.stream is None:
+            return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+        total = sum(len(t) for t in tensors)
+        staging = torch.empty((total, *tensors[0].shape[1:]), dtype=tensors[0].dtype, pin_memory=True)
+        torch.cat(tensors, out=staging)
         with torch.cuda.stream(self.stream):
-            moved = [_pinned_to(images, self.device)] + [_pinned_to(t, self.device) for t in presized.values()]
-            ready = torch.cuda.Event()
-            ready.record(self.stream)
-        return moved[0], dict(zip(presized, moved[1:])), ready
+            return staging.to(self.device, non_blocking=True)
 
+    def _record(self) -> Any:
+        import torch
 
-def _pinned_to(tensor: Any, device: Any) -> Any:
-    import torch
-
-    staging = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    staging.copy_(tensor)
-    return staging.to(device, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record(self.stream)
+        return ready
 
 
 class ChunkDecoder:

@@ -91,7 +91,7 @@ def test_backpressure_bounds_the_chunks_in_flight(ray_session):
     pool = DecodePool(1, DecodeOptions(size=8), in_flight=2)
     try:
         seen = []
-        for tag, arrays in pool.decoded(jobs()):
+        for tag, (arrays,) in pool.decoded(jobs()):
             assert len(handed_out) - len(seen) <= 2  # never more than in_flight ahead
             seen.append(tag)
             assert arrays.images.shape == (1, 3, 8, 8) and arrays.errors[1] == "no image data"
@@ -109,3 +109,24 @@ def test_auto_sizing_uses_the_gpu_nodes_cpus():
                                   node_cpus_per_gpu=None) == 0
     assert resolve_decode_workers(3, uses_gpus=False, cpus_per_worker=1, gpus_per_worker=0,
                                   node_cpus_per_gpu=None) == 3
+
+
+def test_a_chunk_is_cut_into_one_part_per_process_and_put_back_in_order(ray_session):
+    from berg_scale.engine.decode_pool import DecodePool
+    from berg_scale.io.batch_decode_cpu import decode_batch_cpu
+    from berg_scale.io.image_decode import DecodeOptions
+    from berg_scale.testing.synthetic_shards import encode, synthetic_image
+
+    rng = np.random.default_rng(2)
+    chunk = [encode(synthetic_image(rng, 30, 20), "png") for _ in range(17)]
+    chunk[5] = b"junk"
+    pool = DecodePool(2, DecodeOptions(size=12))
+    try:
+        ((tag, parts),) = list(pool.decoded([("only", chunk)]))
+    finally:
+        pool.close()
+    assert tag == "only" and [len(part.errors) for part in parts] == [9, 8]
+    expected = decode_batch_cpu(chunk, 12)
+    assert [e for part in parts for e in part.errors] == expected.errors
+    images = np.concatenate([part.images for part in parts])
+    np.testing.assert_array_equal(images, expected.images[expected.ok_indices].numpy())
