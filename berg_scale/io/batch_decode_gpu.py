@@ -19,8 +19,20 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from berg_scale.io.batch_decode_cpu import NO_DATA, BatchDecodeResult, as_options, decode_batch_cpu, decode_many_cpu
-from berg_scale.io.image_decode import DecodeError, DecodeOptions, ImageHeader, probe, square_box
+from berg_scale.io.batch_decode_cpu import (
+    NO_DATA,
+    BatchDecodeResult,
+    as_options,
+    decode_batch_cpu,
+    decode_many_cpu,
+)
+from berg_scale.io.image_decode import (
+    DecodeError,
+    DecodeOptions,
+    ImageHeader,
+    probe,
+    square_box,
+)
 
 if TYPE_CHECKING:
     import torch

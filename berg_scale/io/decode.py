@@ -5,7 +5,12 @@ alpha, size limit, geometry); `batch_decode_cpu` and `batch_decode_gpu` decode a
 of images into one uint8 batch on the CPU (Pillow, threads) or the GPU (nvJPEG).
 """
 
-from berg_scale.io.batch_decode_cpu import BatchDecodeResult, as_options, decode_batch_cpu, decode_many_cpu
+from berg_scale.io.batch_decode_cpu import (
+    BatchDecodeResult,
+    as_options,
+    decode_batch_cpu,
+    decode_many_cpu,
+)
 from berg_scale.io.batch_decode_gpu import (
     crop_square_tensor,
     decode_jpeg_batch_gpu,

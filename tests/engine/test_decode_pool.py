@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from engine_support import assert_each_key_once, assert_tables_equal, make_config, output_table
+from engine_support import (
+    assert_each_key_once,
+    assert_tables_equal,
+    make_config,
+    output_table,
+)
 
 
 def _run(config, factory=None):

@@ -6,7 +6,11 @@ import numpy as np
 import torch
 from torchvision.io import decode_jpeg
 
-from berg_scale.io.batch_decode_gpu import decode_jpeg_batch_gpu, resize_batch_tensor, resize_square_tensor
+from berg_scale.io.batch_decode_gpu import (
+    decode_jpeg_batch_gpu,
+    resize_batch_tensor,
+    resize_square_tensor,
+)
 from berg_scale.io.image_decode import DecodeOptions
 from berg_scale.testing.synthetic_shards import encode, synthetic_image
 
