@@ -80,6 +80,12 @@ class InputConfig(_Strict):
     )
     image_size: Int = Field(256, ge=16, le=4096)
     crop: Literal["center", "none"] = "center"
+    # The rest of the decode recipe (berg_scale.io.image_decode.DecodeOptions); the defaults
+    # are what every output before these fields existed was made with.
+    alpha: Literal["white", "drop"] = "white"
+    resample: Literal["bilinear", "bicubic", "lanczos"] = "bilinear"
+    jpeg_draft: Bool = False
+    max_pixels: Int = Field(64 * 1024 * 1024, ge=1)
     # Fields of each sample's <key>.json sidecar copied into output columns (opt-in),
     # e.g. [source, width, height] as make-shards writes them.
     metadata: list[str] = Field(default_factory=list)
@@ -101,6 +107,22 @@ class InputConfig(_Strict):
 
     def shard_patterns(self) -> list[str]:
         return [self.shards] if isinstance(self.shards, str) else list(self.shards)
+
+    def decode_options(self) -> Any:
+        """The whole decode recipe, handed as one object to every decoder."""
+        from berg_scale.io.image_decode import DecodeOptions
+
+        return DecodeOptions(size=self.image_size, crop=self.crop, max_pixels=self.max_pixels,
+                             alpha=self.alpha, resample=self.resample, jpeg_draft=self.jpeg_draft)
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """What of the input changes the numbers; recipe fields at their defaults are left
+        out so that outputs made before those fields existed keep their fingerprint."""
+        recipe = {"alpha", "resample", "jpeg_draft", "max_pixels"}
+        at_default = {name for name in recipe if getattr(self, name) == type(self).model_fields[name].default}
+        if not self.metadata:  # metadata columns only when asked for
+            at_default.add("metadata")
+        return self.model_dump(mode="json", exclude={"shards"} | at_default)
 
 
 class ReadoutConfig(_Strict):
@@ -179,11 +201,24 @@ class ResourcesConfig(_Strict):
     batch_size: Int = Field(100, ge=1, le=100_000)
     decode: Literal["cpu", "gpu", "auto"] = "auto"
     decode_threads: Int = Field(4, ge=1, le=256)
+    # Decode processes per worker, outside the worker's process (engine/decode_pool.py):
+    # 0 decodes in the worker's own threads; auto: the node's CPUs per GPU worker, less
+    # cpus_per_worker, for GPU workers, and 0 for CPU workers (their cores run the model).
+    decode_workers: Int | Literal["auto"] = "auto"
+    decode_nodes: Literal["same", "any"] = "same"  # any: CPU-only nodes may decode too
+    decode_in_flight: Int = Field(0, ge=0, le=1024)  # chunks queued to the pool; 0: 2 per process
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # Resample images on the CPU as BERG does (exact); null: yes for fp32, no for bf16/fp16.
     exact_resize: Bool | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     startup_timeout_s: Float = Field(1800.0, gt=0)
+
+    @field_validator("decode_workers")
+    @classmethod
+    def _decode_workers_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 512:
+            raise ValueError("must be 'auto' or an integer from 0 (decode in the worker) to 512")
+        return value
 
     @field_validator("workers")
     @classmethod
@@ -298,10 +333,7 @@ class RunConfig(_Strict):
         """Hash of everything in the config that changes the numbers in the output."""
         # The shard list is left out on purpose: extending a range and resuming is fine.
         relevant = {
-            # metadata columns only when asked for, so existing runs keep their fingerprint
-            "input": self.input.model_dump(
-                mode="json", exclude={"shards"} | (set() if self.input.metadata else {"metadata"})
-            ),
+            "input": self.input.fingerprint_fields(),
             "readouts": [readout.model_dump(mode="json") for readout in self.readouts],
             "precision": self.resources.precision,
         }

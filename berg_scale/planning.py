@@ -415,6 +415,7 @@ def make_plan(
         notes.append("compute rates are nominal, not measured on this hardware: `plan --calibrate` "
                      "runs the models on a few images here and uses the measured rate")
     n_workers, workers_source = _workers(gpus, hints, config.resources, wanted)
+    notes.append(decode_sizing(config.resources))
     return Plan(
         images=int(inputs.images),
         images_source=inputs.source,
@@ -433,8 +434,26 @@ def make_plan(
     )
 
 
+def decode_sizing(resources: Any) -> str:
+    """How each worker will decode (resources.decode_workers), in one line for `plan`."""
+    per = resources
+    if per.decode_workers == "auto":
+        how = (f"decode_workers auto: on a GPU worker, its node's CPUs per GPU x {per.gpus_per_worker:g} - "
+               f"cpus_per_worker {per.cpus_per_worker:g} decode processes (15 on a 16-vCPU node per GPU); "
+               f"a CPU worker decodes in its {per.decode_threads} threads")
+    elif per.decode_workers == 0:
+        how = f"decode_workers 0: each worker decodes in its own {per.decode_threads} threads"
+    else:
+        how = (f"decode_workers {per.decode_workers}: decode processes per worker outside it, needing "
+               f"{per.decode_workers + per.cpus_per_worker:g} CPUs per worker on its node")
+    if per.decode == "gpu":
+        how += "; decode gpu: JPEGs decode with nvJPEG inside a CUDA worker instead"
+    return how
+
+
 __all__ = [
     "ColumnEstimate",
+    "decode_sizing",
     "Plan",
     "count_shard_samples",
     "estimate_columns",

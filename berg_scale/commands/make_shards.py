@@ -107,7 +107,7 @@ def _show(title: str, items: list, limit: int = 20) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from berg_scale.io.decode import DEFAULT_MAX_PIXELS
+    from berg_scale.io.image_decode import DEFAULT_MAX_PIXELS
     from berg_scale.io.pack_folder import pack_folder, walk_images
     from berg_scale.io.storage import StorageOptions
     from berg_scale.io.storage_errors import storage_errors

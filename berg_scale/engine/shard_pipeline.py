@@ -1,11 +1,11 @@
 """One input shard from tar to committed Parquet: read -> decode -> model -> write -> marker.
 
-Independent of Ray, so it can be tested and profiled on its own; `EncoderWorker` calls it
-for each shard it is handed. Rows keep the tar's order. Images are processed in chunks
-of `batch_size` samples: each chunk is decoded (thread pool, or nvJPEG on a GPU), the
-images that decoded go through the model in one forward pass, and the chunk becomes one
-Parquet row group (error rows included, with nulls). Decoded pixels never leave the
-worker process.
+Independent of Ray (unless a decode pool is handed in), so it can be tested and profiled
+on its own; `EncoderWorker` calls it for each shard it is handed. Rows keep the tar's
+order. Images are processed in chunks of `batch_size` samples: each chunk is decoded (by
+the decode processes of `engine/decode_pool.py`, by threads in this process, or by nvJPEG
+on a GPU), the images that decoded go through the model in one forward pass, and the
+chunk becomes one Parquet row group (error rows included, with nulls).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator
 import numpy as np
 
 from berg_scale.errors import BergScaleError
+from berg_scale.io.image_decode import DecodeOptions
 from berg_scale.io.output_store import OutputStore, commit_shard, read_done_marker
 from berg_scale.io.response_writer import ResponseShardWriter, RowInfo, build_record_batch
 from berg_scale.io.shard_listing import InputShard
@@ -46,6 +47,12 @@ class ShardSettings:
     batch_size: int = 100
     decode: str = "auto"  # cpu | gpu | auto
     decode_threads: int = 4
+    decode_workers: int | str = 0  # processes outside the worker (engine/decode_pool.py); 0: threads
+    auto_decode_workers: int = 0  # decode_workers "auto" on a CUDA worker (from its node's CPUs)
+    decode_nodes: str = "same"
+    decode_in_flight: int = 0
+    # The whole decode recipe; None: the defaults at image_size and crop.
+    decode_options: DecodeOptions | None = None
     error_rate_threshold: float = 0.5
     read_ahead: int = 256
     decode_ahead: int = 2  # chunks decoded ahead of the model (0: decode inline)
@@ -55,6 +62,12 @@ class ShardSettings:
     # marker records it, so a later run can tell whether a committed shard is still valid.
     binding: dict[str, Any] = field(default_factory=dict)
     sample_metadata: tuple[str, ...] = ()  # json sidecar fields copied into columns
+
+    @property
+    def options(self) -> DecodeOptions:
+        if self.decode_options is not None:
+            return self.decode_options
+        return DecodeOptions(size=self.image_size, crop=self.crop)
 
 
 @dataclass
@@ -102,14 +115,16 @@ def process_shard(
     cancelled: Callable[[], bool] = lambda: False,
     samples: Iterable[Sample] | None = None,
     on_rows: Callable[[int], None] | None = None,
+    pool: Any | None = None,
 ) -> dict[str, Any]:
     """Process and commit one shard; returns the payload written to its `_done` marker.
 
     `on_rows(n)` is told the rows written so far after each row group (live progress).
 
     Three stages overlap: a thread reads the tar ahead, a second one decodes the next
-    chunk (itself fanning out over `executor`) while this thread runs the model on the
-    current one and writes its row group.
+    chunks (fanning out over `pool`'s processes, or over `executor`'s threads) while this
+    thread runs the model on the current one and writes its row group. A GPU decode
+    (nvJPEG) runs in this process, so it never goes to the pool.
     """
     from berg_scale.engine.read_ahead import ReadAhead
 
@@ -118,10 +133,14 @@ def process_shard(
     schema = _with_metadata_columns(schema, settings)
     source = samples if samples is not None else iter_samples(shard.url, settings.storage)
     device = getattr(model, "device", "cpu")
-    decoder = ChunkDecoder(settings, executor, _gpu_decode_wanted(settings.decode, device), device, stats)
+    use_gpu = _gpu_decode_wanted(settings.decode, device)
     writer = ResponseShardWriter(store, shard.name, schema)
     reader = ReadAhead(source, depth=settings.read_ahead, name=f"read-{shard.name}")
-    chunks = (decoder(chunk) for chunk in _chunks(reader, settings.batch_size))
+    if pool is not None and not use_gpu:
+        chunks = PooledChunks(pool, device, stats).decoded(_chunks(reader, settings.batch_size))
+    else:
+        decoder = ChunkDecoder(settings, executor, use_gpu, device, stats)
+        chunks = (decoder(chunk) for chunk in _chunks(reader, settings.batch_size))
     decoded_chunks = (
         ReadAhead(chunks, depth=settings.decode_ahead, name=f"decode-{shard.name}")
         if settings.decode_ahead > 0
@@ -197,7 +216,87 @@ def _seconds(stats: ShardStats, started: float, now: float) -> dict[str, float]:
 class DecodedChunk:
     rows: list[RowInfo]
     images: Any  # uint8 (n_ok, 3, size, size) tensor, on the decode device
-    ready: Any = None  # CUDA event recorded after a GPU decode, else None
+    ready: Any = None  # CUDA event recorded after a GPU decode or copy, else None
+    presized: dict[tuple[int, int], Any] = field(default_factory=dict)  # exact resized copies
+
+
+def account_rows(chunk: list[Sample], errors: list[str | None], decoded_on: list[str | None],
+                 stats: ShardStats) -> list[RowInfo]:
+    """One row per sample, in order, with its error reason (tar-level or decode-level)."""
+    rows: list[RowInfo] = []
+    for sample, error, where in zip(chunk, errors, decoded_on):
+        reason = sample.error or error
+        rows.append(RowInfo(sample.key, sample.index, reason, sample.meta))
+        if reason is None:
+            stats.decoded_on[where or "cpu"] += 1
+        else:
+            stats.error_reasons[_reason_kind(reason)] += 1
+    ok = sum(1 for row in rows if row.ok)
+    stats.rows += len(rows)
+    stats.ok += ok
+    stats.errors += len(rows) - ok
+    return rows
+
+
+class PooledChunks:
+    """Chunks decoded by a `DecodePool`, turned into `DecodedChunk`s in tar order.
+
+    The pool's arrays arrive through Ray's shared memory and become tensors without a
+    copy; for a CUDA model they are copied once into pinned memory and sent to the GPU
+    asynchronously on a side stream (the model waits on an event).
+    """
+
+    def __init__(self, pool: Any, device: Any, stats: ShardStats) -> None:
+        self.pool = pool
+        self.device = device
+        self.stats = stats
+        self.stream = None
+        if str(device).startswith("cuda"):
+            import torch
+
+            self.stream = torch.cuda.Stream(device=device)
+
+    def decoded(self, chunks: Iterable[list[Sample]]) -> Iterator[DecodedChunk]:
+        jobs = ((chunk, [s.data if s.error is None else None for s in chunk]) for chunk in chunks)
+        waited = time.perf_counter()
+        for chunk, parts in self.pool.decoded(jobs):
+            errors = [error for part in parts for error in part.errors]
+            decoded_on = [where for part in parts for where in part.decoded_on]
+            rows = account_rows(chunk, errors, decoded_on, self.stats)
+            images = self._batch([part.images for part in parts])
+            sizes = dict.fromkeys(size for part in parts for size in part.presized)  # parts with no ok image have none
+            presized = {size: self._batch([part.presized[size] for part in parts if size in part.presized])
+                        for size in sizes}
+            ready = self._record() if self.stream is not None else None
+            # Time the model loop's feed waited on decoding (the processes' CPU time is their own).
+            self.stats.seconds["decode"] += time.perf_counter() - waited
+            yield DecodedChunk(rows, images, ready, presized)
+            waited = time.perf_counter()
+
+    def _batch(self, arrays: list[Any]) -> Any:
+        """One batch tensor from the parts' shared-memory arrays: no copy for a single part
+        on the CPU; otherwise one copy, into pinned memory and on to the GPU for CUDA."""
+        import torch
+
+        from berg_scale.engine.decode_pool import as_tensor
+
+        tensors = [as_tensor(array) for array in arrays if len(array)]
+        if not tensors:
+            return as_tensor(arrays[0])
+        if self.stream is None:
+            return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+        total = sum(len(t) for t in tensors)
+        staging = torch.empty((total, *tensors[0].shape[1:]), dtype=tensors[0].dtype, pin_memory=True)
+        torch.cat(tensors, out=staging)
+        with torch.cuda.stream(self.stream):
+            return staging.to(self.device, non_blocking=True)
+
+    def _record(self) -> Any:
+        import torch
+
+        ready = torch.cuda.Event()
+        ready.record(self.stream)
+        return ready
 
 
 class ChunkDecoder:
@@ -220,36 +319,26 @@ class ChunkDecoder:
             self.stream = torch.cuda.Stream(device=device)
 
     def __call__(self, chunk: list[Sample]) -> DecodedChunk:
-        from berg_scale.io.decode import decode_batch_cpu, decode_jpeg_batch_gpu
+        from berg_scale.io.batch_decode_cpu import decode_batch_cpu
+        from berg_scale.io.batch_decode_gpu import decode_jpeg_batch_gpu
 
         started = time.perf_counter()
         payloads = [sample.data if sample.error is None else None for sample in chunk]
+        options = self.settings.options
         ready = None
         if self.use_gpu:
             import torch
 
             with torch.cuda.stream(self.stream):
-                result = decode_jpeg_batch_gpu(payloads, self.device, self.settings.image_size,
-                                               self.settings.crop, executor=self.executor)
+                result = decode_jpeg_batch_gpu(payloads, self.device, options, executor=self.executor)
                 ready = torch.cuda.Event()
                 ready.record(self.stream)
         else:
-            result = decode_batch_cpu(payloads, self.settings.image_size, self.settings.crop, executor=self.executor)
-        rows: list[RowInfo] = []
-        stats = self.stats
-        for sample, error, where in zip(chunk, result.errors, result.decoded_on):
-            reason = sample.error or error
-            rows.append(RowInfo(sample.key, sample.index, reason, sample.meta))
-            if reason is None:
-                stats.decoded_on[where or "cpu"] += 1
-            else:
-                stats.error_reasons[_reason_kind(reason)] += 1
+            result = decode_batch_cpu(payloads, options, executor=self.executor)
+        rows = account_rows(chunk, result.errors, result.decoded_on, self.stats)
         ok = [i for i, row in enumerate(rows) if row.ok]
-        stats.rows += len(rows)
-        stats.ok += len(ok)
-        stats.errors += len(rows) - len(ok)
         images = result.images if len(ok) == len(rows) else result.images[ok]
-        stats.seconds["decode"] += time.perf_counter() - started
+        self.stats.seconds["decode"] += time.perf_counter() - started
         return DecodedChunk(rows, images, ready)
 
 
@@ -263,8 +352,10 @@ def _run_model(decoded: DecodedChunk, model: Any, stats: ShardStats) -> dict[str
 
         current = torch.cuda.current_stream(images.device)
         current.wait_event(decoded.ready)
-        images.record_stream(current)  # the decode stream's allocator must not reuse it early
-    outputs = {name: np.asarray(values) for name, values in model.forward(images).items()}
+        for tensor in (images, *decoded.presized.values()):
+            tensor.record_stream(current)  # the side stream's allocator must not reuse it early
+    forwarded = model.forward(images, presized=decoded.presized) if decoded.presized else model.forward(images)
+    outputs = {name: np.asarray(values) for name, values in forwarded.items()}
     stats.seconds["model"] += time.perf_counter() - started
     return outputs
 

@@ -2,7 +2,10 @@
 
 One actor per GPU (`num_gpus=1`) or N CPU actors. The models are built once in the
 constructor (Ray re-runs it after a restart), then the actor is handed shard names one
-at a time. Only shard descriptions and small result dicts cross process boundaries.
+at a time. Only shard descriptions and small result dicts cross process boundaries to
+the driver; with `decode_workers` > 0 the actor also owns a pool of decode processes on
+its node (`engine/decode_pool.py`) that send it decoded batches through shared memory
+(they live and die with the actor).
 
 The actor runs two method threads (`max_concurrency=2`) so that the driver can `cancel`
 a speculative duplicate while `process` is busy; `process` itself is never called
@@ -56,6 +59,7 @@ class EncoderWorker:
         self.store = OutputStore(settings.output, settings.storage, run_id=settings.run_id)
         _preload_pipeline_modules()
         self.executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.pool = start_decode_pool(settings, self.model, self.device)
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self.shards_done = 0
@@ -98,6 +102,7 @@ class EncoderWorker:
                 self.store,
                 self.settings,
                 executor=self.executor,
+                pool=self.pool,
                 attempt=attempt,
                 worker=self.info,
                 cancelled=lambda: shard.name in self._cancelled,
@@ -135,7 +140,31 @@ class EncoderWorker:
             "rss_mb": pages * os.sysconf("SC_PAGE_SIZE") / 2**20,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "shards_done": self.shards_done,
+            "decode_workers": self.pool.count if self.pool is not None else 0,
         }
+
+
+def start_decode_pool(settings: ShardSettings, model: Any, device: Any) -> Any | None:
+    """The decode processes this worker's shards use, or None to decode in threads here.
+
+    `auto` gives a pool only to a worker on a CUDA device: a CPU worker's cores run the
+    model, so decoding in its threads costs nothing the pool would save.
+    """
+    if settings.decode_workers == "auto":
+        count = settings.auto_decode_workers if str(device).startswith("cuda") else 0
+    else:
+        count = int(settings.decode_workers or 0)
+    if settings.decode == "gpu" and str(device).startswith("cuda"):
+        count = 0  # nvJPEG decodes in this process
+    if count <= 0:
+        return None
+    from berg_scale.engine.decode_pool import DecodePool
+
+    options = settings.options
+    sizer = getattr(model, "cpu_resize_sizes", None)
+    presize = sizer(options.size, options.size) if sizer is not None else []
+    return DecodePool(count, options, presize=presize, nodes=settings.decode_nodes,
+                      in_flight=settings.decode_in_flight)
 
 
 def _preload_pipeline_modules() -> None:
@@ -143,7 +172,7 @@ def _preload_pipeline_modules() -> None:
     import pyarrow.parquet  # noqa: F401
     from PIL import Image
 
-    import berg_scale.io.decode  # noqa: F401
+    import berg_scale.io.batch_decode_cpu  # noqa: F401
     import berg_scale.io.shard_reader  # noqa: F401
 
     Image.init()

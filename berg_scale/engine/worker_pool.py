@@ -7,6 +7,7 @@ that cannot start is fatal only when none can.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -35,10 +36,34 @@ def resolve_worker_count(config: RunConfig, n_shards: int) -> tuple[int, float]:
     return max(1, min(count, n_shards)), gpus_per_worker
 
 
+def node_cpus_per_gpu() -> float | None:
+    """CPUs per GPU on the cluster's least CPU-rich GPU node (None without GPU nodes)."""
+    import ray
+
+    ratios = [
+        float(node["Resources"].get("CPU", 0)) / float(node["Resources"]["GPU"])
+        for node in ray.nodes()
+        if node.get("Alive") and float(node.get("Resources", {}).get("GPU", 0)) > 0
+    ]
+    return min(ratios) if ratios else None
+
+
+def resolve_decode_workers(config: RunConfig, gpus_per_worker: float) -> int:
+    """Decode processes per worker (`resources.decode_workers`, `auto` resolved here)."""
+    from berg_scale.engine.decode_pool import resolve_decode_workers as resolve
+
+    per = config.resources
+    return resolve(per.decode_workers, uses_gpus=gpus_per_worker > 0, cpus_per_worker=per.cpus_per_worker,
+                   gpus_per_worker=gpus_per_worker,
+                   node_cpus_per_gpu=node_cpus_per_gpu() if gpus_per_worker > 0 else None)
+
+
 def start_workers(config: RunConfig, factory: Any, settings: ShardSettings, n_shards: int) -> list[WorkerSlot]:
     from berg_scale.engine.worker import remote_worker_class
 
     count, gpus_per_worker = resolve_worker_count(config, n_shards)
+    if settings.decode_workers == "auto":  # what auto means on a worker that finds a CUDA device
+        settings = dataclasses.replace(settings, auto_decode_workers=resolve_decode_workers(config, gpus_per_worker))
     actor = remote_worker_class()
     slots = []
     for index in range(count):

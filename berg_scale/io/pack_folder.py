@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from berg_scale import __version__
 from berg_scale.errors import BergScaleError, ConfigError
-from berg_scale.io.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_to_rgb, probe
+from berg_scale.io.image_decode import DEFAULT_MAX_PIXELS, DecodeError, decode_to_rgb, probe
 from berg_scale.io.reencode import DEFAULT_JPEG_QUALITY, reencode_jpeg
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote, join
 from berg_scale.io.tar_writer import TarShardWriter

@@ -19,7 +19,7 @@ from berg_scale.config import ResourcesConfig, default_of
 from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import StorageOptions
 from berg_scale.models.base import BuildContext, OutputColumn, ReadoutGroup
-from berg_scale.models.preprocess import check_images, get_recipe, resize_on_cpu
+from berg_scale.models.preprocess import check_images, get_recipe, presized, recipe_resize_size, resize_on_cpu
 from berg_scale.models.registry import get_implementation
 from berg_scale.models.spec import ReadoutSpec
 from berg_scale.models.store import WeightStore
@@ -169,14 +169,34 @@ class ModelSet:
 
     # --- compute ------------------------------------------------------------------
 
-    def forward(self, images: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 (B, 3, H, W) RGB images -> {column name: array with first axis B}."""
+    def cpu_resize_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """The sizes this set's recipes resample (height, width) images to on the CPU.
+
+        A decode process can make those copies ahead of time (`forward(presized=...)`),
+        so the model's process no longer resamples. Empty when resizing happens on the
+        GPU (not `exact_resize`), where a CPU copy would change the pixels.
+        """
+        if self.device.type != "cpu" and not self.exact_resize:
+            return []
+        sizes = [recipe_resize_size(group.recipe, height, width) for group in self.groups]
+        return list(dict.fromkeys(size for size in sizes if size is not None))
+
+    def forward(
+        self,
+        images: torch.Tensor | np.ndarray,
+        presized: dict[tuple[int, int], torch.Tensor] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """uint8 (B, 3, H, W) RGB images -> {column name: array with first axis B}.
+
+        `presized` holds the same images already resized exactly (see `cpu_resize_sizes`).
+        """
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(images)
         check_images(images)
         chunks: dict[str, list[np.ndarray]] = {c.name: [] for c in self.columns}
         for start in range(0, images.shape[0], self.batch_size):
-            batch = self.forward_tensors(images[start : start + self.batch_size])
+            part = slice(start, start + self.batch_size)
+            batch = self.forward_tensors(images[part], {k: v[part] for k, v in (presized or {}).items()})
             for name, value in batch.items():
                 chunks[name].append(value.cpu().numpy())
         total = images.shape[0]
@@ -189,13 +209,15 @@ class ModelSet:
                 out[column.name] = np.zeros((total, *column.shape), dtype=column.dtype)
         return out
 
-    def forward_tensors(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_tensors(
+        self, images: torch.Tensor, presized_images: dict[tuple[int, int], torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """One batch, results left on the device (already in each column's dtype)."""
         check_images(images)
-        pixels = images.to(self.device, non_blocking=True)
+        pixels = _to_device(images, self.device)
         prepared: dict[str, torch.Tensor] = {}
         results: dict[str, torch.Tensor] = {}
-        with torch.no_grad(), resize_on_cpu(self.exact_resize):
+        with torch.no_grad(), resize_on_cpu(self.exact_resize), presized(presized_images):
             for group in self.groups:
                 if group.recipe not in prepared:
                     prepared[group.recipe] = get_recipe(group.recipe)(pixels)
@@ -207,3 +229,12 @@ class ModelSet:
     def backbone_passes(self) -> int:
         """How many ViT-B/32 forward passes ran (0 when no ViT readout is loaded)."""
         return sum(getattr(v, "forward_count", 0) for v in self.context.shared.values())
+
+
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> GPU through pinned memory, so the copy is asynchronous (non_blocking)."""
+    if device.type != "cuda" or images.device.type != "cpu":
+        return images.to(device, non_blocking=True)
+    staging = torch.empty(images.shape, dtype=images.dtype, pin_memory=True)
+    staging.copy_(images)
+    return staging.to(device, non_blocking=True)

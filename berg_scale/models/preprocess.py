@@ -72,13 +72,40 @@ def resize_on_cpu(enabled: bool = True) -> Iterator[None]:
         _RESIZE_ON_CPU.reset(token)
 
 
+_PRESIZED: contextvars.ContextVar[dict[tuple[int, int], torch.Tensor] | None] = contextvars.ContextVar(
+    "berg_scale_presized", default=None
+)
+
+
+@contextlib.contextmanager
+def presized(resized: dict[tuple[int, int], torch.Tensor] | None) -> Iterator[None]:
+    """Use these already resized copies of the batch (made by a decode process with
+    `resize_uint8_cpu`, so exactly the pixels the CPU resize gives) instead of resizing."""
+    token = _PRESIZED.set(resized or None)
+    try:
+        yield
+    finally:
+        _PRESIZED.reset(token)
+
+
+def resize_uint8_cpu(images: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """The exact resize, on the CPU: what BERG computes and what `resize_on_cpu` selects."""
+    if list(images.shape[-2:]) == list(size):
+        return images
+    return TF.resize(images.cpu(), size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
 def resize_uint8(images: torch.Tensor, size: list[int]) -> torch.Tensor:
     """Bilinear antialiased resize of uint8 images, skipped when already at `size`."""
     if list(images.shape[-2:]) == list(size):
         return images
+    ready = _PRESIZED.get()
+    if ready is not None:
+        copy = ready.get((int(size[0]), int(size[1])))
+        if copy is not None and copy.shape[0] == images.shape[0]:
+            return copy.to(images.device, non_blocking=True)
     if images.device.type != "cpu" and _RESIZE_ON_CPU.get():
-        on_cpu = TF.resize(images.cpu(), size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-        return on_cpu.to(images.device, non_blocking=True)
+        return resize_uint8_cpu(images, size).to(images.device, non_blocking=True)
     return TF.resize(images, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
@@ -115,6 +142,21 @@ def fwrf227(images: torch.Tensor) -> torch.Tensor:
 
 
 RECIPES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"vit224": vit224, "fwrf227": fwrf227}
+# The size each recipe resamples (height, width) images to, so that a decode process can
+# make that copy ahead of time; recipes missing here simply resize in the model.
+RECIPE_RESIZE: dict[str, Callable[[int, int], list[int]]] = {
+    "vit224": vit_resized_size,
+    "fwrf227": lambda height, width: [FWRF_SIZE, FWRF_SIZE],
+}
+
+
+def recipe_resize_size(name: str, height: int, width: int) -> tuple[int, int] | None:
+    """(height, width) recipe `name` resizes to from (height, width) input; None: no resize."""
+    sizer = RECIPE_RESIZE.get(name)
+    if sizer is None:
+        return None
+    size = tuple(int(v) for v in sizer(height, width))
+    return None if size == (height, width) else (size[0], size[1])
 
 
 def register_recipe(name: str, function: Callable[[torch.Tensor], torch.Tensor]) -> None:
