@@ -182,10 +182,10 @@ class EncodingModel:
                     f"preprocessing divides {dtype} by {np.iinfo(dtype).max}, which turns 0..255 "
                     "images almost black; convert with np.clip(x, 0, 255).astype(np.uint8)"
                 )
-            low, high = (int(stimulus.min()), int(stimulus.max())) if stimulus.size else (0, 0)
-            if low < 0 or high > 255:
+            lowest, highest = (int(stimulus.min()), int(stimulus.max())) if stimulus.size else (0, 0)
+            if lowest < 0 or highest > 255:
                 raise StimulusError(
-                    f"Stimulus values must be 0..255, got {low}..{high} ({dtype}); convert with "
+                    f"Stimulus values must be 0..255, got {lowest}..{highest} ({dtype}); convert with "
                     "np.clip(x, 0, 255).astype(np.uint8)"
                 )
             return stimulus.astype(np.uint8)

@@ -160,7 +160,7 @@ def describe_card(card: ModelCard) -> dict[str, Any]:
     args = f"subject={parameters['subject']['example']!r}"
     if card.selection_required or selection_example.get("roi"):
         args += f", selection={{'roi': {selection_example.get('roi')!r}}}"
-    folder = families.get_family(card.family).folder if card.family else None
+    folder = getattr(families.get_family(card.family), "folder", None) if card.family else None
     return {
         "model_id": card.model_id,
         "model_info": {

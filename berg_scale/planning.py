@@ -219,6 +219,7 @@ class _Metadata:
     def _unreachable(self, exc: BaseException) -> None:
         from berg_scale.io.storage_errors import translate_storage_error
 
+        assert self.store is not None
         translated = translate_storage_error(exc, self.store.root, self.store.storage, what="read")
         reason = str(translated) if translated is not None else f"{type(exc).__name__}: {exc}"
         self.notes.append(f"metadata of {self.store.root} not read ({reason}); widths come from the model cards")

@@ -81,7 +81,7 @@ def _real_samples(config: Any, count: int) -> tuple[list[tuple[str, str, bytes]]
     storage = config.storage_options()
     try:
         shards = list_shards(config.input.shard_patterns(), storage)
-        samples = []
+        samples: list[Any] = []
         for sample in iter_shard_samples(shards[0].url, storage):
             if sample.image is not None and sample.image_ext:
                 samples.append((f"{len(samples):06d}", sample.image_ext, sample.image))

@@ -222,7 +222,8 @@ class LiveProgress:
         log_interval_s: float | None = None,
     ) -> None:
         sizes = [getattr(shard, "size", None) for shard in shards]
-        todo_bytes = sum(sizes) if sizes and all(size for size in sizes) else None
+        known = [int(size) for size in sizes if size]
+        todo_bytes = sum(known) if sizes and len(known) == len(sizes) else None
         self.stats = stats
         self.slots = list(slots)
         self.counts = ImageCounts(stats, todo_bytes, len(shards))

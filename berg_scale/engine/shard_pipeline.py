@@ -363,14 +363,16 @@ def _run_model(decoded: DecodedChunk, model: Any, stats: ShardStats) -> dict[str
 class _Inline:
     """The no-overlap variant of ReadAhead (same interface), for measurements."""
 
-    def __init__(self, iterator: Generator[Any, None, None]) -> None:
+    def __init__(self, iterator: Iterator[Any]) -> None:
         self.iterator = iterator
 
     def __iter__(self) -> Iterator[Any]:
         return self.iterator
 
     def close(self) -> None:
-        self.iterator.close()
+        close = getattr(self.iterator, "close", None)
+        if close is not None:
+            close()
 
 
 def _reason_kind(reason: str) -> str:

@@ -167,7 +167,10 @@ def pair_scores(block: np.ndarray, sets: SubjectSets, pairs: Sequence[tuple[int,
     base = np.stack([block[:, pos, r].mean(axis=1) for r, pos in enumerate(sets.baselines)], axis=1)  # (b, R)
     out = np.full((b, len(CONDITIONS), len(pairs), 2), np.nan)
     # every (condition, pair, ROI) set as one segment of a single gather
-    cells, images, rois, starts = [], [], [], []
+    cells: list[tuple[int, int, int]] = []
+    images: list[np.ndarray] = []
+    rois: list[np.ndarray] = []
+    starts: list[int] = []
     for ci, condition in enumerate(CONDITIONS):
         for pi, pair in enumerate(pairs):
             pos = sets.controlling.get((condition, pi))
@@ -184,8 +187,8 @@ def pair_scores(block: np.ndarray, sets: SubjectSets, pairs: Sequence[tuple[int,
     deviations = np.abs(block[:, image_index, roi_index] - base[:, roi_index])  # (b, M)
     sizes = np.array([x.size for x in images])
     means = np.add.reduceat(deviations, np.array(starts), axis=1) / sizes
-    ci, pi, j = (np.array(v) for v in zip(*cells))
-    out[:, ci, pi, j] = means
+    ci_index, pi_index, j_index = (np.array(v) for v in zip(*cells))
+    out[:, ci_index, pi_index, j_index] = means
     return out
 
 
@@ -306,7 +309,7 @@ def read_study(url: str, grouping: PairGrouping, storage=None) -> Study:
                                 condition=REVERSED[row["condition"]] if flipped else row["condition"]))
     baselines = [row for row in _read_rows(fs, posixpath.join(folder, "baselines.parquet"))
                  if row["roi"] in grouping.rois and row["heldout_subject"] is not None]
-    return Study(url=url, summary=summary, responses=summary.get("responses") or config.get("responses"),
+    return Study(url=url, summary=summary, responses=str(summary.get("responses") or config.get("responses") or ""),
                  model_id=config.get("model_id", "fmri-nsd-fwrf"),
                  subjects=tuple(int(s) for s in config.get("subjects", sorted(heldout))),
                  heldout=tuple(sorted(heldout)), unions=dict(config.get("roi_unions") or {}),
@@ -314,11 +317,11 @@ def read_study(url: str, grouping: PairGrouping, storage=None) -> Study:
                  controlling=controlling, baselines=baselines, n_controlling=n_controlling)
 
 
-def image_numbers(images, shards: Sequence[str], positions: Sequence[int]) -> np.ndarray:
+def image_numbers(images: Any, shards: Sequence[str], positions: Sequence[int] | np.ndarray) -> np.ndarray:
     """Numbers, in a freshly read ImageIndex, of images given as (shard, position in shard); -1 if absent."""
     code = {name: j for j, name in enumerate(images.shards)}
     shard_ids = np.array([code.get(s, -1) for s in shards], dtype=np.int64)
-    positions = np.asarray(positions, dtype=np.int64)
+    wanted_positions = np.asarray(positions, dtype=np.int64)
     numbers = np.full(shard_ids.size, -1, dtype=np.int64)
     for j in np.unique(shard_ids[shard_ids >= 0]):
         lo, hi = int(images.offsets[j]), int(images.offsets[j + 1])
@@ -326,9 +329,9 @@ def image_numbers(images, shards: Sequence[str], positions: Sequence[int]) -> np
         order = np.argsort(local, kind="stable")
         ordered = local[order]
         wanted = np.flatnonzero(shard_ids == j)
-        at = np.searchsorted(ordered, positions[wanted])
+        at = np.searchsorted(ordered, wanted_positions[wanted])
         hit = at < ordered.size
-        hit[hit] = ordered[at[hit]] == positions[wanted][hit]
+        hit[hit] = ordered[at[hit]] == wanted_positions[wanted][hit]
         numbers[wanted[hit]] = lo + order[at[hit]]
     return numbers
 
@@ -521,14 +524,14 @@ def _subject_sets(study: Study, subject: int, grouping: PairGrouping) -> Subject
             raise RoiGroupsError(f"study {study.url} has no baseline images of {roi} for held-out subject "
                                  f"{subject}: rerun the univariate study with --rois {' '.join(grouping.rois)}")
         base_images.append(images)
-    ctrl_images: dict[tuple[str, int], np.ndarray] = {}
+    ctrl_images: dict[tuple[str, int], list[int]] = {}
     for row in ctrl_rows:
         ctrl_images.setdefault((row["condition"], row["pair"]), []).append(row["_image"])
     union = np.unique(np.concatenate(base_images + [np.asarray(v, dtype=np.int64) for v in ctrl_images.values()]))
-    for (condition, pi), images in ctrl_images.items():
+    for (condition, pi), image_list in ctrl_images.items():
         expected = study.n_controlling.get((subject, condition, pi))
-        if expected is not None and expected != len(images):
-            raise RoiGroupsError(f"study {study.url}: controlling.parquet has {len(images)} images for "
+        if expected is not None and expected != len(image_list):
+            raise RoiGroupsError(f"study {study.url}: controlling.parquet has {len(image_list)} images for "
                                  f"{grouping.pairs[pi][0]}-{grouping.pairs[pi][1]} {condition} of sub-{subject:02d} "
                                  f"but summary.json says {expected}: the study output is incomplete, rerun it")
     return SubjectSets(

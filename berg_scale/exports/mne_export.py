@@ -66,7 +66,7 @@ def to_mne(
     all_keys, shards, values = read_column(output, column, True, storage)
     if keys is not None:
         values, all_keys, shards = _pick_keys(values, all_keys, shards, keys, column)
-    return epochs_from_array(values, timing, repetitions, all_keys, shards, montage)
+    return epochs_from_array(values, timing, repetitions, list(all_keys), list(shards), montage)
 
 
 def eeg_timing(info: dict[str, Any], unit: str | None = None) -> dict[str, Any]:

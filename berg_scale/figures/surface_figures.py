@@ -150,15 +150,15 @@ def _colouring(data: dict[str, np.ndarray], categories: Sequence[str] | None, co
     diverging = vmin is None and vmax is None and lo < 0 < hi and cmap in DIVERGING_CMAPS
     if diverging:
         bound = max(-lo, hi)
-        norm = TwoSlopeNorm(0.0, -bound, bound)
+        norm: Normalize = TwoSlopeNorm(0.0, -bound, bound)
     else:
         norm = Normalize(lo, hi)
     colour_map = matplotlib.colormaps[cmap]
 
-    def colour_of(corner: np.ndarray) -> np.ndarray:
-        return colour_map(norm(np.nanmean(corner, axis=1)))
+    def continuous_colour_of(corner: np.ndarray) -> np.ndarray:
+        return np.asarray(colour_map(norm(np.nanmean(corner, axis=1))))
 
-    return colour_of, [], norm, colour_map
+    return continuous_colour_of, [], norm, colour_map
 
 
 def _palette(n: int) -> list[str]:

@@ -13,7 +13,7 @@ import math
 import posixpath
 import textwrap
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -90,7 +90,7 @@ def scatter_figure(
     """
     caption_in = caption_height(caption, 5.5)
     fig = plt.figure(figsize=(5.5, 5.2 + caption_in))
-    ax = fig.add_axes([0.14, (caption_in + 0.55) / (5.2 + caption_in), 0.82, 4.3 / (5.2 + caption_in)])
+    ax = fig.add_axes((0.14, (caption_in + 0.55) / (5.2 + caption_in), 0.82, 4.3 / (5.2 + caption_in)))
     drawable = np.flatnonzero(np.isfinite(u1) & np.isfinite(u2))
     n = drawable.size
     shown = drawable if n <= max_points else np.sort(
@@ -146,8 +146,8 @@ def generations_figure(
     width = (PRINT_WIDTH_IN - 0.8 - 0.5 * (n - 1)) / n
     handles: dict[str, object] = {}
     for j, curve in enumerate(curves):
-        ax = fig.add_axes([(0.7 + j * (width + 0.5)) / PRINT_WIDTH_IN, (caption_in + legend_in + 0.5) / height,
-                           width / PRINT_WIDTH_IN, 2.25 / height])
+        ax = fig.add_axes(((0.7 + j * (width + 0.5)) / PRINT_WIDTH_IN, (caption_in + legend_in + 0.5) / height,
+                           width / PRINT_WIDTH_IN, 2.25 / height))
         colour = CONDITION_COLOURS.get(curve.condition, "k")
         x = np.arange(1, len(curve.train) + 1)
         for scores in curve.heldout.values():
@@ -172,7 +172,8 @@ def generations_figure(
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, _neutral(handle))  # one entry per role, in grey (colour = condition)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)),
+        legend_handles: list[Any] = list(handles.values())
+        fig.legend(legend_handles, list(handles), loc="lower center", ncol=min(3, len(handles)),
                    fontsize=LABEL_PT - 0.5, frameon=False, bbox_to_anchor=(0.5, (caption_in + 0.02) / height))
     fig.suptitle(title or f"Multivariate RNC: {rois[0]} vs {rois[1]}", fontsize=TITLE_PT,
                  y=1 - 0.1 / height)

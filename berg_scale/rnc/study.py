@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -210,7 +210,7 @@ def _univariate_plots(config, data, result: UnivariateResult, keys, fs, director
                              config.seed, caption=f"Each dot is one image. Dashed lines: baseline scores. {units}")
         stem = posixpath.join(directory, f"scatter_{pair[0]}-{pair[1]}")
         written += save_figure(fig, fs, stem, config.plots.formats)
-        panels = []
+        panels: list[Any] = []
         for condition in CONDITIONS:
             images = list(sets.get(condition, []))
             tiles = [(int(i), f"{u1[i]:+.2f}/{u2[i]:+.2f}") for i in images]
@@ -226,7 +226,7 @@ def _univariate_plots(config, data, result: UnivariateResult, keys, fs, director
                       panels, caption))
         grids.append((f"baselines_{pair[0]}-{pair[1]}", f"{pair[0]} vs {pair[1]}: baseline images (all subjects)",
                       baselines, f"Number under each image: its response in that ROI (z). {units}"))
-    missing = []
+    missing: list[Any] = []
     if grids:
         written_grids, missing = _grids(config, grids, keys, fs, directory, store, log, columns=5, per_row=2,
                                         panel_type=GridPanel)

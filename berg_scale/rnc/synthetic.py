@@ -96,7 +96,7 @@ def write_synthetic_output(
         if j in uncommitted:
             writer.commit()  # a Parquet file without a marker, as after a crash before commit
         else:
-            marker = {"rows": hi - lo, "ok": int((~bad).sum()), "errors": int(bad.sum())}
+            marker: dict[str, Any] = {"rows": hi - lo, "ok": int((~bad).sum()), "errors": int(bad.sum())}
             if inputs is not None:
                 marker["input"] = inputs[j]
             commit_shard(store, names[j], writer, marker)

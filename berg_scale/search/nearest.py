@@ -93,7 +93,7 @@ def find_nearest(request: SearchRequest, on_shard: Callable[[str, int, int], Non
     width = sum(c.width for c in columns)
     check_metric(request.metric, width)
     target = (target_like(store, columns, request.like) if request.like
-              else target_from_file(request.target_file, request.storage))
+              else target_from_file(str(request.target_file), request.storage))
     if target.vector.size != width:
         parts = ", ".join(f"{c.name}: {c.width}" for c in columns)
         raise SearchError(

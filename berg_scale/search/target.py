@@ -102,8 +102,8 @@ def _from_text(data: bytes, path: str) -> np.ndarray:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise SearchError(f"target file {path} is not UTF-8 text: write numbers separated by commas or newlines") from None
-    rows = [[t for t in _SEPARATORS.split(line.strip()) if t] for line in text.splitlines()]
-    rows = [(number, row) for number, row in enumerate(rows, 1) if row]
+    split = [[t for t in _SEPARATORS.split(line.strip()) if t] for line in text.splitlines()]
+    rows = [(number, row) for number, row in enumerate(split, 1) if row]
     if rows and not any(_is_number(t) for t in rows[0][1]):
         rows = rows[1:]  # a header line
     if len(rows) > 1 and any(len(row) > 1 for _, row in rows):
