@@ -29,7 +29,7 @@ def _section_blocks() -> dict[str, str]:
     text = README.read_text(encoding="utf-8")
     assert SECTION in text, f"README.md lost its section {SECTION!r}"
     body = text.split(SECTION, 1)[1].split("\n### ", 1)[0]
-    return {lang: code for lang, code in re.findall(r"```(\w+)\n(.*?)```", body, re.S)}
+    return {lang: code for lang, code in re.findall(r"```(\w+)\n(.*?)```", body, re.DOTALL)}
 
 
 def _commands(bash: str) -> list[list[str]]:
