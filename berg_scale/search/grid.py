@@ -1,16 +1,16 @@
 """The image grid of a search: the target image (for --like) and the k images found.
 
-Images come from the input WebDataset tars through `berg_scale.rnc.images.fetch_images`
-(bytes only, size-capped, undecodable members shown as missing). Each shard's tar is
-found through its `_done` marker, which records the input URL the shard was generated
-from, or under `--images URL` when the tars have moved (then `<URL>/<shard>.tar`).
+Images come from the input WebDataset tars through `berg_scale.rnc.images` (the engine's
+own tar reader and decoder, so every format and layout `generate` reads works; images
+not found are named). Each shard's tar is found through its `_done` marker, which
+records the input URL the shard was generated from, or under `--images URL` when the
+tars have moved (a folder of input shards, flat or nested).
 """
 
 from __future__ import annotations
 
 import math
-import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -19,45 +19,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from berg_scale.io.output_store import OutputStore, read_done_markers
-from berg_scale.io.storage import StorageOptions
 from berg_scale.search.topk import Hit
 
 MAX_COLUMNS = 6
 TARGET_COLOUR = "#d62728"
-
-
-def image_sources(
-    responses: str, shards: Iterable[str], images_url: str | None = None, storage: StorageOptions | None = None,
-) -> dict[str, tuple[str, str] | None]:
-    """Shard -> (folder URL, tar name) of its input tar, or None when unknown."""
-    shards = sorted(set(shards))
-    if images_url:
-        return {shard: (images_url.rstrip("/"), f"{shard}.tar") for shard in shards}
-    markers = read_done_markers(OutputStore(responses, storage), shards)
-    sources: dict[str, tuple[str, str] | None] = {}
-    for shard in shards:
-        url = (markers.get(shard) or {}).get("input")
-        sources[shard] = posixpath.split(str(url)) if url else None
-    return sources
-
-
-def fetch_tiles(
-    wanted: Sequence[tuple[str, str]], sources: Mapping[str, tuple[str, str] | None],
-    storage: StorageOptions | None = None, tile: int = 128,
-) -> dict[tuple[str, str], object]:
-    """(shard, key) -> PIL thumbnail or None, one tar read per shard (keys repeat across shards)."""
-    from berg_scale.rnc.images import fetch_images
-
-    by_shard: dict[str, set[str]] = {}
-    for shard, key in wanted:
-        by_shard.setdefault(shard, set()).add(key)
-    tiles: dict[tuple[str, str], object] = {}
-    for shard, keys in by_shard.items():
-        source = sources.get(shard)
-        found = fetch_images(source[0], [(source[1], k) for k in keys], storage, tile) if source else {}
-        tiles.update({(shard, key): found.get(key) for key in keys})
-    return tiles
 
 
 def format_distance(distance: float) -> str:

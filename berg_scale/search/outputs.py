@@ -70,19 +70,21 @@ def write_results(result: SearchResult, out: str, responses: str, storage: Stora
 
 
 def _write_grid(result, fs, root, responses, storage, images_url, tile) -> tuple[str | None, str]:
+    from berg_scale.rnc.images import fetch_thumbnails, locate_sources
     from berg_scale.rnc.plots import save_figure
-    from berg_scale.search.grid import fetch_tiles, grid_figure, image_sources
+    from berg_scale.search.grid import grid_figure
 
     target = result.target.exclude
     wanted = [(h.shard, h.key) for h in result.hits] + ([target] if target else [])
     if not wanted:
         return None, "no image grid: no image was ranked"
-    sources = image_sources(responses, {s for s, _ in wanted}, images_url, storage)
+    sources = locate_sources({s for s, _ in wanted}, responses, images_url, storage)
     if not any(sources.values()):
         return None, ("no image grid: the commit markers record no input tar for these shards; "
                       "pass --images URL (the folder of the input tars)")
-    tiles = fetch_tiles(wanted, sources, storage, tile)
-    missing = sum(1 for value in tiles.values() if value is None)
+    fetched = fetch_thumbnails(sources, wanted, storage, tile)
+    tiles = {pair: fetched.get(*pair) for pair in wanted}
+    missing = len(fetched.missing)
     source = result.target.source
     what = (f"the response of {source['like']} (red)" if target
             else f"the target pattern in {posixpath.basename(str(source.get('file', '')))}")
@@ -92,7 +94,7 @@ def _write_grid(result, fs, root, responses, storage, images_url, tile) -> tuple
     footer = result.counts.describe()
     fig = grid_figure(result.hits, tiles, title, target, footer)
     path = save_figure(fig, fs, posixpath.join(root, "grid"), ["png"])[0]
-    note = f"{missing} of {len(tiles)} grid images were not found in their input tars" if missing else ""
+    note = (f"{missing} of {len(tiles)} grid images were not found: {fetched.warning()}" if missing else "")
     return path, note
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from search_data import ERROR_ROW, MEANS, MODEL, VOXELS
+from search_data import ERROR_ROW, MEANS, MODEL, VOXELS, write_search_data
 
 from berg_scale.cli import main
 
@@ -149,3 +149,32 @@ def test_text_targets_are_one_row_or_one_column(text, tmp_path):
     path = tmp_path / "t.csv"
     path.write_text(text)
     np.testing.assert_array_equal(read_vector_file(str(path)), [0.5, 1.5, 2.5])
+
+
+def test_grid_reads_compressed_tars_in_sub_folders_through_the_markers(tmp_path, capsys):
+    """Inputs packed as .tar.gz in nested folders: the markers' input URLs find every image."""
+    import gzip
+    import shutil
+
+    from berg_scale.io.output_store import OutputStore, read_done_marker, write_done_marker
+
+    data = write_search_data(tmp_path / "gz")
+    store = OutputStore(data.output)
+    for shard in sorted(set(data.shards)):
+        marker = read_done_marker(store, shard)
+        if marker is None:
+            continue
+        moved = tmp_path / "nested" / "day-1" / f"{shard}.tar.gz"
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        with open(marker["input"], "rb") as source, gzip.open(moved, "wb") as target:
+            shutil.copyfileobj(source, target)
+        write_done_marker(store, shard, {**marker, "input": str(moved)})
+    shutil.rmtree(data.images)  # only the compressed copies are left
+    target = tmp_path / "t.csv"
+    target.write_text("V1,V2,hV4\n0.1,0.2,0.3\n")
+    out = tmp_path / "r"
+    code, _, err = _run(capsys, "--responses", data.output, "--out", out, "--columns", *MEANS, "--target", target,
+                        "-k", "4")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert not summary["notes"] and (out / "grid.png").read_bytes()[:8] == PNG_MAGIC
