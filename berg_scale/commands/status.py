@@ -84,9 +84,15 @@ def run(args: argparse.Namespace) -> int:
         age = time.time() - float(lease.get("renewed_at") or 0)
         print(f"writer:  run {lease.get('run_id')} on {lease.get('host')} (pid {lease.get('pid')}), "
               f"lease renewed {age:.0f} s ago" + (" (stale)" if age > float(lease.get("ttl_s") or 120) else ""))
-    rate = summary["this_run"].get("images_per_second")
+    this_run = summary["this_run"]
+    rate = this_run.get("images_per_second")
     if rate:
-        print(f"last run: {summary['this_run'].get('images', 0)} images at {rate:.1f} images/s")
+        line = (f"last run: {this_run.get('images', 0)} images at {rate:.1f} images/s of processing "
+                "(from the first ready worker")
+        overall, startup = this_run.get("images_per_second_overall"), this_run.get("startup_seconds")
+        if overall and startup is not None:
+            line += f"; {overall:.1f} images/s including {startup:.0f} s of start-up"
+        print(line + ")")
     for name, error in summary["failed"].items():
         print(f"failed:  {name}: {error}")
     if summary["pending"]:

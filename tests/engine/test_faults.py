@@ -3,6 +3,8 @@ as a clean run (or, for damaged input, a quarantined shard and a non-zero exit).
 
 from __future__ import annotations
 
+import re
+
 import threading
 import time
 
@@ -110,6 +112,9 @@ def test_truncated_tar_is_quarantined_and_the_rest_completes(ray_session, tmp_pa
     printed = capsys.readouterr().out
     assert "2 done, 1 failed, 0 pending, of 3" in printed
     assert "shard-000009" in printed and "truncated" in printed
+    # the rate says what it covers: processing from the first ready worker, then with start-up
+    assert re.search(r"images/s of processing \(from the first ready worker; [0-9.]+ images/s including "
+                     r"[0-9]+ s of start-up\)", printed)
 
 
 def test_every_planted_image_defect_becomes_an_error_row_or_a_decoded_image(ray_session, tmp_path, stand_in_factory):
