@@ -23,7 +23,7 @@ from PIL import Image
 
 from berg_scale.io.decode import decode_and_prepare
 from berg_scale.io.shard_reader import iter_shard_samples
-from berg_scale.testing.synthetic_shards import encode, synthetic_image, write_synthetic_shards
+from berg_scale.synthetic.shards import encode, synthetic_image, write_synthetic_shards
 
 CASES = [
     # (label, format, width, height, decode options)

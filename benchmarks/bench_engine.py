@@ -27,9 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from berg_scale.testing.env import apply_offline_environment  # noqa: E402
+from berg_scale.offline_env import apply_offline_environment  # noqa: E402
 
-apply_offline_environment(credentials=False)
+apply_offline_environment()
 
 WORK = HERE / "_work" / "engine"
 RESULTS = HERE / "RESULTS-engine.md"
@@ -72,7 +72,7 @@ def _config(shards: str, output: str, berg_root: str, backbone: str | None, read
 
 
 def _berg_root() -> tuple[str, str]:
-    from berg_scale.testing.berg_root import backbone_file, make_synthetic_root
+    from berg_scale.synthetic.berg_root import backbone_file, make_synthetic_root
 
     root = WORK / "berg_root"
     stamp = root / ".complete"
@@ -115,7 +115,7 @@ def _model_only_rate(root: str, specs: list, backbone: str, batch_size: int, sha
 
 def bench_e2e(quick: bool) -> list[str]:
     from berg_scale.engine.run import run_generation
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     n_shards, per_shard = (4, 16) if quick else (8, 32)
     rounds = 2 if quick else 3
@@ -174,7 +174,7 @@ def bench_scaling(quick: bool) -> list[str]:
     from berg_scale.engine.stand_in_model import FixedCostModelFactory
     from berg_scale.io.output_store import OutputStore
     from berg_scale.io.shard_listing import list_shards
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     seconds_per_image, per_shard, shards_per_worker = 0.25, 8, 4 if quick else 6
     counts = (1, 2, 4, 8) if quick else (1, 2, 4, 8, 16)
@@ -249,7 +249,7 @@ def bench_memory(quick: bool) -> list[str]:
     from berg_scale.engine.run import start_workers
     from berg_scale.engine.shard_pipeline import ShardSettings
     from berg_scale.io.shard_listing import list_shards
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     n_shards, per_shard = (30, 4) if quick else (100, 4)
     root, backbone = _berg_root()

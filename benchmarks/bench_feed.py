@@ -43,9 +43,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from berg_scale.testing.env import apply_offline_environment  # noqa: E402
+from berg_scale.offline_env import apply_offline_environment  # noqa: E402
 
-apply_offline_environment(credentials=False)
+apply_offline_environment()
 
 WORK = HERE / "_work" / "feed"
 RESULTS = HERE / "RESULTS-feed.md"
@@ -69,7 +69,7 @@ def _ray():
 def _shards(quick: bool) -> tuple[Path, Path]:
     """The timed shards (as large as real ones: 100 MB-1 GB tars hold thousands of images,
     so the pool fills once per shard) and a small warm-up shard."""
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     n_shards, per_shard = (1, 768) if quick else (2, 2048)
     folders = []
@@ -274,7 +274,7 @@ def bench_memory(n_shards: int = 100, per_shard: int = 24) -> list[str]:
     from berg_scale.engine.stand_in_model import FixedCostModelFactory
     from berg_scale.engine.worker_pool import start_workers, stop_workers
     from berg_scale.io.shard_listing import list_shards
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     folder = WORK / f"memory_{n_shards}x{per_shard}"
     if not (folder / ".complete").exists():

@@ -19,15 +19,15 @@ import shutil
 import tempfile
 import time
 
-from berg_scale.testing.env import apply_offline_environment
+from berg_scale.testing.env import apply_test_environment
 
-apply_offline_environment()
+apply_test_environment()
 
 REL = "encoding_models/modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32/encoding_models_weights/weights_subject-01.npy"
 
 
 def _worker(url, storage, cache_dir, barrier, results) -> None:
-    apply_offline_environment()
+    apply_test_environment()
     from berg_scale.weights import ensure_local_weights
 
     barrier.wait(timeout=120)

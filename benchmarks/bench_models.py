@@ -31,7 +31,7 @@ FWRF = "fmri-nsd-fwrf"
 
 
 def _root(components: int) -> Path:
-    from berg_scale.testing.berg_root import make_synthetic_root
+    from berg_scale.synthetic.berg_root import make_synthetic_root
 
     root = WORK / f"root-k{components}"
     stamp = root / ".complete"
@@ -65,7 +65,7 @@ def run_case(case: str, precision: str, n_images: int, components: int, repeats:
     import torch
 
     from berg_scale.models import ModelSet, ReadoutSpec
-    from berg_scale.testing.berg_root import backbone_file
+    from berg_scale.synthetic.berg_root import backbone_file
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     root = _root(components)
@@ -116,9 +116,9 @@ def main() -> int:
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from berg_scale.testing.env import apply_offline_environment
+    from berg_scale.offline_env import apply_offline_environment
 
-    apply_offline_environment(credentials=False)
+    apply_offline_environment()
     if args.case:
         print(json.dumps(run_case(args.case, args.precision, args.images, args.components, args.repeats)))
         return 0

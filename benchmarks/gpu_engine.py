@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from berg_scale.io.shard_listing import list_shards
     from berg_scale.io.shard_reader import read_shard
     from berg_scale.models import ReadoutSpec
-    from berg_scale.testing.berg_root import backbone_file, make_synthetic_root
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.berg_root import backbone_file, make_synthetic_root
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

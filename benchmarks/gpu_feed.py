@@ -33,9 +33,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from berg_scale.testing.env import apply_offline_environment  # noqa: E402
+from berg_scale.offline_env import apply_offline_environment  # noqa: E402
 
-apply_offline_environment(credentials=False)
+apply_offline_environment()
 
 FSAVERAGE = "fmri-nsd_fsaverage-vit_b_32"
 FWRF = "fmri-nsd-fwrf"
@@ -65,8 +65,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _setup(args: argparse.Namespace, work: Path) -> tuple[Path, Path, list]:
-    from berg_scale.testing.berg_root import make_synthetic_root
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.berg_root import make_synthetic_root
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     subjects = (1, 2) if args.smoke else tuple(range(1, 9))
     rois = RNC_ROIS[:2] if args.smoke else RNC_ROIS
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from berg_scale.io.batch_decode_cpu import decode_batch_cpu
     from berg_scale.io.shard_listing import list_shards
     from berg_scale.io.shard_reader import read_shard
-    from berg_scale.testing.berg_root import backbone_file
+    from berg_scale.synthetic.berg_root import backbone_file
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ def main() -> int:
         print("gpu_fwrf_diagnosis.py: no CUDA device available", file=sys.stderr)
         return 2
     from berg_scale.models import ModelSet, ReadoutSpec
-    from berg_scale.testing.berg_root import make_synthetic_root
+    from berg_scale.synthetic.berg_root import make_synthetic_root
 
     root = tempfile.mkdtemp(prefix="fwrf-diag-")
     make_synthetic_root(root, models=["fmri-nsd-fwrf"], subjects=(1,), rois=("V1",), fwrf_voxels=1350, seed=0)

@@ -49,10 +49,10 @@ def main() -> int:
     import numpy as np
 
     from berg_scale.models import ModelSet, ReadoutSpec
-    from berg_scale.testing.berg_root import backbone_file, make_synthetic_root
-    from berg_scale.testing.env import apply_offline_environment
+    from berg_scale.offline_env import apply_offline_environment
+    from berg_scale.synthetic.berg_root import backbone_file, make_synthetic_root
 
-    apply_offline_environment(credentials=False)
+    apply_offline_environment()
     tmp = None
     if args.root:
         root = Path(args.root)

@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from berg_scale.testing.env import apply_offline_environment
+from berg_scale.testing.env import apply_test_environment
 
-apply_offline_environment()
+apply_test_environment()
 
 _bucket_counter = itertools.count()
 

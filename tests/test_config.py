@@ -107,7 +107,7 @@ def test_secrets_never_reach_run_json(ray_session, tmp_path):
     """run.json and the commit markers are written from the redacted dump."""
     from berg_scale.engine.run import run_generation
     from berg_scale.engine.stand_in_model import FixedCostModelFactory
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "in"), 1, 1)
     raw = _base(input={"shards": str(tmp_path / "in")}, output=str(tmp_path / "out"),

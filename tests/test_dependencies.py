@@ -17,7 +17,7 @@ PACKAGE = REPO / "berg_scale"
 IMPORT_NAME = {"pillow": "PIL", "pyyaml": "yaml", "scikit-learn": "sklearn", "faiss-cpu": "faiss"}
 # Modules a distribution ships besides its own name (matplotlib installs mpl_toolkits).
 SHIPPED_BY = {"mpl_toolkits": "matplotlib"}
-# berg_scale.testing serves the tests (loopback S3 server); its imports come from the test extra.
+# berg_scale.testing is test infrastructure (loopback S3 server); its imports come from the test extra.
 TEST_ONLY = {PACKAGE / "testing"}
 # Run dependencies loaded by name rather than imported: fsspec opens s3:// with s3fs.
 LOADED_BY_NAME = {"s3fs"}

@@ -53,7 +53,7 @@ def _photos(folder: Path, n: int) -> None:
 
 
 def test_readme_journey_runs_as_written(ray_session, tmp_path, monkeypatch, capsys):
-    from berg_scale.testing.berg_root import make_synthetic_root
+    from berg_scale.synthetic.berg_root import make_synthetic_root
 
     blocks = _section_blocks()
     commands = _commands(blocks["bash"])

@@ -52,8 +52,8 @@ def demo_config(out: str) -> dict[str, Any]:
 def make_demo_inputs(out: str, n_shards: int, images_per_shard: int, log) -> None:
     """Synthetic BERG root (fsaverage k=3, EEG with float16 components and 8 channels,
     fwRF V1/hV4) and procedural image shards; reused when already present."""
-    from berg_scale.testing.berg_root import make_synthetic_root
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.berg_root import make_synthetic_root
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     root = os.path.join(out, "berg_root")
     stamp = os.path.join(root, ".berg-scale-demo-complete")
@@ -152,12 +152,12 @@ def run(args: argparse.Namespace) -> int:
 
     from berg_scale.config import load_config
     from berg_scale.engine.run import run_generation
-    from berg_scale.testing.env import apply_offline_environment
+    from berg_scale.offline_env import apply_offline_environment
 
     def log(message: str) -> None:
         print(f"[demo] {message}", file=sys.stderr, flush=True)
 
-    apply_offline_environment(credentials=False)
+    apply_offline_environment()
     started = time.monotonic()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)

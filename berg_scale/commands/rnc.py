@@ -5,7 +5,7 @@
   berg-scale rnc multivariate --responses OUT --out DIR [--generations 2000] [...]
 
 Options given on the command line override the study config (--config). Defaults are
-the published ones (rnc.md section 6).
+the published ones (docs/rnc.md).
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="rnc_command", metavar="ANALYSIS", required=True)
     run = sub.add_parser("run", help="run a study config (univariate and/or multivariate)")
     run.add_argument("study", metavar="STUDY.yaml")
-    uni = sub.add_parser("univariate", help="univariate RNC (rnc.md section 1)")
+    uni = sub.add_parser("univariate", help="univariate RNC (four control conditions per ROI pair)")
     _common(uni)
     uni.add_argument("--margin", type=float)
     uni.add_argument("--baseline-batch-size", type=int, metavar="K", help="images per baseline batch (default 25)")
     uni.add_argument("--distributed", action="store_true", help="per-shard selection in Ray tasks")
-    multi = sub.add_parser("multivariate", help="multivariate RNC (rnc.md section 3)")
+    multi = sub.add_parser("multivariate", help="multivariate RNC (genetic search over image batches)")
     _common(multi)
     multi.add_argument("--generations", type=int)
     multi.add_argument("--population", type=int)

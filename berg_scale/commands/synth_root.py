@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from berg_scale.io.storage import is_remote
     from berg_scale.io.storage_errors import storage_errors
     from berg_scale.models.registry import get_card
-    from berg_scale.testing.berg_root import backbone_file, make_synthetic_root
+    from berg_scale.synthetic.berg_root import backbone_file, make_synthetic_root
 
     if is_remote(args.root):
         raise BergScaleError(

@@ -97,7 +97,7 @@ def _real_samples(config: Any, count: int) -> tuple[list[tuple[str, str, bytes]]
 def _synthetic_samples(count: int) -> list[tuple[str, str, bytes]]:
     import numpy as np
 
-    from berg_scale.testing.synthetic_shards import encode, synthetic_image
+    from berg_scale.synthetic.shards import encode, synthetic_image
 
     rng = np.random.default_rng(20200220)
     width, height = SYNTHETIC_SIZE

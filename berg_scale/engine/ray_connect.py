@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import os
 
-from berg_scale.testing.env import RAY_LOOPBACK_ENV
+# Ray settings every berg-scale driver starts with unless the environment already sets
+# them: no usage telemetry leaves the machine, worker logs are not folded together (a
+# failing shard's traceback stays readable), and Ray's token authentication and
+# Windows/macOS multi-node mode stay off, as a private local instance needs neither.
+RAY_DEFAULT_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
 
 
 def ensure_ray(address: str | None = None, *, allow_auto: bool = False) -> bool:
@@ -18,7 +27,7 @@ def ensure_ray(address: str | None = None, *, allow_auto: bool = False) -> bool:
 
     if ray.is_initialized():
         return False
-    for key, value in RAY_LOOPBACK_ENV.items():
+    for key, value in RAY_DEFAULT_ENV.items():
         os.environ.setdefault(key, value)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -1,6 +1,6 @@
 """Grouped ROI-pair follow-ups of univariate RNC: cortical distance and categorical selectivity.
 
-Both analyses (rnc.md section 1.5) take the controlling and baseline images of a
+Both analyses (the RNC paper's follow-ups; docs/experiments.md) take the controlling and baseline images of a
 cross-validated univariate RNC study over every pair of four ROIs, score them on each
 held-out subject, average the scores over groups of pairs and ask whether the group
 averages are ordered as expected.

@@ -24,7 +24,8 @@ from berg_scale.errors import StorageError
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
                   "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-# BERG's public bucket (docs/berg-format.md): anonymous reads, region us-west-2.
+# BERG's public bucket (named in BERG's documentation and docs/models.md): anonymous reads,
+# region us-west-2.
 BERG_PUBLIC_BUCKET = "s3://brain-encoding-response-generator"
 BERG_PUBLIC_REGION = "us-west-2"
 

@@ -133,7 +133,7 @@ class FwrfFamily(ModelFamily):
     coordinates = ("voxel", "ncsnr")
     files_per_roi = True
     folder = "encoding_models/modality-fmri/train_dataset-nsd/model-fwrf"
-    # Subject-1 voxel counts of the published models (docs/berg-format.md, section 8.1).
+    # Subject-1 voxel counts of the published models (BERG's NSD fwRF weight files for subject 1).
     subject1_voxels: ClassVar[dict[str, int]] = {
         "V1": 1350, "V2": 1433, "V3": 1187, "hV4": 687, "EBA": 2971, "FBA-2": 430, "OFA": 355,
         "FFA-1": 484, "FFA-2": 310, "PPA": 1033, "RSC": 566, "OPA": 1611, "OWFA": 464,

@@ -1,7 +1,7 @@
 """Typed configuration of an RNC study (YAML -> validated objects, one-line errors).
 
-Every published default (rnc.md section 6) is a field here, so a study config only
-states what differs from the paper.
+Every default of the RNC paper (Gifford et al., Nature Human Behaviour 2025; docs/rnc.md)
+is a field here, so a study config only states what differs from the paper.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Multivariate RNC (rnc.md section 3): RSA scores of image batches and the genetic search.
+"""Multivariate RNC (Gifford et al., Nature Human Behaviour 2025): RSA scores of image batches and the genetic search.
 
 A candidate batch b of K images is scored as the Pearson r between the strictly
 lower triangles of two ROIs' train RSM sub-blocks. The sub-blocks come from unit
@@ -281,7 +281,8 @@ def choose_multivariate_baseline(null: MultivariateNull, heldout: int | None) ->
 
 
 def difference_null(test_null: np.ndarray, objective: str, n_iter: int) -> np.ndarray:
-    """Differences of disjoint slices of the saved test null (rnc.md 3.4).
+    """Differences of disjoint slices of the saved test null (docs/rnc.md, "Choices where the published
+    description leaves room").
 
     align: null[n:2n] - null[0:n]; disentangle: null[2n:3n] - null[0:n], with n the
     requested iterations, capped at a third of the null's length. Differences involving

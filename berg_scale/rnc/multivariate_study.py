@@ -1,4 +1,4 @@
-"""Multivariate RNC over folds and ROI pairs: GA runs, baselines and statistics (rnc.md 3.4).
+"""Multivariate RNC over folds and ROI pairs: GA runs, baselines and statistics (the RNC paper).
 
 Images whose voxel pattern is not finite for any subject in any ROI of the study are
 left out of the search, the null and so of every statistic (see `finite`).

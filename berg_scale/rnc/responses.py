@@ -1,6 +1,6 @@
 """Read the engine's response output for RNC: committed shards, needed columns, ok rows.
 
-This is the one place that knows the output layout (design.md section 5):
+This is the one place that knows the output layout (docs/engine.md, "Output"):
 `responses/<shard>.parquet`, `_done/<shard>.json` commit markers and `readouts.json`.
 Only shards with a marker are trusted, only the requested columns are read, and
 only rows with status "ok" count as images. Images are numbered 0..N-1 in the order

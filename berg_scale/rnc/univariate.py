@@ -1,4 +1,4 @@
-"""Univariate RNC (rnc.md section 1): baselines, four control conditions, folds, statistics.
+"""Univariate RNC (Gifford et al., Nature Human Behaviour 2025): baselines, four control conditions, folds, statistics.
 
 Everything works on u[s, r](i), the ROI-mean response of image i for subject s and
 ROI r, held as one (N, S, R) float32 array: memory is linear in N x readouts and no
@@ -214,7 +214,7 @@ def top_k(score: np.ndarray, eligible: np.ndarray, k: int, offset: int = 0) -> t
 def condition_scores(
     u1: np.ndarray, u2: np.ndarray, beta1: float, beta2: float, condition: str, margin: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(ranking score, eligibility) of every image for one control condition (rnc.md 1.3)."""
+    """(ranking score, eligibility) of every image for one of the four control conditions."""
     s1, s2 = CONDITIONS[condition]
     score = s1 * u1 + s2 * u2
     return score, _eligible(u1, u2, beta1, beta2, s1, s2, margin)

@@ -1,2 +1,1 @@
-"""Helpers that tests, the demo and benchmarks share: a loopback S3 server,
-environment hygiene, synthetic image shards and synthetic BERG roots."""
+"""Test infrastructure: a loopback S3 server and the tests' environment hygiene."""

@@ -21,8 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import IO
 from pathlib import Path
+from typing import IO
 
 from berg_scale.testing.env import TEST_ACCESS_KEY, TEST_SECRET_KEY
 
@@ -262,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--dir", default=None)
     args = parser.parse_args(argv)
-    from berg_scale.testing.env import apply_offline_environment
+    from berg_scale.testing.env import apply_test_environment
 
-    apply_offline_environment()
+    apply_test_environment()
     server = S3Server(args.dir, args.port).start()
     print(f"seaweedfs S3 ready at {server.endpoint_url}", flush=True)
     stop = {"now": False}

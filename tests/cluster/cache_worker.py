@@ -6,9 +6,9 @@ from __future__ import annotations
 def fetch_like_a_worker(remote_url, storage, files, cache_dir, barrier, results) -> None:
     import s3fs
 
-    from berg_scale.testing.env import apply_offline_environment
+    from berg_scale.testing.env import apply_test_environment
 
-    apply_offline_environment()
+    apply_test_environment()
     received = 0
     original = s3fs.S3FileSystem._cat_file
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 import urllib.request
 
-from berg_scale.testing.env import RAY_LOOPBACK_ENV
+from berg_scale.engine.ray_connect import RAY_DEFAULT_ENV
 from berg_scale.testing.s3_server import LOOPBACK, free_port
 
 
@@ -41,7 +41,7 @@ class RayHead:
             "--object-store-memory=200000000", f"--temp-dir={self.temp_dir}",
             *(f"{flag}={value}" for flag, value in ports.items()),
         ]
-        self.env = {**os.environ, **RAY_LOOPBACK_ENV}
+        self.env = {**os.environ, **RAY_DEFAULT_ENV}
         self.env.pop("RAY_ADDRESS", None)
         # Job entrypoints run `python ...` through the shell: it must be this interpreter.
         self.env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + self.env.get("PATH", "")

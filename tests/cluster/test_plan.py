@@ -42,7 +42,7 @@ def _within(predicted: float, actual: float, tolerance: float = 0.05) -> bool:
 @pytest.fixture(scope="module")
 def plan_root(tmp_path_factory):
     """fwRF (two ROIs, 300 and 120 voxels) and fsaverage (k = 3, hV4/PPA) for subject 1."""
-    from berg_scale.testing.berg_root import make_synthetic_root
+    from berg_scale.synthetic.berg_root import make_synthetic_root
 
     root = tmp_path_factory.mktemp("plan_root")
     make_synthetic_root(
@@ -133,8 +133,8 @@ def test_zstd_parquet_of_responses_is_about_the_predicted_size(tmp_path, dtype):
 def test_plan_matches_a_real_run_within_5_percent(ray_session, plan_root, tmp_path):
     """Predicted Arrow bytes vs the engine's Parquet output read back (compression aside)."""
     from berg_scale.engine.run import run_generation
-    from berg_scale.testing.berg_root import backbone_file
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.berg_root import backbone_file
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "in"), 3, 5, seed=2)
     output = str(tmp_path / "out")
@@ -155,7 +155,7 @@ def test_plan_matches_a_real_run_within_5_percent(ray_session, plan_root, tmp_pa
 
 
 def test_plan_counts_images_in_local_shards(tmp_path):
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "in"), 2, 7, seed=1)
     config = _generation_config(str(tmp_path / "in"), str(tmp_path / "o"), "/nonexistent",

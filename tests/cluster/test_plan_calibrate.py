@@ -15,7 +15,7 @@ READOUTS = [{"model": FWRF, "subjects": [1], "rois": ["V1"]}]
 
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory):
-    from berg_scale.testing.berg_root import make_synthetic_root
+    from berg_scale.synthetic.berg_root import make_synthetic_root
 
     root = tmp_path_factory.mktemp("calibrate_root")
     make_synthetic_root(root, models=[FWRF], subjects=(1,), rois=("V1",), fwrf_voxels={"V1": 40}, seed=3)
@@ -43,7 +43,7 @@ def _plan_json(capsys, *args: str) -> dict:
 
 
 def test_calibrate_measures_the_configured_models_on_the_first_input_images(small_root, tmp_path, capsys):
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "in"), 2, 30, seed=5)
     path = _write_config(tmp_path, str(tmp_path / "in"), small_root, None)

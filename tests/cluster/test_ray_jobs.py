@@ -66,8 +66,8 @@ def _submit(head: RayHead, script: str, config: Path, timeout_s: float = 600) ->
 def generated(head, tmp_path_factory):
     """A small generation job: fwRF V1/hV4, 3 subjects, 2 shards of 6 images."""
     _entry_point("generate.py")
-    from berg_scale.testing.berg_root import make_synthetic_root
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.berg_root import make_synthetic_root
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     work = tmp_path_factory.mktemp("ray_jobs")
     root = make_synthetic_root(work / "berg", models=[FWRF], subjects=SUBJECTS, rois=ROIS,

@@ -23,7 +23,7 @@ from engine_support import FSAVERAGE, FWRF  # noqa: E402
 @pytest.fixture(scope="session")
 def engine_berg_root(tmp_path_factory):
     """fsaverage (k = 3, two ROIs) and fwRF V1 (6 voxels) for subject 1; no EEG (see demo)."""
-    from berg_scale.testing.berg_root import make_synthetic_root
+    from berg_scale.synthetic.berg_root import make_synthetic_root
 
     root = tmp_path_factory.mktemp("engine_berg_root")
     make_synthetic_root(
@@ -40,7 +40,7 @@ def engine_berg_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def engine_backbone(engine_berg_root):
-    from berg_scale.testing.berg_root import backbone_file
+    from berg_scale.synthetic.berg_root import backbone_file
 
     return str(backbone_file(engine_berg_root))
 

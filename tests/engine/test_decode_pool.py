@@ -24,7 +24,7 @@ def test_pool_output_is_bit_identical_to_in_process_decoding(
     ray_session, tmp_path, engine_berg_root, engine_backbone
 ):
     """Real models, exact fp32 path: the pool also makes fwRF's 227 px copy (CPU resize)."""
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     infos = write_synthetic_shards(str(tmp_path / "in"), 2, 7, seed=11, formats=("jpg", "png", "webp"),
                                    defects={"truncated_jpeg": 1, "not_image": 1})
@@ -50,7 +50,7 @@ def test_pool_with_the_stand_in_model_sees_every_pixel_in_order(ray_session, tmp
     from berg_scale.engine.stand_in_model import FixedCostModel
     from berg_scale.io.decode import decode_batch_cpu
     from berg_scale.io.shard_reader import read_shard
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     infos = write_synthetic_shards(str(tmp_path / "in"), 3, 9, seed=4, sizes=((40, 30), (30, 50)))
     output = str(tmp_path / "out")
@@ -83,7 +83,7 @@ def test_a_pool_that_cannot_start_names_the_setting(ray_session):
 def test_backpressure_bounds_the_chunks_in_flight(ray_session):
     from berg_scale.engine.decode_pool import DecodePool
     from berg_scale.io.image_decode import DecodeOptions
-    from berg_scale.testing.synthetic_shards import encode, synthetic_image
+    from berg_scale.synthetic.shards import encode, synthetic_image
 
     image = encode(synthetic_image(np.random.default_rng(0), 20, 20), "png")
     handed_out = []
@@ -120,7 +120,7 @@ def test_a_chunk_is_cut_into_one_part_per_process_and_put_back_in_order(ray_sess
     from berg_scale.engine.decode_pool import DecodePool
     from berg_scale.io.batch_decode_cpu import decode_batch_cpu
     from berg_scale.io.image_decode import DecodeOptions
-    from berg_scale.testing.synthetic_shards import encode, synthetic_image
+    from berg_scale.synthetic.shards import encode, synthetic_image
 
     rng = np.random.default_rng(2)
     chunk = [encode(synthetic_image(rng, 30, 20), "png") for _ in range(17)]

@@ -36,7 +36,7 @@ def test_driver_killed_mid_run_then_rerun_resumes(tmp_path, engine_berg_root, en
 
     from berg_scale.config import load_config
     from berg_scale.models import ModelSet
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     infos = write_synthetic_shards(str(tmp_path / "in"), 6, 3, seed=12)
     output = tmp_path / "out"

@@ -33,7 +33,7 @@ def test_s3_to_s3_every_key_once_and_equal_to_direct_modelset(
 ):
     from berg_scale.engine.run import run_generation
     from berg_scale.io.output_store import OutputStore, read_manifest, read_readouts
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     storage = s3_server.storage_options()
     infos = write_synthetic_shards(f"{s3_bucket}/in", 3, 4, storage=storage, seed=11)
@@ -67,7 +67,7 @@ def test_s3_to_s3_every_key_once_and_equal_to_direct_modelset(
 def test_local_to_local_with_labelled_read_back(ray_session, tmp_path, engine_berg_root, engine_backbone):
     from berg_scale.engine.run import run_generation
     from berg_scale.io.results import readout_array, readout_xarray
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     infos = write_synthetic_shards(str(tmp_path / "in"), 2, 3, seed=5, defects={"not_image": 1})
     output = str(tmp_path / "out")

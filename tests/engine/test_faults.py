@@ -31,7 +31,7 @@ def _clean_run(shards, output, factory, **sections):
 
 def test_worker_sigkilled_mid_shard_is_restarted_and_the_shard_redone(ray_session, tmp_path, stand_in_factory):
     from berg_scale.engine.run import run_generation
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     infos = write_synthetic_shards(str(tmp_path / "in"), 3, 4, seed=2)
     flag = tmp_path / "kill-once"
@@ -54,7 +54,7 @@ def test_worker_sigkilled_mid_shard_is_restarted_and_the_shard_redone(ray_sessio
 def test_s3_server_restart_mid_run(ray_session, s3_server, s3_bucket, tmp_path):
     from berg_scale.engine.run import run_generation
     from berg_scale.engine.stand_in_model import FixedCostModelFactory
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     storage = s3_server.storage_options()
     infos = write_synthetic_shards(f"{s3_bucket}/in", 6, 4, storage=storage, seed=4)
@@ -91,7 +91,7 @@ def test_s3_server_restart_mid_run(ray_session, s3_server, s3_bucket, tmp_path):
 def test_truncated_tar_is_quarantined_and_the_rest_completes(ray_session, tmp_path, stand_in_factory, capsys):
     from berg_scale.cli import main
     from berg_scale.engine.run import run_generation
-    from berg_scale.testing.synthetic_shards import write_corrupt_shard, write_synthetic_shards
+    from berg_scale.synthetic.shards import write_corrupt_shard, write_synthetic_shards
 
     infos = write_synthetic_shards(str(tmp_path / "in"), 2, 3, seed=8)
     write_corrupt_shard(str(tmp_path / "in" / "shard-000009.tar"), "mid_member", n_images=4)
@@ -119,7 +119,7 @@ def test_truncated_tar_is_quarantined_and_the_rest_completes(ray_session, tmp_pa
 
 def test_every_planted_image_defect_becomes_an_error_row_or_a_decoded_image(ray_session, tmp_path, stand_in_factory):
     from berg_scale.engine.run import run_generation
-    from berg_scale.testing.synthetic_shards import DEFECT_KINDS, write_synthetic_shards
+    from berg_scale.synthetic.shards import DEFECT_KINDS, write_synthetic_shards
 
     defects = sorted(DEFECT_KINDS)
     infos = write_synthetic_shards(str(tmp_path / "in"), 2, len(defects) + 2, defects=defects, seed=9)
@@ -149,7 +149,7 @@ def test_every_planted_image_defect_becomes_an_error_row_or_a_decoded_image(ray_
 def test_models_that_cannot_load_fail_the_run_with_the_cause(ray_session, tmp_path):
     from berg_scale.engine.run import run_generation
     from berg_scale.errors import BergScaleError
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
     from engine_support import BrokenFactory
 
     write_synthetic_shards(str(tmp_path / "in"), 2, 1)

@@ -131,7 +131,7 @@ def test_a_run_that_lost_its_lease_stops(tmp_path):
 def test_second_driver_is_refused_while_the_first_holds_the_output(ray_session, tmp_path, capsys, engine_berg_root):
     from berg_scale.io.output_lease import OutputLease
     from berg_scale.io.output_store import OutputStore
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "in"), 1, 2, seed=1)
     output = str(tmp_path / "out")
@@ -152,7 +152,7 @@ def test_second_driver_is_refused_while_the_first_holds_the_output(ray_session, 
 def test_lease_of_a_dead_driver_on_this_host_is_taken_over_and_only_its_staging_removed(
     ray_session, tmp_path, capsys, engine_berg_root
 ):
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     infos = write_synthetic_shards(str(tmp_path / "in"), 2, 2, seed=1)
     output = tmp_path / "out"
@@ -174,7 +174,7 @@ def test_lease_of_a_dead_driver_on_this_host_is_taken_over_and_only_its_staging_
 
 @pytest.mark.ray
 def test_stale_lease_from_another_host_needs_take_over(ray_session, tmp_path, capsys, engine_berg_root):
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "in"), 1, 2, seed=1)
     output = str(tmp_path / "out")
@@ -195,7 +195,7 @@ def test_two_drivers_started_together_on_a_fresh_output(tmp_path, engine_berg_ro
     """Two `generate` processes with different configs race for one new output: one runs,
     the other is refused, and run.json describes the columns in the files."""
     from berg_scale.io.results import open_responses
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "in"), 2, 2, seed=1)
     output = str(tmp_path / "out")

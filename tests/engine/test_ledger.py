@@ -25,7 +25,7 @@ pytestmark = pytest.mark.ray
 def fwrf_roots(tmp_path_factory, engine_berg_root):
     """Two BERG roots that differ only in the fwRF V1 weights (root B is a linked copy)."""
     from berg_scale.models.families import metadata_file, weight_files
-    from berg_scale.testing.berg_root import _write_fwrf
+    from berg_scale.synthetic.berg_root import _write_fwrf
 
     root_b = tmp_path_factory.mktemp("berg_root_b") / "root"
     shutil.copytree(engine_berg_root, root_b, copy_function=os.link)
@@ -79,7 +79,7 @@ def _first_response(output: str) -> list[float]:
 
 
 def test_rerun_with_other_weights_is_refused_naming_the_file(ray_session, tmp_path, capsys, fwrf_roots):
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     root_a, root_b, relative = fwrf_roots
     infos = write_synthetic_shards(str(tmp_path / "in"), 2, 3, seed=1)
@@ -111,7 +111,7 @@ def test_rerun_with_other_weights_is_refused_naming_the_file(ray_session, tmp_pa
 
 
 def test_same_tar_names_from_another_dataset_are_refused(ray_session, tmp_path, capsys, fwrf_roots):
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "first"), 2, 3, seed=1)
     write_synthetic_shards(str(tmp_path / "second"), 2, 4, seed=2)
@@ -126,7 +126,7 @@ def test_same_tar_names_from_another_dataset_are_refused(ray_session, tmp_path, 
 
 
 def test_input_rewritten_in_place_is_refused(ray_session, tmp_path, capsys, fwrf_roots):
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "in"), 2, 3, seed=1)
     output = str(tmp_path / "out")
@@ -140,7 +140,7 @@ def test_input_rewritten_in_place_is_refused(ray_session, tmp_path, capsys, fwrf
 
 
 def test_moved_root_with_new_shard_names_is_refused_not_written_twice(ray_session, tmp_path, capsys, fwrf_roots):
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     infos = write_synthetic_shards(str(tmp_path / "data"), 2, 3, seed=1)
     output = str(tmp_path / "out")
@@ -160,7 +160,7 @@ def test_moved_root_with_new_shard_names_is_refused_not_written_twice(ray_sessio
 
 
 def test_moved_folder_with_same_names_is_the_same_input(ray_session, tmp_path, capsys, fwrf_roots):
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "old"), 2, 3, seed=1)
     output = str(tmp_path / "out")
@@ -172,7 +172,7 @@ def test_moved_folder_with_same_names_is_the_same_input(ray_session, tmp_path, c
 
 
 def test_extending_input_shards_resumes_and_dropping_one_is_refused(ray_session, tmp_path, capsys, fwrf_roots):
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     infos = write_synthetic_shards(str(tmp_path / "in"), 3, 2, seed=4)
     output = str(tmp_path / "out")

@@ -82,7 +82,7 @@ def test_empty_shard_list_on_s3(no_workers, s3_server, s3_bucket, stand_in_facto
 
 def test_empty_local_folder_and_missing_brace_members(no_workers, tmp_path, stand_in_factory):
     from berg_scale.errors import ConfigError
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError) as exc_info:
@@ -98,7 +98,7 @@ def test_empty_local_folder_and_missing_brace_members(no_workers, tmp_path, stan
 
 def test_missing_weights(no_workers, tmp_path, engine_berg_root, engine_backbone):
     from berg_scale.engine.preflight import MissingWeightsError
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "in"), 1, 1)
     (tmp_path / "empty_root").mkdir()

@@ -47,7 +47,7 @@ def test_a_run_reports_images_within_a_shard_and_names_its_start_up(ray_session,
     from berg_scale.engine import progress
     from berg_scale.engine.run import run_generation
     from berg_scale.engine.stand_in_model import FixedCostModelFactory
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     monkeypatch.setattr(progress, "POLL_INTERVAL_S", 0.1)
     monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.3)

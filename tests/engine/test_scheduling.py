@@ -14,7 +14,7 @@ pytestmark = pytest.mark.ray
 def test_two_simulated_gpus_two_pinned_workers_both_work(ray_session, tmp_path):
     from berg_scale.engine.run import run_generation
     from berg_scale.engine.stand_in_model import FixedCostModelFactory
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     infos = write_synthetic_shards(str(tmp_path / "in"), 6, 2, seed=1)
     output = str(tmp_path / "out")
@@ -41,7 +41,7 @@ def test_two_simulated_gpus_two_pinned_workers_both_work(ray_session, tmp_path):
 
 def test_straggler_is_executed_speculatively_and_rows_are_not_duplicated(ray_session, tmp_path, stand_in_factory):
     from berg_scale.engine.run import run_generation
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     infos = write_synthetic_shards(str(tmp_path / "in"), 4, 2, seed=6)
     flag = tmp_path / "slow-once"
@@ -73,7 +73,7 @@ def test_resume_skips_committed_shards_and_guards_against_changed_config_or_mode
     from berg_scale.engine.run import run_generation
     from berg_scale.engine.stand_in_model import FixedCostModelFactory
     from berg_scale.errors import ConfigError
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     infos = write_synthetic_shards(str(tmp_path / "in"), 3, 2, seed=3)
     output = str(tmp_path / "out")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from berg_scale.testing.synthetic_shards import encode, synthetic_image
+from berg_scale.synthetic.shards import encode, synthetic_image
 
 pytestmark = pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
 
@@ -104,7 +104,7 @@ def test_gnu_tar_shards_give_every_image_exactly_one_row(tmp_path):
 @pytest.mark.parametrize("damage", ["truncated-tar", "damaged-gzip"])
 def test_a_damaged_shard_comes_back_rejected_with_its_reason(tmp_path, damage):
     from berg_scale.io.shard_listing import InputShard
-    from berg_scale.testing.synthetic_shards import write_corrupt_shard
+    from berg_scale.synthetic.shards import write_corrupt_shard
 
     if damage == "truncated-tar":
         path = tmp_path / "bad.tar"

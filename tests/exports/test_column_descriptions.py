@@ -14,7 +14,7 @@ import pytest
 
 from berg_scale.io.response_writer import iter_descriptions
 from berg_scale.models import ModelSet, ReadoutSpec, families
-from berg_scale.testing.berg_root import backbone_file, make_synthetic_root
+from berg_scale.synthetic.berg_root import backbone_file, make_synthetic_root
 
 FWRF = "fmri-nsd-fwrf"
 EEG = "eeg-things_eeg_2-vit_b_32"

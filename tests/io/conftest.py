@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from berg_scale.testing.synthetic_shards import (
+from berg_scale.synthetic.shards import (
     DEFECT_KINDS,
     encode,
     synthetic_image,

@@ -12,7 +12,7 @@ from berg_scale.io.batch_decode_gpu import (
     resize_square_tensor,
 )
 from berg_scale.io.image_decode import DecodeOptions
-from berg_scale.testing.synthetic_shards import encode, synthetic_image
+from berg_scale.synthetic.shards import encode, synthetic_image
 
 
 def test_a_stacked_resize_equals_resizing_each_image():

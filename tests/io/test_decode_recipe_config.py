@@ -9,7 +9,7 @@ from berg_scale.config import load_config
 from berg_scale.errors import ConfigError
 from berg_scale.io.batch_decode_cpu import decode_batch_cpu
 from berg_scale.io.image_decode import DecodeOptions, decode_with
-from berg_scale.testing.synthetic_shards import encode, synthetic_image
+from berg_scale.synthetic.shards import encode, synthetic_image
 
 
 def _config(**input_fields):

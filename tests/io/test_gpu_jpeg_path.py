@@ -24,7 +24,7 @@ from berg_scale.io.decode import (
     orient_tensor,
     resize_square_tensor,
 )
-from berg_scale.testing.synthetic_shards import decompression_bomb_png, encode, synthetic_image
+from berg_scale.synthetic.shards import decompression_bomb_png, encode, synthetic_image
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::PIL.Image.DecompressionBombWarning", "ignore::UserWarning"

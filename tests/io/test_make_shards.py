@@ -169,7 +169,7 @@ def test_keys_are_sanitised_and_unique():
 
 
 def image_bytes(fmt: str, width: int, height: int, seed: int) -> bytes:
-    from berg_scale.testing.synthetic_shards import encode, synthetic_image
+    from berg_scale.synthetic.shards import encode, synthetic_image
 
     return encode(synthetic_image(np.random.default_rng(seed), width, height), fmt)
 
@@ -186,7 +186,7 @@ def _gif(width=20, height=10, seed=0) -> bytes:
 
     from PIL import Image
 
-    from berg_scale.testing.synthetic_shards import synthetic_image
+    from berg_scale.synthetic.shards import synthetic_image
 
     buffer = io.BytesIO()
     frames = [Image.fromarray(synthetic_image(np.random.default_rng(seed + i), width, height)).convert("P")

@@ -11,7 +11,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, tar_file_i
 from berg_scale.cli import main
 from berg_scale.io.shard_reader import ShardReadError, iter_shard_samples, list_tar_shards
 from berg_scale.io.storage import filesystem_for
-from berg_scale.testing.synthetic_shards import write_corrupt_shard, write_synthetic_shards
+from berg_scale.synthetic.shards import write_corrupt_shard, write_synthetic_shards
 
 pytestmark = [
     pytest.mark.s3,

@@ -20,7 +20,7 @@ from berg_scale.io.shard_reader import (
     split_member_name,
 )
 from berg_scale.io.tar_writer import TarWriteError, write_tar
-from berg_scale.testing.synthetic_shards import CORRUPTIONS, write_corrupt_shard
+from berg_scale.synthetic.shards import CORRUPTIONS, write_corrupt_shard
 
 
 @pytest.mark.parametrize(

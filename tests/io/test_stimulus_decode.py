@@ -18,7 +18,7 @@ from berg_scale.io.decode import (
     decode_batch_cpu,
     probe,
 )
-from berg_scale.testing.synthetic_shards import (
+from berg_scale.synthetic.shards import (
     DEFECT_KINDS,
     decompression_bomb_png,
     encode,

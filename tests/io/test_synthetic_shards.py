@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from berg_scale.io.shard_reader import read_shard
-from berg_scale.testing.synthetic_shards import DEFECT_KINDS, write_synthetic_shards
+from berg_scale.synthetic.shards import DEFECT_KINDS, write_synthetic_shards
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):

@@ -31,7 +31,7 @@ from berg_scale.io.shard_reader import (
     read_shard,
     split_member_name,
 )
-from berg_scale.testing.synthetic_shards import encode, synthetic_image
+from berg_scale.synthetic.shards import encode, synthetic_image
 
 needs_gnu_tar = pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
 

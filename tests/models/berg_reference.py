@@ -1,4 +1,4 @@
-"""Independent float64 reference of BERG's forward math, written from berg-format.md.
+"""Independent float64 reference of BERG's forward math, written from BERG's public file format.
 
 Nothing here imports berg_scale's model code: files are read with NumPy/torch's own
 (trusting) loaders, the resize step uses torchvision (as the spec allows), and the

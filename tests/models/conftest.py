@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from berg_scale.testing.berg_root import backbone_file, make_synthetic_root
+from berg_scale.synthetic.berg_root import backbone_file, make_synthetic_root
 from model_images import smooth_images
 
 EEG_SUBJECTS = (1, 2)

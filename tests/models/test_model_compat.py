@@ -164,7 +164,7 @@ def test_return_metadata_falls_back_like_berg(tmp_path, berg_root, capsys):
 
 
 def test_single_voxel_fwrf_keeps_images_first(tmp_path):
-    from berg_scale.testing.berg_root import make_synthetic_root
+    from berg_scale.synthetic.berg_root import make_synthetic_root
 
     root = make_synthetic_root(tmp_path / "r", models=(FWRF,), rois=("hV4",), fwrf_voxels=1, write_backbone=False)
     model = BERG(str(root)).get_encoding_model(FWRF, subject=1, selection={"roi": "hV4"}, device="cpu")

@@ -67,7 +67,7 @@ def test_toy_model_runs_next_to_a_berg_model(toy_model, toy_root):
 
 
 def _config(tmp_path: Path, root: Path) -> Path:
-    from berg_scale.testing.synthetic_shards import write_synthetic_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path / "in"), 2, 3, seed=3)
     config = {

@@ -15,7 +15,7 @@ import pytest
 
 import berg_reference as ref
 from berg_scale.models import ModelSet, ReadoutSpec
-from berg_scale.testing.berg_root import backbone_file, make_synthetic_root
+from berg_scale.synthetic.berg_root import backbone_file, make_synthetic_root
 
 FSAV = "fmri-nsd_fsaverage-vit_b_32"
 EEG = "eeg-things_eeg_2-vit_b_32"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from berg_scale.testing.env import apply_offline_environment
+from berg_scale.testing.env import apply_test_environment
 
-apply_offline_environment()
+apply_test_environment()
 
 from rnc_planted import PlantedUnivariate, planted_univariate  # noqa: E402
 

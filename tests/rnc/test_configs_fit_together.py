@@ -38,7 +38,7 @@ def fwrf_means(tmp_path_factory):
 
     from berg_scale.io.response_writer import iter_descriptions
     from berg_scale.models import ModelSet, ReadoutSpec
-    from berg_scale.testing.berg_root import make_synthetic_root
+    from berg_scale.synthetic.berg_root import make_synthetic_root
 
     base = tmp_path_factory.mktemp("fwrf_means")
     root = make_synthetic_root(base / "root", models=[MODEL], subjects=(1, 2), rois=("V1", "FFA-1", "FFA-2"),

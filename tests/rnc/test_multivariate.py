@@ -1,4 +1,4 @@
-"""Multivariate RNC: scores equal the full-RSM definition; the GA follows rnc.md 3.3."""
+"""Multivariate RNC: scores equal the full-RSM definition; the GA follows the RNC paper (Gifford et al. 2025)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""rnc.md section 1, rule by rule, on small hand-computed cases."""
+"""Univariate RNC (Gifford et al. 2025), rule by rule, on small hand-computed cases."""
 
 from __future__ import annotations
 

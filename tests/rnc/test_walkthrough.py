@@ -29,7 +29,7 @@ def _own_images(folder, n, offset):
 def test_own_images_to_rnc_figures_with_ffa_means_and_two_subjects(ray_session, tmp_path, capsys):
     from berg_scale.config import load_config
     from berg_scale.engine.run import run_generation
-    from berg_scale.testing.berg_root import make_synthetic_root
+    from berg_scale.synthetic.berg_root import make_synthetic_root
 
     for name, offset in (("a", 0), ("b", 100)):
         _own_images(tmp_path / "photos" / name, 30, offset)

@@ -17,7 +17,7 @@ from berg_scale.io.output_store import OutputStore, read_done_marker, write_done
 from berg_scale.io.storage import StorageOptions, join
 from berg_scale.io.tar_writer import TarShardWriter
 from berg_scale.rnc.synthetic import shard_name, write_synthetic_output
-from berg_scale.testing.synthetic_shards import encode, synthetic_image
+from berg_scale.synthetic.shards import encode, synthetic_image
 
 MODEL = "fmri-nsd-fwrf"
 VOXELS = f"{MODEL}/sub-01/V1"

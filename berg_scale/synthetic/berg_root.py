@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -368,9 +368,9 @@ def make_synthetic_root(
         if write_backbone:
             model = _write_backbone(root, seed, backbone_dtype)
         elif calibrate_scaler and vit_models and (root / families.VIT_B_32.file).exists():
-            from berg_scale.models.vit import load_vit_b_32
-
             import torch
+
+            from berg_scale.models.vit import load_vit_b_32
 
             model = load_vit_b_32(root / families.VIT_B_32.file, torch.device("cpu")).model
         if model is not None and calibrate_scaler and vit_models:

@@ -16,8 +16,8 @@ import json
 import re
 import struct
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
