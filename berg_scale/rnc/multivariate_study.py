@@ -57,6 +57,9 @@ class MultivariateResult:
     tests: list[dict] = field(default_factory=list)
     summary: list[dict] = field(default_factory=list)
     exclusions: Exclusions | None = None  # images left out for non-finite patterns
+    # per pair and held-out fold: the test scores of the random baseline batches, in draw
+    # order, so that follow-ups can rebuild the slices of the difference null
+    test_nulls: list[dict] = field(default_factory=list)
 
 
 def pattern_exclusions(patterns: Mapping[str, PatternSet], rois: Sequence[str]) -> Exclusions:
@@ -103,6 +106,7 @@ def run_multivariate(
     baselines: list[dict] = []
     tests: list[dict] = []
     summary: list[dict] = []
+    test_nulls: list[dict] = []
     seed = params.ga.seed
     for pair in pairs:
         p1, p2 = patterns[pair[0]], patterns[pair[1]]
@@ -113,6 +117,11 @@ def run_multivariate(
             pool=pool,
         )
         fold_baseline = {}
+        for fold in folds:
+            if fold.heldout is not None:
+                test_nulls.append({"roi_1": pair[0], "roi_2": pair[1], "fold": fold.label,
+                                   "heldout_subject": fold.heldout, "batch_size": params.ga.batch_size,
+                                   "test_null": np.asarray(null.test[fold.heldout], dtype=np.float32)})
         for fold in folds:
             b, train_score, test_score = choose_multivariate_baseline(null, fold.heldout)
             fold_baseline[fold.heldout] = test_score
@@ -175,4 +184,4 @@ def run_multivariate(
                      "n_significant": k, "binomial_p": binomial_tail(k, len(rows), params.chance)}
                 )
     return MultivariateResult(params, tuple(subjects), [(p[0], p[1]) for p in pairs], runs, baselines, tests, summary,
-                              exclusions)
+                              exclusions, test_nulls)

@@ -123,7 +123,31 @@ def multivariate_tables(result: MultivariateResult, keys: KeyResolver) -> dict[s
         "baselines": pa.Table.from_pylist(baselines),
         "tests": pa.Table.from_pylist([dict(t, seed=seed) for t in result.tests]),
         "excluded": excluded_table(result.exclusions, keys),
+        "nulls": test_null_table(result.test_nulls),
     }
+
+
+TEST_NULL_SCHEMA = pa.schema([
+    ("roi_1", pa.string()), ("roi_2", pa.string()), ("fold", pa.string()), ("heldout_subject", pa.int64()),
+    ("batch_size", pa.int64()), ("n_batches", pa.int64()), ("test_null", pa.large_list(pa.float32())),
+])
+
+
+def test_null_table(test_nulls: Sequence[dict]) -> pa.Table:
+    """One row per pair and held-out fold: the test scores of the random baseline batches (float32).
+
+    Kept in draw order, so that the slices the difference null uses (baseline 0:n,
+    align n:2n, disentangle 2n:3n) can be rebuilt by analyses over several pairs.
+    """
+    values = [np.asarray(row["test_null"], dtype=np.float32) for row in test_nulls]
+    offsets = np.concatenate([[0], np.cumsum([v.size for v in values])]).astype(np.int64)
+    flat = np.concatenate(values) if values else np.empty(0, dtype=np.float32)
+    columns = {name: [row[name] for row in test_nulls] for name in ("roi_1", "roi_2", "fold", "heldout_subject",
+                                                                    "batch_size")}
+    arrays = [pa.array(columns[n], type=TEST_NULL_SCHEMA.field(n).type) for n in columns]
+    arrays.append(pa.array([v.size for v in values], type=pa.int64()))
+    arrays.append(pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.float32())))
+    return pa.Table.from_arrays(arrays, schema=TEST_NULL_SCHEMA)
 
 
 def write_tables(fs, directory: str, tables: dict[str, pa.Table]) -> list[str]:
