@@ -22,6 +22,10 @@ uncorrected alpha.
 
 Writes pair_scores, groups, statistics and correlations (.parquet), summary.json and
 categorical-selectivity.png/.svg under --out.
+
+Over a multivariate RNC study (--kind multivariate, or a study with only multivariate
+results) the pairs' held-out RSA scores are grouped instead, against the study's saved
+random-batch nulls reassigned to pairs (see `roi_groups_multivariate`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ trend and per-image null (--correlation-permutations), at the uncorrected alpha.
 
 Writes pair_scores, groups, statistics and correlations (.parquet), summary.json and
 cortical-distance.png/.svg under --out.
+
+Over a multivariate RNC study (--kind multivariate, or a study with only multivariate
+results) the pairs' held-out RSA scores are grouped instead, against the study's saved
+random-batch nulls reassigned to pairs (see `roi_groups_multivariate`).
 """
 
 from __future__ import annotations

@@ -686,8 +686,11 @@ def group_figure(result: GroupResult) -> Any:
 
 def configure(parser: argparse.ArgumentParser, grouping: PairGrouping) -> None:
     parser.add_argument("--study", required=True, metavar="DIR",
-                        help=f"output (--out) of a cross-validated `berg-scale rnc univariate` over "
-                             f"{' '.join(grouping.rois)}")
+                        help=f"output (--out) of a cross-validated `berg-scale rnc univariate` (or multivariate) "
+                             f"over {' '.join(grouping.rois)}")
+    parser.add_argument("--kind", choices=["auto", "univariate", "multivariate"], default="auto",
+                        help="which RNC results of the study to group (auto: univariate when the study has them, "
+                             "else multivariate); multivariate uses the study's saved nulls, not --responses")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for tables, summary and figures")
     parser.add_argument("--responses", metavar="OUTPUT",
                         help="generate output the study read (default: the one its summary.json records)")
@@ -715,6 +718,12 @@ def run(args: argparse.Namespace, grouping: PairGrouping) -> int:
     if args.seed is not None and args.seed < 0:
         raise RoiGroupsError("--seed must be a non-negative integer")
     storage = StorageOptions(endpoint_url=args.endpoint_url) if args.endpoint_url else None
+    kind = getattr(args, "kind", "auto")
+    if kind != "univariate":
+        from berg_scale.experiments import roi_groups_multivariate
+
+        if kind == "multivariate" or roi_groups_multivariate.study_kind(args.study, storage) == "multivariate":
+            return roi_groups_multivariate.run(args, grouping, storage)
     started = time.monotonic()
     study = read_study(args.study, grouping, storage)
     result = analyse(study, grouping, args.responses, args.permutations, args.correlation_permutations,
