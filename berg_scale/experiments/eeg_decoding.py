@@ -28,9 +28,7 @@ summary.json and eeg_decoding.png/.svg under --out.
 from __future__ import annotations
 
 import argparse
-import io
 import math
-import posixpath
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from berg_scale.errors import BergScaleError
-from berg_scale.rnc.outputs import write_json
+from berg_scale.experiments.outputs import write_experiment_outputs
 
 EEG_DIMS = ["repetition", "channel", "time"]
 DEFAULT_CHANNEL_SET = "occipitoparietal"
@@ -510,34 +508,11 @@ def decoding_table(curves: dict[str, np.ndarray], subjects: Sequence[int], times
 
 def _write_outputs(out: str, storage: Any, curves: dict[str, np.ndarray], subjects: list[int],
                    times_ms: np.ndarray, summary: dict[str, Any], plots: bool) -> list[str]:
-    import pyarrow.parquet as pq
 
-    from berg_scale.io.storage import filesystem_for, to_url
 
-    fs, root = filesystem_for(out, storage)
-    fs.makedirs(root, exist_ok=True)
-    written = []
-    path = posixpath.join(root, "decoding.parquet")
-    with fs.open(path, "wb") as handle:
-        pq.write_table(decoding_table(curves, subjects, times_ms), handle)
-    written.append(path)
-    if plots:
-        figure = decoding_figure(curves, times_ms, summary)
-        for fmt in ("png", "svg"):
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format=fmt, dpi=200, bbox_inches="tight")
-            path = posixpath.join(root, f"eeg_decoding.{fmt}")
-            with fs.open(path, "wb") as handle:
-                handle.write(buffer.getvalue())
-            written.append(path)
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
-    path = posixpath.join(root, "summary.json")
-    urls = [to_url(fs, p) for p in [*written, path]]
-    summary["files"] = urls
-    write_json(fs, path, summary)
-    return urls
+    drawn = {"eeg_decoding": decoding_figure(curves, times_ms, summary)} if plots else {}
+    return write_experiment_outputs(out, storage, {"decoding": decoding_table(curves, subjects, times_ms)},
+                                    drawn, summary)
 
 
 COLOURS = {"exemplar": "#1f4e9c", "label": "#c2410c"}

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from berg_scale.errors import BergScaleError
+from berg_scale.experiments.outputs import write_experiment_outputs
 from berg_scale.rnc.stats import (
     benjamini_hochberg,
     binomial_tail,
@@ -566,47 +567,20 @@ def _across_subjects(table: np.ndarray, labels: Sequence[str], trend_rows: Seque
 
 def write_outputs(result: GroupResult, out: str, storage=None, figures: bool = True) -> list[str]:
     """Parquet tables, summary.json and the figure (PNG and SVG) under `out`; returns the URLs."""
-    import io
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from berg_scale.io.storage import filesystem_for, to_url
-    from berg_scale.rnc.outputs import write_json
 
-    fs, root = filesystem_for(out, storage)
-    fs.makedirs(root, exist_ok=True)
-    written = []
     schemas = {
         "groups": pa.schema([("measure", pa.string()), ("condition", pa.string()), ("subject", pa.int64()),
                              ("group", pa.string()), ("position", pa.int64()), ("n_pairs", pa.int64()),
                              ("value", pa.float64())]),
     }
-    for name, rows in (("pair_scores", result.pair_rows), ("groups", result.group_rows),
-                       ("statistics", result.trend_rows), ("correlations", result.correlation_rows)):
-        table = pa.Table.from_pylist(rows, schema=schemas.get(name))
-        path = posixpath.join(root, f"{name}.parquet")
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        with fs.open(path, "wb") as handle:
-            handle.write(buffer.getvalue())
-        written.append(path)
-    if figures:
-        fig = group_figure(result)
-        for fmt in ("png", "svg"):
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format=fmt, dpi=200, bbox_inches="tight")
-            path = posixpath.join(root, f"{result.grouping.name}.{fmt}")
-            with fs.open(path, "wb") as handle:
-                handle.write(buffer.getvalue())
-            written.append(path)
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    path = posixpath.join(root, "summary.json")
-    urls = [to_url(fs, p) for p in [*written, path]]
-    write_json(fs, path, dict(result.summary, files=urls))
-    return urls
+    tables = {name: pa.Table.from_pylist(rows, schema=schemas.get(name))
+              for name, rows in (("pair_scores", result.pair_rows), ("groups", result.group_rows),
+                                 ("statistics", result.trend_rows), ("correlations", result.correlation_rows))}
+    drawn = {result.grouping.name: group_figure(result)} if figures else {}
+    return write_experiment_outputs(out, storage, tables, drawn, dict(result.summary))
 
 
 def _format_p(p: float) -> str:

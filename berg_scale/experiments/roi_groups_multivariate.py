@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from berg_scale.experiments.outputs import write_experiment_outputs
 from berg_scale.experiments.roi_groups import (
     PairGrouping,
     RoiGroupsError,
@@ -279,41 +280,15 @@ def analyse_multivariate(
 def write_multivariate_outputs(result: MultivariateGroupResult, out: str, storage=None,
                                figures: bool = True) -> list[str]:
     """pair_scores, groups and statistics (.parquet), summary.json and the figure under `out`."""
-    import io
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from berg_scale.io.storage import filesystem_for, to_url
-    from berg_scale.rnc.outputs import write_json
 
-    fs, root = filesystem_for(out, storage)
-    fs.makedirs(root, exist_ok=True)
-    written = []
-    for name, rows in (("pair_scores", result.pair_rows), ("groups", result.group_rows),
-                       ("statistics", result.trend_rows)):
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows), buffer)
-        path = posixpath.join(root, f"{name}.parquet")
-        with fs.open(path, "wb") as handle:
-            handle.write(buffer.getvalue())
-        written.append(path)
-    if figures:
-        import matplotlib.pyplot as plt
-
-        fig = multivariate_group_figure(result)
-        for fmt in ("png", "svg"):
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format=fmt, dpi=200, bbox_inches="tight")
-            path = posixpath.join(root, f"{result.grouping.name}-multivariate.{fmt}")
-            with fs.open(path, "wb") as handle:
-                handle.write(buffer.getvalue())
-            written.append(path)
-        plt.close(fig)
-    path = posixpath.join(root, "summary.json")
-    urls = [to_url(fs, p) for p in [*written, path]]
-    write_json(fs, path, dict(result.summary, files=urls))
-    return urls
+    tables = {name: pa.Table.from_pylist(rows)
+              for name, rows in (("pair_scores", result.pair_rows), ("groups", result.group_rows),
+                                 ("statistics", result.trend_rows))}
+    drawn = {f"{result.grouping.name}-multivariate": multivariate_group_figure(result)} if figures else {}
+    return write_experiment_outputs(out, storage, tables, drawn, dict(result.summary))
 
 
 def multivariate_group_figure(result: MultivariateGroupResult) -> Any:

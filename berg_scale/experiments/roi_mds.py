@@ -29,7 +29,6 @@ import argparse
 import inspect
 import itertools
 import math
-import posixpath
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from berg_scale.errors import BergScaleError
+from berg_scale.experiments.outputs import write_experiment_outputs
 
 DEFAULT_ROIS = ("V1", "V2", "V3", "hV4", "EBA", "FFA", "PPA", "RSC")
 METRICS = ("euclidean", "correlation")
@@ -295,39 +295,11 @@ def mds_figure(result: MdsResult) -> Any:
 
 
 def write_outputs(result: MdsResult, out: str, parameters: dict, storage=None, figures: bool = True) -> list[str]:
-    import io
 
-    import pyarrow.parquet as pq
 
-    from berg_scale.io.storage import filesystem_for, to_url
-    from berg_scale.rnc.outputs import write_json
 
-    fs, root = filesystem_for(out, storage)
-    fs.makedirs(root, exist_ok=True)
-    written = []
-    for name, table in tables(result).items():
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        path = posixpath.join(root, f"{name}.parquet")
-        with fs.open(path, "wb") as handle:
-            handle.write(buffer.getvalue())
-        written.append(path)
-    if figures:
-        import matplotlib.pyplot as plt
-
-        fig = mds_figure(result)
-        for fmt in ("png", "svg"):
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format=fmt, dpi=200, bbox_inches="tight")
-            path = posixpath.join(root, f"roi-mds.{fmt}")
-            with fs.open(path, "wb") as handle:
-                handle.write(buffer.getvalue())
-            written.append(path)
-        plt.close(fig)
-    path = posixpath.join(root, "summary.json")
-    urls = [to_url(fs, p) for p in [*written, path]]
-    write_json(fs, path, dict(summary(result, parameters), files=urls))
-    return urls
+    drawn = {"roi-mds": mds_figure(result)} if figures else {}
+    return write_experiment_outputs(out, storage, tables(result), drawn, dict(summary(result, parameters)))
 
 
 # --------------------------------------------------------------------------- command
