@@ -595,6 +595,15 @@ def _means_and_errors(stats: Mapping[str, Any], labels: Sequence[str]) -> tuple[
     return means, np.where(np.isfinite(err), err, 0.0)
 
 
+def group_ticks(grouping: Any) -> tuple[list[str], list[str]]:
+    """Group labels, and tick labels naming each group's pairs two to a line."""
+    labels = [label for label, _ in grouping.groups]
+    ticks = [f"{label}\n" + "\n".join(", ".join(f"{a}-{b}" for a, b in members[i:i + 2])
+                                      for i in range(0, len(members), 2))
+             for label, members in grouping.groups]
+    return labels, ticks
+
+
 def group_figure(result: GroupResult) -> Any:
     """Left: score per group and condition (mean over subjects, 95% CI); right: Pearson r per group.
 
@@ -606,10 +615,7 @@ def group_figure(result: GroupResult) -> Any:
     import matplotlib.pyplot as plt
 
     grouping, summary = result.grouping, result.summary
-    labels = [label for label, _ in grouping.groups]
-    ticks = [f"{label}\n" + "\n".join(", ".join(f"{a}-{b}" for a, b in members[i:i + 2])
-                                      for i in range(0, len(members), 2))
-             for label, members in grouping.groups]
+    labels, ticks = group_ticks(grouping)
     x = np.arange(1, len(labels) + 1)
     n_subjects = len(result.subjects)
     fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 5.4), gridspec_kw={"width_ratios": [1.2, 1]})

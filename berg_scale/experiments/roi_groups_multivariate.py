@@ -48,6 +48,7 @@ from berg_scale.experiments.roi_groups import (
     _read_rows,
     group_means,
     group_statistic,
+    group_ticks,
 )
 from berg_scale.rnc.stats import benjamini_hochberg, permutation_p_value
 from berg_scale.rnc.streams import stream
@@ -302,10 +303,7 @@ def multivariate_group_figure(result: MultivariateGroupResult) -> Any:
     import matplotlib.pyplot as plt
 
     grouping, summary = result.grouping, result.summary
-    labels = [label for label, _ in grouping.groups]
-    ticks = [f"{label}\n" + "\n".join(", ".join(f"{a}-{b}" for a, b in members[i:i + 2])
-                                      for i in range(0, len(members), 2))
-             for label, members in grouping.groups]
+    labels, ticks = group_ticks(grouping)
     x = np.arange(1, len(labels) + 1)
     conditions = list(summary["conditions"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 5.0), gridspec_kw={"width_ratios": [1.2, 1]})
