@@ -14,10 +14,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Callable, Generator, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from berg_scale.config import InputConfig, ResourcesConfig, RetriesConfig, default_of
 from berg_scale.errors import BergScaleError
 from berg_scale.io.image_decode import DecodeOptions
 from berg_scale.io.output_store import OutputStore, commit_shard, read_done_marker
@@ -42,21 +43,21 @@ class ShardSettings:
 
     output: str
     storage: StorageOptions | None = None
-    image_size: int = 256
-    crop: str = "center"
-    batch_size: int = 100
-    decode: str = "auto"  # cpu | gpu | auto
-    decode_threads: int = 4
+    image_size: int = default_of(InputConfig, "image_size")
+    crop: str = default_of(InputConfig, "crop")
+    batch_size: int = default_of(ResourcesConfig, "batch_size")
+    decode: str = default_of(ResourcesConfig, "decode")  # cpu | gpu | auto
+    decode_threads: int = default_of(ResourcesConfig, "decode_threads")
     decode_workers: int | str = 0  # processes outside the worker (engine/decode_pool.py); 0: threads
     auto_decode_workers: int = 0  # decode_workers "auto" on a CUDA worker (from its node's CPUs)
-    decode_nodes: str = "same"
-    decode_in_flight: int = 0
+    decode_nodes: str = default_of(ResourcesConfig, "decode_nodes")
+    decode_in_flight: int = default_of(ResourcesConfig, "decode_in_flight")
     # The whole decode recipe; None: the defaults at image_size and crop.
     decode_options: DecodeOptions | None = None
-    error_rate_threshold: float = 0.5
+    error_rate_threshold: float = default_of(RetriesConfig, "error_rate_threshold")
     read_ahead: int = 256
     decode_ahead: int = 2  # chunks decoded ahead of the model (0: decode inline)
-    device: str = "auto"
+    device: str = default_of(ResourcesConfig, "device")
     run_id: str | None = None  # staging folder of this run under _tmp/
     # What the driver checked this run against (config fingerprint, weight hashes): every
     # marker records it, so a later run can tell whether a committed shard is still valid.
