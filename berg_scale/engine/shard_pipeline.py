@@ -127,7 +127,7 @@ def process_shard(
     thread runs the model on the current one and writes its row group. A GPU decode
     (nvJPEG) runs in this process, so it never goes to the pool.
     """
-    from berg_scale.engine.read_ahead import ReadAhead
+    from berg_scale.io.read_ahead import ReadAhead
 
     started = time.perf_counter()
     stats = ShardStats()

@@ -47,15 +47,14 @@ import io
 import json
 import os
 import posixpath
-import queue
 import tarfile
-import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
 
 from berg_scale.errors import BergScaleError, StorageError
+from berg_scale.io.read_ahead import ReadAhead
 from berg_scale.io.shard_listing import SHARD_SUFFIXES
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote, join
 
@@ -172,7 +171,7 @@ def image_field(extensions: list[str]) -> str | None:
 
 
 class ReadAheadFile(io.RawIOBase):
-    """A forward-reading file that a thread keeps `depth` chunks ahead of the reader.
+    """A forward-reading file that a `ReadAhead` thread keeps `depth` chunks ahead of the reader.
 
     Seeks forward are free (skipped data is simply dropped); seeks backward work within
     the current and previous chunk, which is all tar parsing needs.
@@ -187,53 +186,23 @@ class ReadAheadFile(io.RawIOBase):
         self._chunk_start = 0
         self._previous = b""
         self._eof = False
-        self._stop = threading.Event()
-        self._queue: queue.Queue[Any] | None = None
-        self._thread: threading.Thread | None = None
+        self._ahead: ReadAhead[bytes] | None = None
+        self._chunks: Iterator[bytes] = _chunks_of(raw, self._chunk_bytes)
         if depth > 0:
-            self._queue = queue.Queue(maxsize=depth)
-            self._thread = threading.Thread(
-                target=self._fetch, name="shard-read-ahead", daemon=True
-            )
-            self._thread.start()
-
-    def _fetch(self) -> None:
-        assert self._queue is not None
-        try:
-            while not self._stop.is_set():
-                data = self._raw.read(self._chunk_bytes)
-                item: Any = data if data else None
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if item is None:
-                    return
-        except BaseException as exc:  # handed to the reader, raised there
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(exc, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
+            self._ahead = ReadAhead(self._chunks, depth=depth, name="shard-read-ahead")
+            self._chunks = self._ahead
 
     def _next_chunk(self) -> bytes | None:
         if self._eof:
             return None
-        if self._queue is None:
-            data = self._raw.read(self._chunk_bytes)
-            item: Any = data if data else None
-        else:
-            item = self._queue.get()
-        if isinstance(item, BaseException):
-            self._eof = True
-            raise item
-        if item is None:
+        try:
+            return next(self._chunks)
+        except StopIteration:
             self._eof = True
             return None
-        return item
+        except BaseException:
+            self._eof = True
+            raise
 
     def readable(self) -> bool:
         return True
@@ -295,13 +264,21 @@ class ReadAheadFile(io.RawIOBase):
     def close(self) -> None:
         if self.closed:
             return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if self._ahead is not None:
+            self._ahead.close(timeout=30)  # the thread may be inside a network read
         try:
             self._raw.close()
         finally:
             super().close()
+
+
+def _chunks_of(raw: BinaryIO | io.RawIOBase, chunk_bytes: int) -> Iterator[bytes]:
+    """The bytes of `raw` in pieces of at most `chunk_bytes`, until it is exhausted."""
+    while True:
+        data = raw.read(chunk_bytes)
+        if not data:
+            return
+        yield data
 
 
 def _open_shard(
