@@ -5,7 +5,7 @@ chunks while the caller decodes, so network latency hides behind CPU work. `.tar
 and `.tgz` shards (or any shard whose bytes start like gzip) are decompressed on the
 fly by that same thread.
 
-Rows are images: every key of the shard becomes exactly one `ShardSample`, whatever
+Rows are images: every key of the shard becomes exactly one `TarSample`, whatever
 the order of the members. The rules (also in docs/engine.md, "How tars are read"):
 
 * **Keys.** WebDataset's rule: the key is the member path up to the first dot of its
@@ -29,7 +29,7 @@ the order of the members. The rules (also in docs/engine.md, "How tars are read"
 Two kinds of trouble are kept apart:
 
 * **Sample problems** (no image member, an oversized member, an unreadable json) are
-  reported on the sample itself (`ShardSample.error` / `notes`), so they become error
+  reported on the sample itself (`TarSample.error` / `notes`), so they become error
   rows and the rest of the shard still counts.
 * **Archive problems** (cut short, a garbage header, not a tar at all, a damaged gzip
   stream) raise `ShardReadError`. Python's tarfile quietly stops at a damaged header
@@ -50,13 +50,13 @@ import posixpath
 import tarfile
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
 
 from berg_scale.errors import BergScaleError, StorageError
 from berg_scale.io.read_ahead import ReadAhead
 from berg_scale.io.shard_listing import SHARD_SUFFIXES
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote, join
+from berg_scale.io.tar_sample import TarSample
 
 # One extension (or more) for every format decode.py documents: JPEG, MPO, PNG, WebP,
 # BMP, TIFF and GIF. A member with any other extension is not an image member.
@@ -122,28 +122,6 @@ class ShardReadError(BergScaleError):
         )
         self.url = url
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class ShardSample:
-    """One sample of a shard.
-
-    Unpacks as `(key, index, image, image_ext, json)`. `index` is the key's rank by
-    first appearance in the tar (unique within the shard). `error` is set exactly when
-    `image` is None and says why; `notes` records non-fatal oddities (an unreadable
-    json member, extra image members).
-    """
-
-    key: str
-    index: int
-    image: bytes | None
-    image_ext: str | None
-    json: dict[str, Any] | None
-    error: str | None = None
-    notes: tuple[str, ...] = field(default=())
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.key, self.index, self.image, self.image_ext, self.json))
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
@@ -458,7 +436,7 @@ class _SampleBuilder:
             + sum(len(data) for data in self.data.values())
         )
 
-    def build(self) -> ShardSample:
+    def build(self) -> TarSample:
         notes = list(self.notes)
         read = [ext for ext in self.extensions if ext in self.data]
         image_ext = image_field(read) or image_field(self.extensions)
@@ -480,7 +458,7 @@ class _SampleBuilder:
                 notes.append(note)
         elif JSON_EXTENSION in self.skipped:
             notes.append(self.skipped[JSON_EXTENSION])
-        return ShardSample(
+        return TarSample(
             key=self.key,
             index=self.index,
             image=image,
@@ -547,7 +525,7 @@ class _KeyedSamples:
         # link can be read; a later member of the same name replaces it, as on extraction
         self.locations: dict[str, tuple[int, int]] = {}
 
-    def __iter__(self) -> Iterator[ShardSample]:
+    def __iter__(self) -> Iterator[TarSample]:
         handle = self.stream.handle
         try:
             archive = tarfile.open(
@@ -615,7 +593,7 @@ class _KeyedSamples:
         self.next_index += 1
         return builder
 
-    def _finish(self, builder: _SampleBuilder | None) -> ShardSample | None:
+    def _finish(self, builder: _SampleBuilder | None) -> TarSample | None:
         """The sample of a completed group, or None while the key still waits for an image."""
         if builder is None or builder.late:
             return None
@@ -699,7 +677,7 @@ def iter_shard_samples(
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
     link_cache_bytes: int = DEFAULT_LINK_CACHE_BYTES,
-) -> Iterator[ShardSample]:
+) -> Iterator[TarSample]:
     """Yield one sample per key of one shard; raises ShardReadError on a damaged tar.
 
     `read_ahead_bytes=0` reads synchronously. Only image and json members are loaded
@@ -734,7 +712,7 @@ def _verify_end_of_archive(url: str, handle: ReadAheadFile, offset: int) -> None
         raise ShardReadError(url, f"invalid member header at byte {offset} (corrupt data)")
 
 
-def read_shard(url: str, storage: StorageOptions | None = None, **options: Any) -> list[ShardSample]:
+def read_shard(url: str, storage: StorageOptions | None = None, **options: Any) -> list[TarSample]:
     """All samples of a shard in tar order (by `index`), for small shards and tests."""
     return sorted(iter_shard_samples(url, storage, **options), key=lambda sample: sample.index)
 
@@ -758,7 +736,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ReadAheadFile",
     "ShardReadError",
-    "ShardSample",
+    "TarSample",
     "escape_name",
     "image_field",
     "iter_shard_samples",
