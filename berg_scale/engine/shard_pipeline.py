@@ -54,7 +54,7 @@ class ShardSettings:
     auto_decode_workers: int = 0  # decode_workers "auto" on a CUDA worker (from its node's CPUs)
     decode_nodes: str = default_of(ResourcesConfig, "decode_nodes")
     decode_in_flight: int = default_of(ResourcesConfig, "decode_in_flight")
-    # The whole decode recipe; None: the defaults at image_size and crop.
+    # The whole decode options; None: the defaults at image_size and crop.
     decode_options: DecodeOptions | None = None
     error_rate_threshold: float = default_of(RetriesConfig, "error_rate_threshold")
     read_ahead: int = 256
