@@ -270,7 +270,7 @@ def bench_memory(quick: bool) -> list[str]:
     samples = []
     for index, shard in enumerate(list_shards(str(shards_dir))):
         result = ray.get(slot.handle.process.remote(shard, 1))
-        assert result["status"] == "done", result
+        assert result.status == "done", result
         if index % max(1, n_shards // 10) == 0 or index == n_shards - 1:
             samples.append((index + 1, ray.get(slot.handle.memory.remote())["rss_mb"]))
     ray_module.shutdown()

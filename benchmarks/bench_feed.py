@@ -166,8 +166,8 @@ def pipeline_rate(worker, shards) -> dict:
     markers = []
     for shard in shards:
         result = worker.process(shard, 1)
-        assert result["status"] == "done", result
-        markers.append(result["marker"])
+        assert result.status == "done", result
+        markers.append(result.marker)
     elapsed = time.perf_counter() - started
     images = sum(marker["rows"] for marker in markers)
     stages = {stage: sum(m["seconds"][stage] for m in markers) for stage in ("read", "decode", "model", "write")}
@@ -298,7 +298,7 @@ def bench_memory(n_shards: int = 100, per_shard: int = 24) -> list[str]:
         ray.get(slot.ready_ref)
         for index, shard in enumerate(list_shards(str(folder))):
             result = ray.get(slot.handle.process.remote(shard, 1))
-            assert result["status"] == "done", result
+            assert result.status == "done", result
             if index == 0 or (index + 1) % 10 == 0:
                 samples.append((index + 1, ray.get(slot.handle.memory.remote())["rss_mb"]))
     finally:

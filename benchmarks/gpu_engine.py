@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             decoded_on: dict[str, int] = {}
             for shard in shards:
                 result = worker.process(shard, 1)
-                if result["status"] != "done":
-                    raise SystemExit(f"gpu_engine: shard {shard.name} {result['status']}: {result.get('error')}")
+                if result.status != "done":
+                    raise SystemExit(f"gpu_engine: shard {shard.name} {result.status}: {result.error}")
                 for stage in seconds:
-                    seconds[stage] += result["marker"]["seconds"][stage]
-                for where, count in result["marker"]["decoded_on"].items():
+                    seconds[stage] += result.marker["seconds"][stage]
+                for where, count in result.marker["decoded_on"].items():
                     decoded_on[where] = decoded_on.get(where, 0) + count
             elapsed = time.perf_counter() - began
             rate = n_images / elapsed

@@ -213,11 +213,11 @@ def _end_to_end(worker, shards, n_images: int, cuda: bool) -> tuple[float, dict[
     decoded_on: dict[str, int] = {}
     for shard in shards:
         result = worker.process(shard, 1)
-        if result["status"] != "done":
-            raise SystemExit(f"gpu_feed: shard {shard.name} {result['status']}: {result.get('error')}")
+        if result.status != "done":
+            raise SystemExit(f"gpu_feed: shard {shard.name} {result.status}: {result.error}")
         for stage in seconds:
-            seconds[stage] += result["marker"]["seconds"][stage]
-        for where, count in result["marker"]["decoded_on"].items():
+            seconds[stage] += result.marker["seconds"][stage]
+        for where, count in result.marker["decoded_on"].items():
             decoded_on[where] = decoded_on.get(where, 0) + count
     return n_images / (time.perf_counter() - began), seconds, decoded_on
 

@@ -80,7 +80,7 @@ class InputConfig(_Strict):
     )
     image_size: Int = Field(256, ge=16, le=4096)
     crop: Literal["center", "none"] = "center"
-    # The rest of the decode recipe (berg_scale.io.image_decode.DecodeOptions); the defaults
+    # The rest of the decode options (berg_scale.io.image_decode.DecodeOptions); the defaults
     # are what every output before these fields existed was made with.
     alpha: Literal["white", "drop"] = "white"
     resample: Literal["bilinear", "bicubic", "lanczos"] = "bilinear"
@@ -109,17 +109,17 @@ class InputConfig(_Strict):
         return [self.shards] if isinstance(self.shards, str) else list(self.shards)
 
     def decode_options(self) -> Any:
-        """The whole decode recipe, handed as one object to every decoder."""
+        """The whole decode options, handed as one object to every decoder."""
         from berg_scale.io.image_decode import DecodeOptions
 
         return DecodeOptions(size=self.image_size, crop=self.crop, max_pixels=self.max_pixels,
                              alpha=self.alpha, resample=self.resample, jpeg_draft=self.jpeg_draft)
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        """What of the input changes the numbers; recipe fields at their defaults are left
+        """What of the input changes the numbers; decode option fields at their defaults are left
         out so that outputs made before those fields existed keep their fingerprint."""
-        recipe = {"alpha", "resample", "jpeg_draft", "max_pixels"}
-        at_default = {name for name in recipe if getattr(self, name) == type(self).model_fields[name].default}
+        decode_fields = {"alpha", "resample", "jpeg_draft", "max_pixels"}
+        at_default = {name for name in decode_fields if getattr(self, name) == type(self).model_fields[name].default}
         if not self.metadata:  # metadata columns only when asked for
             at_default.add("metadata")
         return self.model_dump(mode="json", exclude={"shards"} | at_default)
@@ -344,7 +344,7 @@ def default_of(model: type[BaseModel], name: str) -> Any:
     """A field's default as the config model defines it.
 
     The config model is the one place a default is written; code that also runs without a
-    config (ModelSet, the worker recipe, the scheduler's policy) takes its defaults from here.
+    config (ModelSet, the worker's model factory, the scheduler's policy) takes its defaults from here.
     """
     return model.model_fields[name].get_default(call_default_factory=True)
 

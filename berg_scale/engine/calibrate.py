@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from berg_scale.engine.shard_result import ShardOutcome, ShardResult
 from berg_scale.errors import BergScaleError
 
 SYNTHETIC_SIZE = (640, 480)  # a typical photo (COCO's images are about this size)
@@ -214,10 +215,11 @@ def _factory(config: Any) -> Any:
     )
 
 
-def _checked(result: dict[str, Any]) -> dict[str, Any]:
-    if result.get("status") != "done":
-        raise BergScaleError(f"the calibration run failed: {result.get('error', result.get('status'))}")
-    return result["marker"]
+def _checked(result: ShardResult) -> dict[str, Any]:
+    if result.outcome is not ShardOutcome.DONE:
+        reason = result.error if result.error is not None else result.status
+        raise BergScaleError(f"the calibration run failed: {reason}")
+    return result.marker or {}
 
 
 def _runs_on_cpu(requested: str) -> bool:

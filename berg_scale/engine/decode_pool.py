@@ -4,7 +4,7 @@ Decoding in threads inside the worker shares one Python interpreter (and its GIL
 the model loop, Parquet writing and the tar reader, so a fast GPU waits for pixels. Here
 each `DecodeProcess` is its own process (a Ray actor, one CPU each) that decodes a chunk of
 compressed images with Pillow, crops it, and, when the model resamples on the CPU, also
-makes the model's resized copies (the exact per-recipe resize), then returns uint8 arrays.
+makes the model's resized copies (the exact resize of each preprocessing recipe), then returns uint8 arrays.
 NumPy results go through Ray's shared-memory object store: on the worker's node the
 worker maps them without a copy.
 

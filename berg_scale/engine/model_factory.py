@@ -1,6 +1,6 @@
-"""How a worker builds its models: a small picklable recipe sent to each actor.
+"""How a worker builds its models: a small picklable factory sent to each actor.
 
-Only this recipe (paths and readout specs) crosses the process boundary; each worker
+Only this factory (paths and readout specs) crosses the process boundary; each worker
 loads the weights itself, once, on its own device. A BERG root in object storage is first
 copied into the node-local weight cache, so the workers of one node download it once.
 """
@@ -18,7 +18,7 @@ from berg_scale.models.registry import installed_plugins
 
 @dataclass(frozen=True)
 class ModelSetFactory:
-    """Recipe for `berg_scale.models.ModelSet` on the device a worker was given."""
+    """Builds a `berg_scale.models.ModelSet` on the device a worker was given."""
 
     berg_root: str
     readouts: tuple[Any, ...]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from berg_scale.config import MAX_BACKOFF_S, ResourcesConfig, RetriesConfig, default_of
+from berg_scale.engine.shard_result import ShardOutcome, ShardResult
 from berg_scale.io.output_store import OutputStore, read_done_marker, with_storage_retries, write_failed_marker
 from berg_scale.io.shard_listing import InputShard
 
@@ -223,7 +224,7 @@ class ShardScheduler:
         execution = self.in_flight.pop(ref)
         slot = execution.slot
         try:
-            result = ray.get(ref)
+            result: ShardResult = ray.get(ref)
         except RayActorError as exc:
             slot.losses += 1
             self.report.worker_losses += 1
@@ -237,17 +238,14 @@ class ShardScheduler:
             self._attempt_failed(execution, f"{type(exc).__name__}: {_short(exc)}", transient=True)
             return
         slot.state = "idle"
-        status = result.get("status")
-        if status == "done":
+        if result.outcome is ShardOutcome.DONE:
             slot.shards_done += 1
             self.durations.append(self.clock() - execution.started)
-            self._mark_done(execution, result["marker"])
-        elif status == "cancelled":
+            self._mark_done(execution, result.marker or {})
+        elif result.outcome is ShardOutcome.CANCELLED:
             self._on_cancelled(execution)
-        elif status == "rejected":
-            self._attempt_failed(execution, result.get("error", "rejected"), transient=False)
         else:
-            self._attempt_failed(execution, result.get("error", "unknown error"), transient=True)
+            self._attempt_failed(execution, result.failure(), transient=result.retryable)
 
     def _mark_done(self, execution: Execution, marker: dict[str, Any]) -> None:
         name = execution.shard.name

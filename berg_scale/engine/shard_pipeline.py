@@ -10,20 +10,23 @@ chunk becomes one Parquet row group (error rows included, with nulls).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Callable, Generator, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from berg_scale.config import InputConfig, ResourcesConfig, RetriesConfig, default_of
 from berg_scale.errors import BergScaleError
 from berg_scale.io.image_decode import DecodeOptions
 from berg_scale.io.output_store import OutputStore, commit_shard, read_done_marker
-from berg_scale.io.response_writer import ResponseShardWriter, RowInfo, build_record_batch
+from berg_scale.io.response_writer import ResponseShardWriter, build_record_batch
 from berg_scale.io.shard_listing import InputShard
 from berg_scale.io.storage import StorageOptions
+from berg_scale.io.tar_sample import TarSample
 
 STAGES = ("read", "decode", "model", "write")
 
@@ -42,21 +45,21 @@ class ShardSettings:
 
     output: str
     storage: StorageOptions | None = None
-    image_size: int = 256
-    crop: str = "center"
-    batch_size: int = 100
-    decode: str = "auto"  # cpu | gpu | auto
-    decode_threads: int = 4
+    image_size: int = default_of(InputConfig, "image_size")
+    crop: str = default_of(InputConfig, "crop")
+    batch_size: int = default_of(ResourcesConfig, "batch_size")
+    decode: str = default_of(ResourcesConfig, "decode")  # cpu | gpu | auto
+    decode_threads: int = default_of(ResourcesConfig, "decode_threads")
     decode_workers: int | str = 0  # processes outside the worker (engine/decode_pool.py); 0: threads
     auto_decode_workers: int = 0  # decode_workers "auto" on a CUDA worker (from its node's CPUs)
-    decode_nodes: str = "same"
-    decode_in_flight: int = 0
-    # The whole decode recipe; None: the defaults at image_size and crop.
+    decode_nodes: str = default_of(ResourcesConfig, "decode_nodes")
+    decode_in_flight: int = default_of(ResourcesConfig, "decode_in_flight")
+    # The whole decode options; None: the defaults at image_size and crop.
     decode_options: DecodeOptions | None = None
-    error_rate_threshold: float = 0.5
+    error_rate_threshold: float = default_of(RetriesConfig, "error_rate_threshold")
     read_ahead: int = 256
     decode_ahead: int = 2  # chunks decoded ahead of the model (0: decode inline)
-    device: str = "auto"
+    device: str = default_of(ResourcesConfig, "device")
     run_id: str | None = None  # staging folder of this run under _tmp/
     # What the driver checked this run against (config fingerprint, weight hashes): every
     # marker records it, so a later run can tell whether a committed shard is still valid.
@@ -80,26 +83,22 @@ class ShardStats:
     decoded_on: Counter = field(default_factory=Counter)
 
 
-@dataclass(frozen=True)
-class Sample:
-    """What the pipeline needs of one tar sample."""
-
-    key: str
-    index: int
-    data: bytes | None
-    error: str | None = None
-    meta: dict[str, Any] | None = None  # the json sidecar, for input.metadata columns
-
-
-def iter_samples(url: str, storage: StorageOptions | None) -> Iterator[Sample]:
+def iter_samples(url: str, storage: StorageOptions | None) -> Iterator[TarSample]:
     """Samples of one tar in order, via the shared shard reader (which raises on a damaged tar)."""
     from berg_scale.io.shard_reader import iter_shard_samples
 
-    for item in iter_shard_samples(url, storage):
-        error = item.error if item.image is None else None
-        if item.image is None and error is None:
-            error = "no image member"
-        yield Sample(key=item.key, index=int(item.index), data=item.image, error=error, meta=item.json)
+    return _with_reasons(iter_shard_samples(url, storage))
+
+
+def _with_reasons(samples: Iterable[TarSample]) -> Iterator[TarSample]:
+    """Samples whose `error` is set exactly when they have no image (then it says why),
+    whatever their source: the reader, or samples handed in."""
+    for sample in samples:
+        if sample.image is None and sample.error is None:
+            sample = dataclasses.replace(sample, error="no image member")
+        elif sample.image is not None and sample.error is not None:
+            sample = dataclasses.replace(sample, error=None)
+        yield sample
 
 
 def process_shard(
@@ -113,7 +112,7 @@ def process_shard(
     attempt: int = 1,
     worker: dict[str, Any] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
-    samples: Iterable[Sample] | None = None,
+    samples: Iterable[TarSample] | None = None,
     on_rows: Callable[[int], None] | None = None,
     pool: Any | None = None,
 ) -> dict[str, Any]:
@@ -126,12 +125,12 @@ def process_shard(
     thread runs the model on the current one and writes its row group. A GPU decode
     (nvJPEG) runs in this process, so it never goes to the pool.
     """
-    from berg_scale.engine.read_ahead import ReadAhead
+    from berg_scale.io.read_ahead import ReadAhead
 
     started = time.perf_counter()
     stats = ShardStats()
     schema = _with_metadata_columns(schema, settings)
-    source = samples if samples is not None else iter_samples(shard.url, settings.storage)
+    source = _with_reasons(samples) if samples is not None else iter_samples(shard.url, settings.storage)
     device = getattr(model, "device", "cpu")
     use_gpu = _gpu_decode_wanted(settings.decode, device)
     writer = ResponseShardWriter(store, shard.name, schema)
@@ -214,19 +213,20 @@ def _seconds(stats: ShardStats, started: float, now: float) -> dict[str, float]:
 
 @dataclass
 class DecodedChunk:
-    rows: list[RowInfo]
+    rows: list[TarSample]  # decoded: identity and outcome, no bytes
     images: Any  # uint8 (n_ok, 3, size, size) tensor, on the decode device
     ready: Any = None  # CUDA event recorded after a GPU decode or copy, else None
     presized: dict[tuple[int, int], Any] = field(default_factory=dict)  # exact resized copies
 
 
-def account_rows(chunk: list[Sample], errors: list[str | None], decoded_on: list[str | None],
-                 stats: ShardStats) -> list[RowInfo]:
+def account_rows(chunk: list[TarSample], errors: list[str | None], decoded_on: list[str | None],
+                 stats: ShardStats) -> list[TarSample]:
     """One row per sample, in order, with its error reason (tar-level or decode-level)."""
-    rows: list[RowInfo] = []
+    rows: list[TarSample] = []
     for sample, error, where in zip(chunk, errors, decoded_on):
-        reason = sample.error or error
-        rows.append(RowInfo(sample.key, sample.index, reason, sample.meta))
+        row = sample.decoded(error)
+        rows.append(row)
+        reason = row.error
         if reason is None:
             stats.decoded_on[where or "cpu"] += 1
         else:
@@ -256,8 +256,8 @@ class PooledChunks:
 
             self.stream = torch.cuda.Stream(device=device)
 
-    def decoded(self, chunks: Iterable[list[Sample]]) -> Iterator[DecodedChunk]:
-        jobs = ((chunk, [s.data if s.error is None else None for s in chunk]) for chunk in chunks)
+    def decoded(self, chunks: Iterable[list[TarSample]]) -> Iterator[DecodedChunk]:
+        jobs = ((chunk, [s.image if s.error is None else None for s in chunk]) for chunk in chunks)
         waited = time.perf_counter()
         for chunk, parts in self.pool.decoded(jobs):
             errors = [error for part in parts for error in part.errors]
@@ -318,12 +318,12 @@ class ChunkDecoder:
 
             self.stream = torch.cuda.Stream(device=device)
 
-    def __call__(self, chunk: list[Sample]) -> DecodedChunk:
+    def __call__(self, chunk: list[TarSample]) -> DecodedChunk:
         from berg_scale.io.batch_decode_cpu import decode_batch_cpu
         from berg_scale.io.batch_decode_gpu import decode_jpeg_batch_gpu
 
         started = time.perf_counter()
-        payloads = [sample.data if sample.error is None else None for sample in chunk]
+        payloads = [sample.image if sample.error is None else None for sample in chunk]
         options = self.settings.options
         ready = None
         if self.use_gpu:
@@ -387,7 +387,7 @@ def _gpu_decode_wanted(decode: str, device: Any) -> bool:
     return on_cuda and decode in ("gpu", "auto")
 
 
-def _chunks(iterable: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+def _chunks(iterable: Iterable[TarSample], size: int) -> Iterator[list[TarSample]]:
     iterator = iter(iterable)
     while True:
         chunk = list(islice(iterator, size))

@@ -80,7 +80,7 @@ class FixedCostModel:
 
 @dataclass(frozen=True)
 class FixedCostModelFactory:
-    """Picklable recipe for a `FixedCostModel`, built inside each worker."""
+    """Picklable factory for a `FixedCostModel`, built inside each worker."""
 
     seconds_per_image: float = 0.0
     seconds_per_batch: float = 0.0

@@ -2,7 +2,7 @@
 
 One actor per GPU (`num_gpus=1`) or N CPU actors. The models are built once in the
 constructor (Ray re-runs it after a restart), then the actor is handed shard names one
-at a time. Only shard descriptions and small result dicts cross process boundaries to
+at a time. Only shard descriptions and small `ShardResult`s cross process boundaries to
 the driver; with `decode_workers` > 0 the actor also owns a pool of decode processes on
 its node (`engine/decode_pool.py`) that send it decoded batches through shared memory
 (they live and die with the actor).
@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from berg_scale.engine.shard_pipeline import ShardCancelled, ShardRejected, ShardSettings, process_shard
+from berg_scale.engine.shard_result import ShardOutcome, ShardResult
 from berg_scale.io.output_store import OutputStore
 from berg_scale.io.response_writer import build_schema, iter_descriptions
 from berg_scale.io.shard_listing import InputShard
@@ -84,11 +85,14 @@ class EncoderWorker:
         """Full column descriptions with coordinates, for readouts.json."""
         return iter_descriptions(self.model.columns, with_coords=True)
 
-    def process(self, shard: InputShard, attempt: int) -> dict[str, Any]:
+    def process(self, shard: InputShard, attempt: int) -> ShardResult:
         """Run one shard; failures come back as data so the driver can decide on retries."""
         with self._lock:
             self._cancelled.discard(shard.name)
-        base = {"shard": shard.name, "attempt": attempt, "worker": self.worker_index}
+
+        def report(outcome: ShardOutcome, **details: Any) -> ShardResult:
+            return ShardResult(shard.name, attempt, self.worker_index, outcome, **details)
+
         self._current = (shard.name, 0)
 
         def on_rows(rows: int) -> None:
@@ -109,20 +113,19 @@ class EncoderWorker:
                 on_rows=on_rows,
             )
         except ShardCancelled:
-            return {**base, "status": "cancelled"}
+            return report(ShardOutcome.CANCELLED)
         except PERMANENT_ERRORS as exc:
-            return {**base, "status": "rejected", "error": " ".join(str(exc).split())[:2000]}
+            return report(ShardOutcome.REJECTED, error=" ".join(str(exc).split())[:2000])
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries
-            return {
-                **base,
-                "status": "error",
-                "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000],
-                "traceback": traceback.format_exc(limit=8)[-4000:],
-            }
+            return report(
+                ShardOutcome.FAILED,
+                error=f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000],
+                traceback=traceback.format_exc(limit=8)[-4000:],
+            )
         finally:
             self._current = (None, 0)
         self.shards_done += 1
-        return {**base, "status": "done", "marker": payload}
+        return report(ShardOutcome.DONE, marker=payload)
 
     def cancel(self, shard_name: str) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ NO_DATA = "no image data"
 
 
 def as_options(options: DecodeOptions | int, crop: str | None = None) -> DecodeOptions:
-    """A `DecodeOptions` from a ready recipe or a bare output size (defaults otherwise)."""
+    """A `DecodeOptions` from ready options or a bare output size (defaults otherwise)."""
     if isinstance(options, DecodeOptions):
         return options if crop is None or crop == options.crop else dataclasses.replace(options, crop=crop)
     return DecodeOptions(size=options, crop=crop or "center")
@@ -75,7 +75,7 @@ def decode_batch_cpu(
 ) -> BatchDecodeResult:
     """Decode a batch with Pillow (optionally in a thread pool); `None` items are errors.
 
-    `options` is the whole recipe (`DecodeOptions`); a bare size means the defaults.
+    `options` are the whole decode options (`DecodeOptions`); a bare size means the defaults.
     """
     import torch
 

@@ -85,7 +85,12 @@ class ImageHeader:
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """A preprocessing recipe: images decoded once per recipe feed every model that shares it."""
+    """How image bytes become uint8 pixels: size, crop, alpha, resampling and limits.
+
+    Decoded once per image and fed to every model of the run. These are decode options,
+    not a preprocessing recipe: a model's recipe (`models/preprocess.py`) starts from the
+    pixels decoded here.
+    """
 
     size: int
     crop: str = "center"

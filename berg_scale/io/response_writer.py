@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 from berg_scale import __version__
 from berg_scale.io.output_store import OutputStore
 from berg_scale.io.sample_metadata import metadata_array, metadata_names
+from berg_scale.io.tar_sample import TarSample
 
 METADATA_KEY = b"berg_scale"
 ID_FIELDS = [
@@ -31,20 +31,6 @@ ID_FIELDS = [
     pa.field("error", pa.string()),
 ]
 _ARROW_FLOATS = {"float32": pa.float32(), "float16": pa.float16()}
-
-
-@dataclass(frozen=True)
-class RowInfo:
-    """Identity and outcome of one input image."""
-
-    key: str
-    index: int
-    error: str | None = None
-    meta: dict[str, Any] | None = None  # the sample's json sidecar (see sample_metadata)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 def column_description(column: Any, with_coords: bool = False) -> dict[str, Any]:
@@ -90,10 +76,10 @@ def arrow_type(shape: Sequence[int], dtype: str) -> pa.DataType:
 def build_record_batch(
     schema: pa.Schema,
     shard: str,
-    rows: Sequence[RowInfo],
+    rows: Sequence[TarSample],
     outputs: dict[str, np.ndarray],
 ) -> pa.RecordBatch:
-    """Rows in input order; `outputs[name]` holds the ok rows only, in the same order."""
+    """Rows (decoded samples) in input order; `outputs[name]` holds the ok rows only, in the same order."""
     n = len(rows)
     ok = np.fromiter((row.ok for row in rows), dtype=bool, count=n)
     n_ok = int(ok.sum())
@@ -107,7 +93,7 @@ def build_record_batch(
     carried = set(metadata_names(schema))
     for field in list(schema)[len(ID_FIELDS) :]:
         if field.name in carried:
-            arrays.append(metadata_array(field, [row.meta for row in rows]))
+            arrays.append(metadata_array(field, [row.json for row in rows]))
             continue
         values = outputs.get(field.name)
         arrays.append(_column_array(field, values, ok, n_ok))

@@ -5,7 +5,7 @@ chunks while the caller decodes, so network latency hides behind CPU work. `.tar
 and `.tgz` shards (or any shard whose bytes start like gzip) are decompressed on the
 fly by that same thread.
 
-Rows are images: every key of the shard becomes exactly one `ShardSample`, whatever
+Rows are images: every key of the shard becomes exactly one `TarSample`, whatever
 the order of the members. The rules (also in docs/engine.md, "How tars are read"):
 
 * **Keys.** WebDataset's rule: the key is the member path up to the first dot of its
@@ -29,7 +29,7 @@ the order of the members. The rules (also in docs/engine.md, "How tars are read"
 Two kinds of trouble are kept apart:
 
 * **Sample problems** (no image member, an oversized member, an unreadable json) are
-  reported on the sample itself (`ShardSample.error` / `notes`), so they become error
+  reported on the sample itself (`TarSample.error` / `notes`), so they become error
   rows and the rest of the shard still counts.
 * **Archive problems** (cut short, a garbage header, not a tar at all, a damaged gzip
   stream) raise `ShardReadError`. Python's tarfile quietly stops at a damaged header
@@ -47,17 +47,16 @@ import io
 import json
 import os
 import posixpath
-import queue
 import tarfile
-import threading
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
 
 from berg_scale.errors import BergScaleError, StorageError
+from berg_scale.io.read_ahead import ReadAhead
 from berg_scale.io.shard_listing import SHARD_SUFFIXES
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote, join
+from berg_scale.io.tar_sample import TarSample
 
 # One extension (or more) for every format decode.py documents: JPEG, MPO, PNG, WebP,
 # BMP, TIFF and GIF. A member with any other extension is not an image member.
@@ -125,28 +124,6 @@ class ShardReadError(BergScaleError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class ShardSample:
-    """One sample of a shard.
-
-    Unpacks as `(key, index, image, image_ext, json)`. `index` is the key's rank by
-    first appearance in the tar (unique within the shard). `error` is set exactly when
-    `image` is None and says why; `notes` records non-fatal oddities (an unreadable
-    json member, extra image members).
-    """
-
-    key: str
-    index: int
-    image: bytes | None
-    image_ext: str | None
-    json: dict[str, Any] | None
-    error: str | None = None
-    notes: tuple[str, ...] = field(default=())
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.key, self.index, self.image, self.image_ext, self.json))
-
-
 def split_member_name(name: str) -> tuple[str, str] | None:
     """WebDataset's key/extension split (extension lower-cased, as WebDataset does by
     default) of the normalised name, or None for names that belong to no sample."""
@@ -172,7 +149,7 @@ def image_field(extensions: list[str]) -> str | None:
 
 
 class ReadAheadFile(io.RawIOBase):
-    """A forward-reading file that a thread keeps `depth` chunks ahead of the reader.
+    """A forward-reading file that a `ReadAhead` thread keeps `depth` chunks ahead of the reader.
 
     Seeks forward are free (skipped data is simply dropped); seeks backward work within
     the current and previous chunk, which is all tar parsing needs.
@@ -187,53 +164,23 @@ class ReadAheadFile(io.RawIOBase):
         self._chunk_start = 0
         self._previous = b""
         self._eof = False
-        self._stop = threading.Event()
-        self._queue: queue.Queue[Any] | None = None
-        self._thread: threading.Thread | None = None
+        self._ahead: ReadAhead[bytes] | None = None
+        self._chunks: Iterator[bytes] = _chunks_of(raw, self._chunk_bytes)
         if depth > 0:
-            self._queue = queue.Queue(maxsize=depth)
-            self._thread = threading.Thread(
-                target=self._fetch, name="shard-read-ahead", daemon=True
-            )
-            self._thread.start()
-
-    def _fetch(self) -> None:
-        assert self._queue is not None
-        try:
-            while not self._stop.is_set():
-                data = self._raw.read(self._chunk_bytes)
-                item: Any = data if data else None
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if item is None:
-                    return
-        except BaseException as exc:  # handed to the reader, raised there
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(exc, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
+            self._ahead = ReadAhead(self._chunks, depth=depth, name="shard-read-ahead")
+            self._chunks = self._ahead
 
     def _next_chunk(self) -> bytes | None:
         if self._eof:
             return None
-        if self._queue is None:
-            data = self._raw.read(self._chunk_bytes)
-            item: Any = data if data else None
-        else:
-            item = self._queue.get()
-        if isinstance(item, BaseException):
-            self._eof = True
-            raise item
-        if item is None:
+        try:
+            return next(self._chunks)
+        except StopIteration:
             self._eof = True
             return None
-        return item
+        except BaseException:
+            self._eof = True
+            raise
 
     def readable(self) -> bool:
         return True
@@ -295,13 +242,21 @@ class ReadAheadFile(io.RawIOBase):
     def close(self) -> None:
         if self.closed:
             return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if self._ahead is not None:
+            self._ahead.close(timeout=30)  # the thread may be inside a network read
         try:
             self._raw.close()
         finally:
             super().close()
+
+
+def _chunks_of(raw: BinaryIO | io.RawIOBase, chunk_bytes: int) -> Iterator[bytes]:
+    """The bytes of `raw` in pieces of at most `chunk_bytes`, until it is exhausted."""
+    while True:
+        data = raw.read(chunk_bytes)
+        if not data:
+            return
+        yield data
 
 
 def _open_shard(
@@ -481,7 +436,7 @@ class _SampleBuilder:
             + sum(len(data) for data in self.data.values())
         )
 
-    def build(self) -> ShardSample:
+    def build(self) -> TarSample:
         notes = list(self.notes)
         read = [ext for ext in self.extensions if ext in self.data]
         image_ext = image_field(read) or image_field(self.extensions)
@@ -503,7 +458,7 @@ class _SampleBuilder:
                 notes.append(note)
         elif JSON_EXTENSION in self.skipped:
             notes.append(self.skipped[JSON_EXTENSION])
-        return ShardSample(
+        return TarSample(
             key=self.key,
             index=self.index,
             image=image,
@@ -570,7 +525,7 @@ class _KeyedSamples:
         # link can be read; a later member of the same name replaces it, as on extraction
         self.locations: dict[str, tuple[int, int]] = {}
 
-    def __iter__(self) -> Iterator[ShardSample]:
+    def __iter__(self) -> Iterator[TarSample]:
         handle = self.stream.handle
         try:
             archive = tarfile.open(
@@ -638,7 +593,7 @@ class _KeyedSamples:
         self.next_index += 1
         return builder
 
-    def _finish(self, builder: _SampleBuilder | None) -> ShardSample | None:
+    def _finish(self, builder: _SampleBuilder | None) -> TarSample | None:
         """The sample of a completed group, or None while the key still waits for an image."""
         if builder is None or builder.late:
             return None
@@ -722,7 +677,7 @@ def iter_shard_samples(
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
     link_cache_bytes: int = DEFAULT_LINK_CACHE_BYTES,
-) -> Iterator[ShardSample]:
+) -> Iterator[TarSample]:
     """Yield one sample per key of one shard; raises ShardReadError on a damaged tar.
 
     `read_ahead_bytes=0` reads synchronously. Only image and json members are loaded
@@ -757,7 +712,7 @@ def _verify_end_of_archive(url: str, handle: ReadAheadFile, offset: int) -> None
         raise ShardReadError(url, f"invalid member header at byte {offset} (corrupt data)")
 
 
-def read_shard(url: str, storage: StorageOptions | None = None, **options: Any) -> list[ShardSample]:
+def read_shard(url: str, storage: StorageOptions | None = None, **options: Any) -> list[TarSample]:
     """All samples of a shard in tar order (by `index`), for small shards and tests."""
     return sorted(iter_shard_samples(url, storage, **options), key=lambda sample: sample.index)
 
@@ -781,7 +736,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ReadAheadFile",
     "ShardReadError",
-    "ShardSample",
+    "TarSample",
     "escape_name",
     "image_field",
     "iter_shard_samples",

@@ -1,4 +1,4 @@
-"""What the engine needs of an encoder and of the recipe that builds one, free of torch.
+"""What the engine needs of an encoder and of the factory that builds one, free of torch.
 
 The engine only ever sees these two seams: a driver holds a picklable factory, each
 worker builds its encoder from it once. `ModelSet` and `ModelSetFactory` are the real
@@ -48,7 +48,7 @@ class Encoder(Protocol):
 
 
 class EncoderFactory(Protocol):
-    """A picklable recipe a worker turns into an `Encoder` on its device."""
+    """A picklable factory a worker turns into an `Encoder` on its device."""
 
     @property
     def needs_weights(self) -> bool:

@@ -1,5 +1,8 @@
 """Image preprocessing recipes, run once per batch and shared by every readout using them.
 
+A recipe (named, e.g. `vit224`) turns the decoded uint8 pixels into a model's input; how
+bytes become those pixels is the decode options' business (`io/image_decode.py`).
+
 Each recipe reproduces BERG's inference-time pipeline for uint8 RGB input: resizing
 goes through torchvision's tensor resize (float32 interpolation, antialias, rounding
 half-to-even back to uint8), which is what BERG calls, so pixels match exactly on CPU.

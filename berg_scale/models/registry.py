@@ -161,7 +161,7 @@ def install_plugin(install: Callable[[], None]) -> None:
 
     Registrations live in one process; the engine hands the installers of this process to
     each worker it starts (`installed_plugins`), so a model added at run time is known
-    where it is built. The installer is pickled with the worker's recipe: by reference for
+    where it is built. The installer is pickled with the worker's factory: by reference for
     an installed package, by value where cloudpickle is told so.
     """
     install()

@@ -13,6 +13,7 @@ import yaml
 
 from berg_scale.cli import main
 from berg_scale.errors import BergScaleError
+from berg_scale.io.tar_sample import TarSample
 from berg_scale.planning import estimate_columns, id_bytes_per_image, make_plan, plan_hints
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,10 +96,10 @@ def test_card_widths_for_eeg_and_whole_hemispheres():
 
 def test_identity_columns_match_arrow(tmp_path):
     """Identity columns are exact; values may carry validity bits (<= 1/32 for float32)."""
-    from berg_scale.io.response_writer import RowInfo, build_record_batch, build_schema
+    from berg_scale.io.response_writer import build_record_batch, build_schema
 
     n = 1000
-    rows = [RowInfo(key=f"{i:09d}", index=i) for i in range(n)]
+    rows = [TarSample(key=f"{i:09d}", index=i) for i in range(n)]
     schema = build_schema([{"name": "m/sub-01/x", "shape": [37], "dtype": "float32"},
                            {"name": "m/sub-01/x:mean", "shape": [], "dtype": "float32"}], {})
     batch = build_record_batch(schema, "shard-000001", rows,
@@ -114,11 +115,11 @@ def test_identity_columns_match_arrow(tmp_path):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_zstd_parquet_of_responses_is_about_the_predicted_size(tmp_path, dtype):
     """The disk figure `plan` prints: noisy floats barely compress, levels add a little."""
-    from berg_scale.io.response_writer import RowInfo, build_record_batch, build_schema
+    from berg_scale.io.response_writer import build_record_batch, build_schema
     from berg_scale.planning import ColumnEstimate
 
     n, width = 2000, 500
-    rows = [RowInfo(key=f"{i:09d}", index=i) for i in range(n)]
+    rows = [TarSample(key=f"{i:09d}", index=i) for i in range(n)]
     schema = build_schema([{"name": "x", "shape": [width], "dtype": dtype}], {})
     values = np.random.default_rng(0).standard_normal((n, width)).astype(dtype)
     batch = build_record_batch(schema, "shard-000001", rows, {"x": values})

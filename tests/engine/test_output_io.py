@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from berg_scale.engine.stand_in_model import StandInColumn, StandInReadout
+from berg_scale.io.tar_sample import TarSample
 
 
 def _touch(path):
@@ -79,10 +80,10 @@ def _write_shard(tmp_path, rows, outputs, name="s0"):
 
 
 def test_writer_schema_nulls_float16_and_read_back(tmp_path):
-    from berg_scale.io.response_writer import RowInfo, read_schema_metadata
+    from berg_scale.io.response_writer import read_schema_metadata
     from berg_scale.io.results import readout_array, readout_xarray
 
-    rows = [RowInfo("k0", 0), RowInfo("k1", 1, "truncated"), RowInfo("k2", 2)]
+    rows = [TarSample("k0", 0), TarSample("k1", 1, error="truncated"), TarSample("k2", 2)]
     eeg = np.arange(2 * 24, dtype=np.float32).reshape(2, 2, 3, 4) / 7
     outputs = {"m/sub-02/eeg": eeg, "m/sub-02/eeg:mean": np.array([0.5, 1.5], dtype=np.float32)}
     store, path = _write_shard(tmp_path, rows, outputs)
@@ -111,10 +112,9 @@ def test_writer_schema_nulls_float16_and_read_back(tmp_path):
 
 def test_only_committed_shards_are_read(tmp_path):
     from berg_scale.errors import BergScaleError
-    from berg_scale.io.response_writer import RowInfo
     from berg_scale.io.results import open_responses
 
-    rows = [RowInfo("k0", 0)]
+    rows = [TarSample("k0", 0)]
     outputs = {"m/sub-02/eeg": np.zeros((1, 24), np.float32), "m/sub-02/eeg:mean": np.zeros(1, np.float32)}
     store, _ = _write_shard(tmp_path, rows, outputs, name="committed")
     # A response file without a marker (a crashed attempt) must be invisible.
@@ -127,24 +127,24 @@ def test_only_committed_shards_are_read(tmp_path):
 
 def test_writer_abort_leaves_nothing_behind(tmp_path):
     from berg_scale.io.output_store import OutputStore
-    from berg_scale.io.response_writer import ResponseShardWriter, RowInfo, build_record_batch, build_schema, iter_descriptions
+    from berg_scale.io.response_writer import ResponseShardWriter, build_record_batch, build_schema, iter_descriptions
 
     store = OutputStore(str(tmp_path / "out"))
     schema = build_schema(iter_descriptions(_columns()), {})
     with pytest.raises(RuntimeError):
         with ResponseShardWriter(store, "s", schema) as writer:
-            writer.write(build_record_batch(schema, "s", [RowInfo("k", 0, "bad")], {}))
+            writer.write(build_record_batch(schema, "s", [TarSample("k", 0, error="bad")], {}))
             raise RuntimeError("worker failure")
     assert not (tmp_path / "out" / "responses").exists()
     assert list((tmp_path / "out" / "_tmp").iterdir()) == []
 
 
 def test_wrong_output_width_is_an_error(tmp_path):
-    from berg_scale.io.response_writer import RowInfo, build_record_batch, build_schema, iter_descriptions
+    from berg_scale.io.response_writer import build_record_batch, build_schema, iter_descriptions
 
     schema = build_schema(iter_descriptions(_columns()), {})
     with pytest.raises(ValueError, match="expected 24 values per image"):
-        build_record_batch(schema, "s", [RowInfo("k", 0)],
+        build_record_batch(schema, "s", [TarSample("k", 0)],
                            {"m/sub-02/eeg": np.zeros((1, 5), np.float32), "m/sub-02/eeg:mean": np.zeros(1)})
 
 
@@ -152,9 +152,8 @@ def test_status_of_an_output(tmp_path, capsys):
     from berg_scale.cli import main
     from berg_scale.commands.status import output_status
     from berg_scale.io.output_store import write_failed_marker, write_manifest
-    from berg_scale.io.response_writer import RowInfo
 
-    rows = [RowInfo("k0", 0), RowInfo("k1", 1, "bad")]
+    rows = [TarSample("k0", 0), TarSample("k1", 1, error="bad")]
     outputs = {"m/sub-02/eeg": np.zeros((1, 24), np.float32), "m/sub-02/eeg:mean": np.zeros(1, np.float32)}
     store, _ = _write_shard(tmp_path, rows, outputs, name="s0")
     json_marker = json.loads((tmp_path / "out" / "_done" / "s0.json").read_text())

@@ -78,9 +78,9 @@ def test_gnu_tar_shards_give_every_image_exactly_one_row(tmp_path):
     worker = _worker(output)
     for shard in shards:
         result = worker.process(shard, 1)
-        assert result["status"] == "done", result
-        assert result["marker"]["rows"] == len(images) + len(errors)
-        assert result["marker"]["ok"] == len(images)
+        assert result.status == "done", result
+        assert result.marker["rows"] == len(images) + len(errors)
+        assert result.marker["ok"] == len(images)
 
     table = open_responses(output).to_table()
     per_shard = {}
@@ -117,6 +117,6 @@ def test_a_damaged_shard_comes_back_rejected_with_its_reason(tmp_path, damage):
     result = _worker(str(tmp_path / "out")).process(
         InputShard(name=path.name, url=str(path), relative=path.name), 1
     )
-    assert result["status"] == "rejected", result
-    assert reason in result["error"] and str(path) in result["error"]
+    assert result.status == "rejected", result
+    assert reason in result.error and str(path) in result.error
     assert not (tmp_path / "out" / "_done").exists() or not os.listdir(tmp_path / "out" / "_done")

@@ -453,7 +453,7 @@ def test_generate_carries_sidecar_fields_into_columns(tmp_path):
                              device="cpu", sample_metadata=("source", "width", "height", "caption"))
     worker = EncoderWorker(0, FixedCostModelFactory(), settings)
     for shard in list_shards(str(inputs)):
-        assert worker.process(shard, 1)["status"] == "done"
+        assert worker.process(shard, 1).status == "done"
     table = open_responses(output).to_table()
     assert table.schema.names[:9] == ["key", "shard", "index", "status", "error",
                                       "source", "width", "height", "caption"]

@@ -1,7 +1,9 @@
-"""Overlap network reads with decoding and the model: a background thread fills a queue.
+"""Overlap slow producers with their consumer: a background thread fills a queue.
 
 Streaming a tar from object storage is latency-bound; without read-ahead the GPU would
-idle during every range request. The producer thread is the only reader of the source
+idle during every range request. The one class serves every stage that runs ahead: the
+byte chunks of a shard (`io/shard_reader.py`), its samples and its decoded chunks
+(`engine/shard_pipeline.py`). The producer thread is the only reader of the source
 iterator, errors travel through the queue in order, and `close()` stops the thread
 promptly (a shard that is cancelled or fails must not leave a reader behind).
 """
@@ -72,14 +74,15 @@ class ReadAhead(Generic[T], Iterator[T]):
         self._queue.put((kind, value))  # stay exhausted
         raise StopIteration
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the producer and wait up to `timeout` seconds for it to leave its source."""
         self._stop.set()
         while True:  # unblock a producer waiting on a full queue
             try:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=timeout)
 
     def __enter__(self) -> "ReadAhead[T]":
         return self
