@@ -80,9 +80,9 @@ def _input_info(card: ModelCard) -> dict[str, Any]:
 
 def _output_info(card: ModelCard) -> dict[str, Any]:
     dims = list(card.output.get("dims", []))
-    fsaverage = card.model_id == "fmri-nsd_fsaverage-vit_b_32"
+    pair = bool(card.family) and families.get_family(card.family).returns_tuple
     return {
-        "type": "tuple of two numpy.ndarray (lh, rh)" if fsaverage else "numpy.ndarray",
+        "type": "tuple of two numpy.ndarray (lh, rh)" if pair else "numpy.ndarray",
         "shape": ["batch_size", *(f"n_{d}s" for d in dims)],
         "description": str(card.output.get("shape", "")),
         "dimensions": [{"name": "batch_size", "description": "Number of stimuli in the batch"}]

@@ -78,6 +78,8 @@ class ModelFamily:
     dims: tuple[str, ...] = ()
     coordinates: tuple[str, ...] = ()
     backbone: Backbone | None = None
+    # BERG's facade returns a tuple of arrays (split_output) rather than one array.
+    returns_tuple: bool = False
     files_per_roi: bool = False
 
     def weight_files(self, card: ModelCard, subject: int, roi: str | None = None) -> list[str]:
@@ -193,6 +195,7 @@ class FsaverageFamily(VitReadoutFamily):
     dims = ("vertex",)
     coordinates = ("hemisphere", "vertex", "ncsnr")
     hemispheres = ("lh", "rh")
+    returns_tuple = True
     folder = "encoding_models/modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32"
 
     def output_width(self, readout: Readout, resolved: Any, read: MetadataReader) -> Width:
