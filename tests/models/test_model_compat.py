@@ -52,6 +52,8 @@ def test_listing_catalog_and_describe(berg, capsys):
     assert rois[0] == "V1" and rois[-1] == "ventral" and len(rois) == 23
     assert "subject=1, selection={'roi': 'V1'}" in fwrf["example_usage"]
     assert "OVWFA" in berg.describe(FSAV)["parameters"]["selection"]["properties"]["roi"]["valid_values"]
+    assert berg.describe(FSAV)["output"]["type"].startswith("tuple of two")  # (lh, rh), as encode returns
+    assert fwrf["output"]["type"] == "numpy.ndarray"
     with pytest.raises(compat.ModelNotFoundError, match="Model 'x' not found in registry"):
         berg.describe("x")
 
