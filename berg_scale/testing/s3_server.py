@@ -107,7 +107,10 @@ class S3Server:
             f"-master.port={self._ports['master']}",
             "-master.volumeSizeLimitMB=64",
             f"-volume.port={self._ports['volume']}",
-            "-volume.max=0",
+            # A fixed volume count: with 0 SeaweedFS sizes it from the free disk at start-up,
+            # so a fuller disk would run out of volumes (InternalError) late in a long test run.
+            # Volumes are not preallocated, so the count costs nothing on disk.
+            "-volume.max=1000",
             "-filer",
             f"-filer.port={self._ports['filer']}",
             "-s3",
