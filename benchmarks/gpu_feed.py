@@ -35,6 +35,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from berg_scale.offline_env import apply_offline_environment  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from gpu_engine import _max_relative_difference  # noqa: E402  (same drift measure)
+from gpu_engine import _read_means as _read_values  # noqa: E402  (every response column by key)
+
 apply_offline_environment()
 
 FSAVERAGE = "fmri-nsd_fsaverage-vit_b_32"
@@ -220,38 +224,6 @@ def _end_to_end(worker, shards, n_images: int, cuda: bool) -> tuple[float, dict[
         for where, count in result.marker["decoded_on"].items():
             decoded_on[where] = decoded_on.get(where, 0) + count
     return n_images / (time.perf_counter() - began), seconds, decoded_on
-
-
-def _read_values(output: Path) -> dict[str, dict[str, object]]:
-    """Every response column as key -> vector (error rows left out)."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    values: dict[str, dict[str, object]] = {}
-    for path in sorted((output / "responses").glob("*.parquet")):
-        table = pq.read_table(path)
-        keys = table.column("key").to_pylist()
-        for name in table.column_names[5:]:
-            for key, value in zip(keys, table.column(name).to_pylist()):
-                if value is not None:
-                    values.setdefault(name, {})[key] = np.atleast_1d(np.asarray(value, dtype=np.float64))
-    return values
-
-
-def _max_relative_difference(reference, table) -> float:
-    """Largest |difference| over all columns, in units of the reference column's std."""
-    import numpy as np
-
-    worst = 0.0
-    for name, by_key in reference.items():
-        keys = [key for key in by_key if key in table.get(name, {})]
-        if not keys:
-            continue
-        ref = np.stack([by_key[key] for key in keys])
-        other = np.stack([table[name][key] for key in keys])
-        scale = float(ref.std()) or 1.0
-        worst = max(worst, float(np.abs(other - ref).max()) / scale)
-    return worst
 
 
 if __name__ == "__main__":
