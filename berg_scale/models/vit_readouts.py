@@ -10,6 +10,12 @@ centre close to every subject's mean keeps the float32 product free of cancellat
 and because the centre is shared, all subjects' folded projections stack into a single
 matrix: one product on the device projects every subject at once. The fold itself is
 computed in float64 and stored as float32.
+
+In bf16/fp16 the stacked projection is stored in that precision (half the memory) and
+runs as one reduced-precision product with float32 accumulation, so it uses the tensor
+cores like the backbone does; in fp32 it would otherwise cost more than the bf16 backbone
+for eight subjects. The regressions stay float32 (they are small for ROI readouts, and
+whole-brain outputs are bound by their size, not by arithmetic).
 """
 
 from __future__ import annotations
@@ -174,6 +180,7 @@ class VitGroup(ReadoutGroup):
         self.weight_files: list[str] = []
         resolved = [(spec, spec.resolve()) for spec in specs]
         self.backbone = shared_backbone(ctx)
+        self.projection_dtype = ctx.autocast_dtype or torch.float32
         files = []
         for spec, _ in resolved:
             rel = families.weight_files(spec.model_id, spec.subject)[0]
@@ -208,7 +215,7 @@ class VitGroup(ReadoutGroup):
                     pca["components"], pca["scale"], pca["mean"], pca["pca_mean"], centre
                 )
                 k = weight.shape[0]
-                blocks.append(torch.from_numpy(weight).to(ctx.device))
+                blocks.append(torch.from_numpy(weight).to(device=ctx.device, dtype=self.projection_dtype))
                 offsets.append(torch.from_numpy(offset).to(ctx.device))
                 del weight, pca
                 projections[digest] = _Projection(start, k)
@@ -232,6 +239,11 @@ class VitGroup(ReadoutGroup):
         self.projection = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
         del blocks
         self.offset = torch.cat(offsets)
+        if self.projection_dtype is torch.float16 and not bool(torch.isfinite(self.projection).all()):
+            raise BergScaleError(
+                "the folded PCA projection exceeds float16's range (a scaler scale_ is tiny); "
+                "use precision bf16 or fp32"
+            )
 
     # --- readout construction -------------------------------------------------------
 
@@ -405,7 +417,28 @@ class VitGroup(ReadoutGroup):
     # --- forward ------------------------------------------------------------------
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        """PCA scores of every subject at once: (B, 460800) -> (B, sum of k).
+        """PCA scores of every subject at once: (B, 460800) -> (B, sum of k)."""
+        if self.projection_dtype is not torch.float32:
+            return self._project_reduced(features)
+        return self._project_fp32(features)
+
+    def _project_reduced(self, features: torch.Tensor) -> torch.Tensor:
+        """One bf16/fp16 product of the centred features, accumulated in float32.
+
+        Centring happens in float32 before the cast, so the reduced format holds the
+        deviations from the centre, not the large raw activations. cuBLAS writes the
+        float32 accumulator out directly (`out_dtype`); elsewhere the product's output
+        is rounded to the reduced format once before the offset is added.
+        """
+        centred = (features - self.centre).to(self.projection_dtype)
+        if centred.is_cuda:
+            scores = torch.mm(centred, self.projection.T, out_dtype=torch.float32)
+        else:
+            scores = torch.mm(centred, self.projection.T).float()
+        return scores + self.offset
+
+    def _project_fp32(self, features: torch.Tensor) -> torch.Tensor:
+        """float32 products over slices, partial sums in float64.
 
         The 460,800-long dot products run as float32 matrix products over slices of
         PROJECTION_CHUNK features whose partial sums are added in float64; a single
