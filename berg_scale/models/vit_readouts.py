@@ -37,7 +37,12 @@ from berg_scale.models.base import (
 )
 from berg_scale.models.registry import get_card, register_model
 from berg_scale.models.spec import ReadoutError, ReadoutSpec, ResolvedSelection
-from berg_scale.models.vit import N_FEATURES, VitFeatures, load_vit_b_32, resolve_backbone_path
+from berg_scale.models.vit import (
+    N_FEATURES,
+    VitFeatures,
+    load_vit_b_32,
+    resolve_backbone_path,
+)
 from berg_scale.models.weights_check import WeightFormatError, get_array, get_key
 
 FOLD_CHUNK = 16384  # feature columns per float64 folding step (bounds temporary memory)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import shutil
 
+import berg_reference as ref
 import numpy as np
 import pytest
 import torch
 
-import berg_reference as ref
 from berg_scale.errors import BergScaleError
 from berg_scale.models import ModelSet, ReadoutSpec, families
 from berg_scale.models.vit import N_FEATURES
