@@ -210,6 +210,9 @@ class ResourcesConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # Resample images on the CPU as BERG does (exact); null: yes for fp32, no for bf16/fp16.
     exact_resize: Bool | None = None
+    # Compile the ViT-B/32 backbone with torch.compile (fused kernels; a warm-up of one to
+    # two minutes per worker). fp32 stays within 1e-6 of the eager backbone.
+    compile: Bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     startup_timeout_s: Float = Field(1800.0, gt=0)
 

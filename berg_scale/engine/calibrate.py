@@ -204,15 +204,7 @@ def calibrate(
 def _factory(config: Any) -> Any:
     from berg_scale.engine.model_factory import ModelSetFactory
 
-    return ModelSetFactory(
-        berg_root=config.berg_root,
-        readouts=tuple(config.readout_specs()),
-        precision=config.resources.precision,
-        batch_size=config.resources.batch_size,
-        backbone_path=config.backbone,
-        exact_resize=config.resources.exact_resize,
-        storage=config.storage_options(),
-    )
+    return ModelSetFactory.from_config(config)
 
 
 def _checked(result: ShardResult) -> dict[str, Any]:

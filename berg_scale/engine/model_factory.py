@@ -27,9 +27,25 @@ class ModelSetFactory:
     backbone_path: str | None = None
     storage: Any = None
     exact_resize: bool | None = None
+    compile: bool = default_of(ResourcesConfig, "compile")
     # Models registered at run time on the driver; each worker installs them again.
     plugins: tuple[Callable[[], None], ...] = field(default_factory=installed_plugins)
     needs_weights: bool = field(default=True, init=False)
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelSetFactory:
+        """The factory a run config describes (its readouts, resources and storage)."""
+        resources = config.resources
+        return cls(
+            berg_root=config.berg_root,
+            readouts=tuple(config.readout_specs()),
+            precision=resources.precision,
+            batch_size=resources.batch_size,
+            backbone_path=config.backbone,
+            exact_resize=resources.exact_resize,
+            compile=resources.compile,
+            storage=config.storage_options(),
+        )
 
     def local_berg_root(self) -> str:
         """The root to load from: a remote root becomes its node-local cached copy."""
@@ -60,4 +76,5 @@ class ModelSetFactory:
             backbone_path=self.backbone_path,
             storage=self.storage,
             exact_resize=self.exact_resize,
+            compile=self.compile,
         )

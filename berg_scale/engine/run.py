@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from berg_scale.config import RunConfig
 from berg_scale.engine.ledger import LedgerMismatch, RunBinding, hash_weights, reconcile
@@ -28,9 +29,18 @@ from berg_scale.engine.manifest import build_manifest
 from berg_scale.engine.model_factory import ModelSetFactory
 from berg_scale.engine.preflight import check_storage, check_weights, list_input_shards
 from berg_scale.engine.progress import LiveProgress, RunStats, StartupPhases
-from berg_scale.engine.scheduler import RetryPolicy, SchedulerReport, ShardScheduler, WorkerSlot
+from berg_scale.engine.scheduler import (
+    RetryPolicy,
+    SchedulerReport,
+    ShardScheduler,
+    WorkerSlot,
+)
 from berg_scale.engine.shard_pipeline import ShardSettings
-from berg_scale.engine.worker_pool import start_workers, stop_workers, wait_for_first_worker
+from berg_scale.engine.worker_pool import (
+    start_workers,
+    stop_workers,
+    wait_for_first_worker,
+)
 from berg_scale.io.output_lease import OutputLease, new_run_id
 from berg_scale.io.output_store import (
     TMP_DIR,
@@ -94,15 +104,7 @@ def run_generation(
     started_at = time.time()
     storage = config.storage_options()
     specs = config.readout_specs()
-    factory = model_factory or ModelSetFactory(
-        berg_root=config.berg_root,
-        readouts=tuple(specs),
-        precision=config.resources.precision,
-        batch_size=config.resources.batch_size,
-        backbone_path=config.backbone,
-        exact_resize=config.resources.exact_resize,
-        storage=storage,
-    )
+    factory = model_factory or ModelSetFactory.from_config(config)
     needs_weights = getattr(factory, "needs_weights", True)
 
     # --- preflight: nothing below starts a worker ------------------------------------

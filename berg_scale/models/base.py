@@ -30,6 +30,7 @@ class BuildContext:
     precision: str
     backbone_path: str | None = None
     shared: dict[str, Any] = field(default_factory=dict)
+    compile: bool = False  # torch.compile the shared backbones
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +20,13 @@ from berg_scale.config import ResourcesConfig, default_of
 from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import StorageOptions
 from berg_scale.models.base import BuildContext, OutputColumn, ReadoutGroup
-from berg_scale.models.preprocess import check_images, get_recipe, presized, recipe_resize_size, resize_on_cpu
+from berg_scale.models.preprocess import (
+    check_images,
+    get_recipe,
+    presized,
+    recipe_resize_size,
+    resize_on_cpu,
+)
 from berg_scale.models.registry import get_implementation
 from berg_scale.models.spec import ReadoutSpec
 from berg_scale.models.store import WeightStore
@@ -96,6 +103,7 @@ class ModelSet:
         backbone_path: str | None = None,
         storage: StorageOptions | None = None,
         exact_resize: bool | None = None,
+        compile: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise BergScaleError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -122,7 +130,8 @@ class ModelSet:
         if self.device.type == "cuda" and precision == "fp32":
             _exact_fp32_on_cuda()
         self.store = WeightStore(berg_root, storage)
-        self.context = BuildContext(self.store, self.device, precision, backbone_path)
+        self.compile = bool(compile)
+        self.context = BuildContext(self.store, self.device, precision, backbone_path, compile=self.compile)
         by_group: dict[tuple[str, Any], list[ReadoutSpec]] = {}
         for spec in readouts:
             implementation = get_implementation(spec.model_id)
@@ -138,6 +147,8 @@ class ModelSet:
             columns, key=lambda c: (order[c.readout.column_base], c.kind != "responses")
         )
         self._hashes: dict[str, str] | None = None
+        if self.compile:
+            self._warm_up()
 
     # --- identity -----------------------------------------------------------------
 
@@ -156,6 +167,7 @@ class ModelSet:
             "engine": __version__,
             "precision": self.precision,
             "exact_resize": self.exact_resize,
+            **({"compile": True} if self.compile else {}),  # compiled kernels round differently
             "readouts": [json.loads(spec.key) for spec in self.readouts],
             "weights": self.weight_hashes,
         }
@@ -224,6 +236,23 @@ class ModelSet:
                 results.update(group.forward(prepared[group.recipe]))
         dtypes = {c.name: c.dtype for c in self.columns}
         return {name: results[name].to(getattr(torch, dtypes[name])) for name in dtypes}
+
+    def _warm_up(self) -> None:
+        """Compile now, at a full and a smaller batch, so that no shard pays for it and a
+        missing compiler fails the worker's start-up with a clear message."""
+        sizes = [self.batch_size] + ([self.batch_size - 1] if self.batch_size > 2 else [])
+        try:
+            with torch.no_grad():
+                for group in self.groups:
+                    warm_up = getattr(group, "warm_up", None)
+                    if warm_up is not None:
+                        warm_up(sizes)
+        except Exception as exc:
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise BergScaleError(
+                f"resources.compile: torch.compile failed on {self.device} ({first[:300]}); it needs "
+                "a C++ compiler on CPU or Triton on CUDA. Set resources.compile: false"
+            ) from exc
 
     @property
     def backbone_passes(self) -> int:

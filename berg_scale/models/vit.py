@@ -64,9 +64,26 @@ class VitFeatures(nn.Module):
         super().__init__()
         self.model = model
         self.forward_count = 0  # number of backbone passes; lets callers verify sharing
+        self._blocks: Any = self.block_outputs
+
+    def compile_blocks(self, **options: Any) -> None:
+        """Run the block outputs through torch.compile (Inductor's fused kernels).
+
+        Only the tensor computation is compiled, so the pass counter stays plain Python.
+        The first batch of a new shape compiles; the second distinct batch size compiles
+        once more with a dynamic batch dimension, after which every size reuses it.
+        """
+        self._blocks = torch.compile(self.block_outputs, dynamic=None, **options)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         self.forward_count += 1
+        return self._blocks(pixels)
+
+    def warm_up(self, pixels: torch.Tensor) -> None:
+        """One pass that is not counted (it compiles, when compiled)."""
+        self._blocks(pixels)
+
+    def block_outputs(self, pixels: torch.Tensor) -> torch.Tensor:
         model: Any = self.model  # torchvision's VisionTransformer: its parts are untyped
         tokens = model._process_input(pixels)  # conv_proj + flatten -> (B, 49, 768)
         cls = model.class_token.expand(tokens.shape[0], -1, -1)

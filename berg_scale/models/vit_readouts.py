@@ -20,6 +20,7 @@ whole-brain outputs are bound by their size, not by arithmetic).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,6 +36,7 @@ from berg_scale.models.base import (
     ReadoutGroup,
     mean_column,
 )
+from berg_scale.models.preprocess import VIT_CROP
 from berg_scale.models.registry import get_card, register_model
 from berg_scale.models.spec import ReadoutError, ReadoutSpec, ResolvedSelection
 from berg_scale.models.vit import (
@@ -170,7 +172,10 @@ def shared_backbone(ctx: BuildContext) -> VitFeatures:
     path = resolve_backbone_path(ctx.backbone_path, ctx.store.storage)
     key = f"vit_b_32:{path}"
     if key not in ctx.shared:
-        ctx.shared[key] = load_vit_b_32(path, ctx.device, ctx.store.storage)
+        backbone = load_vit_b_32(path, ctx.device, ctx.store.storage)
+        if ctx.compile:
+            backbone.compile_blocks()
+        ctx.shared[key] = backbone
     return ctx.shared[key]
 
 
@@ -457,14 +462,23 @@ class VitGroup(ReadoutGroup):
             total += torch.mm(centred, self.projection[:, cols].T)
         return total.to(torch.float32)
 
-    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def warm_up(self, batch_sizes: list[int]) -> None:
+        """Compile the backbone for these batch sizes, in this group's precision."""
+        for size in batch_sizes:
+            pixels = torch.zeros((size, 3, VIT_CROP, VIT_CROP), device=self.ctx.device)
+            with self._precision():
+                self.backbone.warm_up(pixels)
+
+    def _precision(self) -> Any:
         dtype = self.ctx.autocast_dtype
         if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=dtype)
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self._precision():
             features = self.backbone(pixels)
-        else:
-            with torch.autocast(self.ctx.device.type, dtype=dtype):
-                features = self.backbone(pixels)
-            features = features.float()
+        features = features.float()
         scores = self.project(features)
         del features
         out: dict[str, torch.Tensor] = {}
