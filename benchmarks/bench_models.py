@@ -5,7 +5,10 @@ Cases:
   (b) 8 fsaverage subjects in one ModelSet (backbone shared), and the same 8 subjects
       as 8 sequential single-subject passes
   (c) one fwRF ROI (V1, 1,350 voxels as for NSD subject 1)
-each in fp32 and bf16. Every case runs in its own process so its peak RSS is its own.
+  (d) 8 fsaverage subjects' hV4 means only (the screening case: small regressions, so
+      the backbone and the stacked PCA projection are the work)
+each in fp32 and bf16; for the ViT cases also the seconds of the stacked projection alone
+(its share of the model step is what bf16 sharing has to beat). Every case runs in its own process so its peak RSS is its own.
 
     python benchmarks/bench_models.py [--images 16] [--components 100] [--repeats 2] [--write]
 
@@ -80,6 +83,8 @@ def run_case(case: str, precision: str, n_images: int, components: int, repeats:
         sets = [[ReadoutSpec(FSAV, s)] for s in range(1, 9)]
     elif case == "c":
         sets = [[ReadoutSpec(FWRF, 1, {"roi": "V1"})]]
+    elif case == "d":
+        sets = [[ReadoutSpec(FSAV, s, {"roi": "hV4"}, outputs=("mean",)) for s in range(1, 9)]]
     else:
         raise SystemExit(f"unknown case {case}")
     t0 = time.perf_counter()
@@ -93,6 +98,7 @@ def run_case(case: str, precision: str, n_images: int, components: int, repeats:
         for ms in models:
             ms.forward(images)
         elapsed = min(elapsed, time.perf_counter() - t0)
+    project_s = _projection_seconds(models, n_images, repeats)
     return {
         "case": case,
         "precision": precision,
@@ -100,8 +106,31 @@ def run_case(case: str, precision: str, n_images: int, components: int, repeats:
         "images_per_s": n_images / elapsed,
         "seconds": elapsed,
         "load_s": load_s,
+        "project_s": project_s,
         "peak_rss_gb": _peak_rss_gb(),
     }
+
+
+def _projection_seconds(models: list, n_images: int, repeats: int) -> float | None:
+    """Best time of the ViT groups' stacked projections on features of the timed batch."""
+    import torch
+
+    from berg_scale.models.vit import N_FEATURES
+
+    groups = [g for ms in models for g in ms.groups if hasattr(g, "project")]
+    if not groups:
+        return None
+    features = torch.randn(n_images, N_FEATURES) + groups[0].centre
+    best = float("inf")
+    with torch.no_grad():
+        for group in groups:
+            group.project(features)  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for group in groups:
+                group.project(features)
+            best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def main() -> int:
@@ -109,7 +138,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--components", type=int, default=100, help="PCA components of the fsaverage models")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    parser.add_argument("--cases", nargs="+", default=["a", "b-shared", "b-sequential", "c"])
+    parser.add_argument("--cases", nargs="+", default=["a", "b-shared", "b-sequential", "c", "d"])
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per case (best is kept)")
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -145,14 +174,16 @@ def main() -> int:
         f"425 x 425 uint8 input images; best of {args.repeats} timed passes after a warm-up. Peak RSS "
         "is the whole process (torch, weights, buffers).",
         "",
-        "| case | precision | images/s | s for the images | model load s | peak RSS GB |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| case | precision | images/s | s for the images | of which projection s | model load s | peak RSS GB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     names = {"a": "(a) 1 fsaverage subject", "b-shared": "(b) 8 fsaverage subjects, shared backbone",
-             "b-sequential": "(b') 8 subjects as 8 sequential passes", "c": "(c) 1 fwRF ROI (V1)"}
+             "b-sequential": "(b') 8 subjects as 8 sequential passes", "c": "(c) 1 fwRF ROI (V1)",
+             "d": "(d) 8 fsaverage subjects, hV4 means only"}
     for row in rows:
+        project = "" if row.get("project_s") is None else f"{row['project_s']:.2f}"
         lines.append(f"| {names[row['case']]} | {row['precision']} | {row['images_per_s']:.2f} | "
-                     f"{row['seconds']:.1f} | {row['load_s']:.1f} | {row['peak_rss_gb']:.2f} |")
+                     f"{row['seconds']:.1f} | {project} | {row['load_s']:.1f} | {row['peak_rss_gb']:.2f} |")
     lines.append("")
     for precision in args.precisions:
         shared = [r for r in rows if r["case"] == "b-shared" and r["precision"] == precision]
