@@ -15,7 +15,9 @@ already on the device) and one engine worker end to end (`EncoderWorker.process`
 read-ahead, decode, model, Parquet, commit marker) with CPU decode through the decode
 pool (`decode_workers` processes) and with GPU decode (nvJPEG, batched). 'drift' is the
 largest absolute difference of any response from the fp32 + CPU (PIL) decode run of the
-same model set, in units of that column's standard deviation over images. The worker runs
+same model set, in units of that column's standard deviation over images. For (i) in
+bf16 it also measures the model alone with the backbone compiled (`resources.compile`),
+when the run has used under `--compile-budget-s` seconds so far. The worker runs
 in this process on cuda:0, as one Ray actor would; the decode processes are Ray actors on
 this machine. Writes benchmarks/RESULTS-gpu.md (or --out).
 """
@@ -54,6 +56,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--decode-workers", type=int, default=None,
                         help="decode processes (default: CPUs - 2)")
+    parser.add_argument("--compile-budget-s", type=float, default=300.0,
+                        help="measure the compiled backbone only if the run is younger than this")
     parser.add_argument("--work", default=str(HERE / "_work" / "gpu_feed"))
     parser.add_argument("--out", default=str(HERE / "RESULTS-gpu.md"))
     args = parser.parse_args(argv)
@@ -164,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                     del worker
                     if cuda:
                         torch.cuda.empty_cache()
+                if precision == "bf16" and title == sets[0][0]:  # (i), the ViT set
+                    row = _compiled_model_only(args, factory, decoded, device, model_rate, title,
+                                               time.perf_counter() - began_all)
+                    if row:
+                        rows.append(row)
+                        print(row, file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
     name = torch.cuda.get_device_name(0) if cuda else "CPU (smoke run, not a measurement)"
@@ -208,6 +218,23 @@ def _model_only(model, decoded, batch_size: int, device: str) -> float:
         _sync(device)
         rates.append(len(images) / (time.perf_counter() - began))
     return statistics.median(rates)
+
+
+def _compiled_model_only(args, factory, decoded, device: str, eager_rate: float, title: str,
+                         elapsed: float) -> str | None:
+    """The model alone with the backbone compiled (compiling happens while it loads)."""
+    import dataclasses
+
+    if elapsed > args.compile_budget_s:
+        print(f"compiled backbone skipped: {elapsed:.0f} s used > --compile-budget-s", file=sys.stderr)
+        return None
+    began = time.perf_counter()
+    model = dataclasses.replace(factory, compile=True).build(device)
+    compile_s = time.perf_counter() - began
+    rate = _model_only(model, decoded, args.batch_size, device)
+    del model
+    return (f"| {title} | bf16, compiled backbone (compile {compile_s:.0f} s) | none (model only) | {rate:.0f} | | "
+            f"{rate / eager_rate:.2f} of eager | | |")
 
 
 def _end_to_end(worker, shards, n_images: int, cuda: bool) -> tuple[float, dict[str, float], dict[str, int]]:
