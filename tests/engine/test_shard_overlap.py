@@ -376,3 +376,17 @@ def test_a_speculative_duplicate_still_cancels_the_straggler(overlap_inputs, one
     staging = overlap_inputs[0] / "speculative" / "_tmp"
     left = [p for p in staging.rglob("*") if p.is_file()] if staging.exists() else []
     assert not left, f"no staging files may be left behind: {left}"
+
+
+def test_shards_in_flight_is_validated_and_reaches_the_scheduler_and_the_actor(tmp_path):
+    from berg_scale.config import ConfigError, ResourcesConfig
+    from berg_scale.engine.scheduler import RetryPolicy
+    from berg_scale.engine.worker import remote_worker_class
+
+    assert ResourcesConfig().shards_in_flight == 2 and RetryPolicy().shards_in_flight == 2
+    assert make_config(str(tmp_path), str(tmp_path / "out"),
+                       resources={"shards_in_flight": 8}).resources.shards_in_flight == 8
+    for bad in (0, 9, True):
+        with pytest.raises(ConfigError, match="resources.shards_in_flight"):
+            make_config(str(tmp_path), str(tmp_path / "out"), resources={"shards_in_flight": bad})
+    assert remote_worker_class(3)._default_options["max_concurrency"] == 4  # + one for cancel/progress
