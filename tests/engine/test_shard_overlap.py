@@ -4,18 +4,25 @@ rows, markers and exactly-once commits are as with one shard at a time."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
 from dataclasses import dataclass, field
 
 import pytest
+from engine_support import (
+    KillOnceFactory,
+    SlowOnceFactory,
+    assert_each_key_once,
+    assert_tables_equal,
+    make_config,
+    output_table,
+)
 
 from berg_scale.engine.model_turns import ModelTurns
 from berg_scale.engine.progress import ImageCounts, RunStats
 from berg_scale.engine.stand_in_model import FixedCostModel
-
-from engine_support import KillOnceFactory, SlowOnceFactory, assert_each_key_once, assert_tables_equal, make_config, output_table
 
 MARKER_FIELDS = ("rows", "ok", "errors", "error_reasons", "decoded_on", "input", "input_size")
 
@@ -126,7 +133,7 @@ def test_forwards_never_overlap_and_the_next_shard_decodes_during_the_current_on
         first.name: ShardOutcome.DONE, second.name: ShardOutcome.DONE}
     assert timeline.most_active == 1, "two shards ran the model at the same time"
     forwards = sorted(timeline.forwards, key=lambda f: f[1])
-    assert all(later[1] >= earlier[2] for earlier, later in zip(forwards, forwards[1:]))
+    assert all(later[1] >= earlier[2] for earlier, later in itertools.pairwise(forwards))
     owners = [thread for thread, _, _ in forwards]
     assert owners == sorted(owners, key=[f"shard-{first.name}", f"shard-{second.name}"].index), \
         "the model goes shard by shard, in order of arrival"
@@ -273,7 +280,7 @@ def _markers(output):
 @pytest.mark.ray
 def test_two_in_flight_write_what_one_at_a_time_writes(overlap_inputs, one_at_a_time, tmp_path):
     _, infos, _, _ = overlap_inputs
-    single, table = one_at_a_time
+    _, table = one_at_a_time
     result, output = _run(overlap_inputs, "two", 2)
     assert_each_key_once(output_table(output), infos)
     assert_tables_equal(output_table(output), table)
