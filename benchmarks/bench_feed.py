@@ -2,6 +2,7 @@
 
     python benchmarks/bench_feed.py [--quick] [--record] [--model-rate IMG_PER_S]
     python benchmarks/bench_feed.py memory [--record]        # worker RSS over 100 shards
+    python benchmarks/bench_feed.py shards [--shards N] [--per-shard M] [--quick] [--record]
 
 In one run, on the same synthetic JPEG shards (500 x 375, decoded and cropped to 256):
 
@@ -23,6 +24,15 @@ measures the decode-bound case.
 
 `memory` runs 100 shards through one worker with a decode pool and reports the worker's
 resident memory (RSS) every 10 shards: it must stay flat.
+
+`shards` runs N small shards (--shards, default 8, of --per-shard images, default 96) through one Ray worker actor and the
+driver's scheduler, as a generation run does, with `resources.shards_in_flight` 1 and 2
+(alternating, repeated): with 1, each shard's start (tar open, first decode) and end
+(Parquet close, commit, report, next dispatch) leave the model waiting; with 2 the next
+shard is read and decoded while the current one runs the model. The model's rate is 0.6
+of the worker's own decode rate measured first (or --model-rate), so the model is the
+stage that should stay busy; "model busy" is the model's summed seconds over the wall
+time (1.0: it never waited).
 
 --record appends the report to benchmarks/RESULTS-feed.md. Never part of the test run.
 """
@@ -86,13 +96,8 @@ def _shards(quick: bool) -> tuple[Path, Path]:
 
 def _payload_chunks(folder: Path) -> list[list[bytes]]:
     from berg_scale.io.shard_listing import list_shards
-    from berg_scale.io.shard_reader import read_shard
 
-    chunks = []
-    for shard in list_shards(str(folder)):
-        images = [sample.image for sample in read_shard(shard.url)]
-        chunks.extend(images[i : i + BATCH] for i in range(0, len(images), BATCH))
-    return chunks
+    return _payload_chunks_of(list_shards(str(folder)))
 
 
 # --------------------------------------------------------------------------- stages
@@ -322,6 +327,113 @@ def bench_memory(n_shards: int = 100, per_shard: int = 24) -> list[str]:
     ]
 
 
+def bench_shards(n_shards: int, quick: bool, model_rate_arg: float | None, per_shard: int = 3 * BATCH) -> list[str]:
+    """Images/s and model busy time over many small shards, shards_in_flight 1 vs 2."""
+    import ray
+
+    from berg_scale.config import load_config
+    from berg_scale.engine.scheduler import RetryPolicy, ShardScheduler
+    from berg_scale.engine.shard_pipeline import ShardSettings
+    from berg_scale.engine.worker_pool import start_workers, stop_workers
+    from berg_scale.io.batch_decode_cpu import decode_batch_cpu
+    from berg_scale.io.image_decode import DecodeOptions
+    from berg_scale.io.output_store import OutputStore
+    from berg_scale.io.shard_listing import list_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    repeats, threads = (2 if quick else 3), 2
+    folder = WORK / f"small_{n_shards}x{per_shard}"
+    if not (folder / ".complete").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        write_synthetic_shards(str(folder), n_shards, per_shard, sizes=((500, 375), (375, 500)),
+                               formats=("jpg",), seed=11)
+        (folder / ".complete").touch()
+    shards = list_shards(str(folder))
+    if model_rate_arg:
+        rate = model_rate_arg
+    else:  # the worker's decode threads alone, on one shard's chunks from memory
+        from concurrent.futures import ThreadPoolExecutor
+
+        chunks = _payload_chunks_of(shards[:1])
+        options = DecodeOptions(size=IMAGE_SIZE, crop="center")
+        with ThreadPoolExecutor(threads) as pool:
+            decode_batch_cpu(chunks[0], options, executor=pool)  # warm-up
+            began = time.perf_counter()
+            for chunk in chunks:
+                decode_batch_cpu(chunk, options, executor=pool)
+            rate = round(0.6 * sum(map(len, chunks)) / (time.perf_counter() - began))
+    _ray()
+    results: dict[int, list[dict]] = {1: [], 2: []}
+    try:
+        for repeat in range(repeats):
+            for in_flight in (1, 2):
+                output = WORK / f"small_out_{in_flight}"
+                shutil.rmtree(output, ignore_errors=True)
+                config = load_config({
+                    "input": {"shards": str(folder), "image_size": IMAGE_SIZE}, "berg_root": "/unused",
+                    "readouts": [{"model": "fmri-nsd-fwrf", "subjects": [1], "rois": ["V1"]}],
+                    "output": str(output),
+                    "resources": {"workers": 1, "gpus_per_worker": 0, "decode_workers": 0,
+                                  "decode_threads": threads, "shards_in_flight": in_flight},
+                })
+                settings = ShardSettings(output=str(output), image_size=IMAGE_SIZE, batch_size=BATCH,
+                                         decode_workers=0, decode_threads=threads, device="cpu")
+                slots = start_workers(config, FixedRateFactory(rate), settings, n_shards=len(shards))
+                try:
+                    for slot in slots:  # time the shards only: the actor is up first
+                        ray.get(slot.ready_ref)
+                        slot.ready_ref, slot.state = None, "idle"
+                    policy = RetryPolicy(speculative_tail=False, shards_in_flight=in_flight)
+                    scheduler = ShardScheduler(slots, shards, OutputStore(str(output)), policy)
+                    began = time.perf_counter()
+                    report = scheduler.run()
+                    wall = time.perf_counter() - began
+                finally:
+                    stop_workers(slots)
+                assert len(report.done) == len(shards), report.failed
+                model_s = sum(m["seconds"]["model"] for m in report.done.values())
+                images = sum(m["rows"] for m in report.done.values())
+                results[in_flight].append({"rate": images / wall, "wall": wall, "busy": model_s / wall})
+                print(f"shards_in_flight {in_flight}, round {repeat + 1}: {images / wall:.1f} img/s, "
+                      f"model busy {model_s / wall:.2f}", file=sys.stderr, flush=True)
+    finally:
+        ray.shutdown()
+    rows = []
+    for in_flight, runs in results.items():
+        rates = [run["rate"] for run in runs]
+        rows.append(f"| {in_flight} | {statistics.median(rates):.1f} | {min(rates):.1f}-{max(rates):.1f} | "
+                    f"{statistics.median(run['wall'] for run in runs):.2f} | "
+                    f"{statistics.median(run['busy'] for run in runs):.2f} |")
+    gain = statistics.median(r["rate"] for r in results[2]) / statistics.median(r["rate"] for r in results[1])
+    return [
+        f"### Shard boundaries: shards_in_flight 1 vs 2 ({'quick' if quick else 'full'})",
+        "",
+        (f"{len(shards)} shards x {per_shard} synthetic JPEGs (500 x 375 and 375 x 500, to {IMAGE_SIZE} px), "
+        f"chunks of {BATCH}; one Ray worker actor decoding in {threads} threads, driven by the scheduler "
+        f"as in a run (timed after the actor is up); stand-in model of fixed rate {rate} img/s "
+        f"({'--model-rate' if model_rate_arg else '0.6 of the decode threads measured alone'}), asleep "
+        f"for most of each batch as a GPU leaves the CPUs free. {repeats} rounds, alternating; medians. "
+        f"Model busy = the model's seconds summed over shards / wall time."),
+        "",
+        "| shards_in_flight | images/s | range | wall s | model busy |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        f"Throughput with 2 in flight / with 1: {gain:.2f}. Machine: {_machine()}.",
+        "",
+    ]
+
+
+def _payload_chunks_of(shards) -> list[list[bytes]]:
+    from berg_scale.io.shard_reader import read_shard
+
+    chunks = []
+    for shard in shards:
+        images = [sample.image for sample in read_shard(shard.url)]
+        chunks.extend(images[i : i + BATCH] for i in range(0, len(images), BATCH))
+    return chunks
+
+
 def _record(lines: list[str], title: str) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     existing = RESULTS.read_text() if RESULTS.exists() else "# Feed benchmark results\n\n"
@@ -331,13 +443,25 @@ def _record(lines: list[str], title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="?", default="feed", choices=["feed", "memory"])
+    parser.add_argument("which", nargs="?", default="feed", choices=["feed", "memory", "shards"])
+    parser.add_argument("--shards", type=int, default=8, metavar="N", help="small shards for `shards` (default 8)")
+    parser.add_argument("--per-shard", type=int, default=3 * BATCH, metavar="M",
+                        help=f"images per shard for `shards` (default {3 * BATCH})")
     parser.add_argument("--quick", action="store_true", help="fewer images (under 2 minutes on 2 cores)")
     parser.add_argument("--record", action="store_true", help=f"append the report to {RESULTS.name}")
     parser.add_argument("--model-rate", type=float, default=None, help="stand-in model images/s (default: 0.6 of (a))")
     args = parser.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    if args.which == "shards":
+        if args.shards < 2 or args.per_shard < 1:
+            parser.error("--shards must be at least 2 (one boundary) and --per-shard at least 1")
+        lines = bench_shards(args.shards, args.quick, args.model_rate, args.per_shard)
+        lines.append(f"Wall time of the benchmark: {time.perf_counter() - started:.0f} s.")
+        print("\n".join(lines))
+        if args.record:
+            _record(lines, f"Shard boundaries{' (quick)' if args.quick else ''}")
+        return 0
     if args.which == "memory":
         lines = bench_memory()
         print("\n".join(lines))

@@ -207,6 +207,9 @@ class ResourcesConfig(_Strict):
     decode_workers: Int | Literal["auto"] = "auto"
     decode_nodes: Literal["same", "any"] = "same"  # any: CPU-only nodes may decode too
     decode_in_flight: Int = Field(0, ge=0, le=1024)  # chunks queued to the pool; 0: 2 per process
+    # Shards queued on each worker: the next one reads and decodes while the current one
+    # runs the model (only one runs the model at a time); 1: one shard at a time.
+    shards_in_flight: Int = Field(2, ge=1, le=8)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # Resample images on the CPU as BERG does (exact); null: yes for fp32, no for bf16/fp16.
     exact_resize: Bool | None = None

@@ -14,10 +14,15 @@ handed to the processes with the fewest queued, at most `in_flight` chunks at a 
 (backpressure: memory stays flat whatever the shard size), and taken back strictly in
 submission order. Error rows stay in their chunk, so a shard's rows and
 commit are exactly as with in-process decoding.
+
+A worker holding two shards runs two `decoded` calls at once, from two threads: each call
+keeps its own queue of chunks (its order and its `in_flight` bound are its own), and
+the only state they share, the processes' queue counts, is updated under a lock.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections import deque
@@ -132,6 +137,7 @@ class DecodePool:
             options_for["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
         self.actors = [actor.options(**options_for).remote(options, tuple(presize)) for _ in range(count)]
         self.queued = [0] * count
+        self._queued_lock = threading.Lock()  # decoded() runs in one thread per shard in flight
         ready, pending = ray.wait([a.ready.remote() for a in self.actors], num_returns=count,
                                   timeout=start_timeout_s)
         if pending:
@@ -145,9 +151,14 @@ class DecodePool:
         ray.get(ready)
 
     def _submit(self, payloads: list[bytes | None]) -> tuple[int, Any]:
-        index = min(range(self.count), key=self.queued.__getitem__)
-        self.queued[index] += 1
+        with self._queued_lock:
+            index = min(range(self.count), key=self.queued.__getitem__)
+            self.queued[index] += 1
         return index, self.actors[index].decode.remote(payloads)
+
+    def _done_with(self, index: int) -> None:
+        with self._queued_lock:
+            self.queued[index] -= 1
 
     def _parts(self, payloads: list[bytes | None]) -> list[list[bytes | None]]:
         """A chunk cut into contiguous parts, one per process (at least MIN_PART images
@@ -179,12 +190,12 @@ class DecodePool:
                 arrays = ray.get([ref for _, ref in parts])
                 pending.popleft()
                 for index, _ in parts:
-                    self.queued[index] -= 1
+                    self._done_with(index)
                 yield tag, arrays
         finally:
             for _, parts in pending:  # a cancelled shard: drop what is still queued
                 for index, ref in parts:
-                    self.queued[index] -= 1
+                    self._done_with(index)
                     try:
                         ray.cancel(ref)
                     except Exception:  # noqa: BLE001 - already finished, or the process is gone

@@ -1,9 +1,10 @@
 """Run statistics, the start-up phases, and the driver's live per-image progress.
 
 A shard is the unit of commit, but on a CPU one 1,000-image shard takes minutes, so
-progress counts images: every second the driver asks each worker how many rows of its
-current shard it has written (`EncoderWorker.progress`, answered from the actor's second
-method thread while `process` runs), and adds them to the rows of committed shards.
+progress counts images: every second the driver asks each worker how many rows of each
+shard it holds it has written (`EncoderWorker.progress`, answered from the actor's spare
+method thread while `process` runs; a worker holds up to `resources.shards_in_flight`
+shards), and adds them to the rows of committed shards.
 Per shard the largest count wins (a speculative duplicate is not counted twice) and
 a shard's live count is dropped once its marker is in. The total is estimated from the
 committed shards' images per input byte (or per shard when sizes are unknown), so the
@@ -172,15 +173,20 @@ class ImageCounts:
         self._closed: set[str] = set()
 
     def report(self, shard: str | None, rows: int, worker: int = 0) -> None:
-        """A worker's latest count for its shard (a retry on the same worker starts again from 0);
-        a worker between shards (`shard` None) no longer counts for any."""
+        """A worker's latest count for its one shard (a retry on the same worker starts again
+        from 0); a worker between shards (`shard` None) no longer counts for any."""
+        self.report_worker(worker, {shard: rows} if shard else {})
+
+    def report_worker(self, worker: int, shards: dict[str, int]) -> None:
+        """A worker's latest counts for every shard it holds now: those it no longer holds
+        stop counting for it (their rows arrive with their markers)."""
         with self._lock:
-            if not shard:
-                for by_worker in self._in_flight.values():
+            for name, by_worker in self._in_flight.items():
+                if name not in shards:
                     by_worker.pop(worker, None)
-                return
-            if shard not in self._closed:
-                self._in_flight.setdefault(shard, {})[worker] = int(rows)
+            for name, rows in shards.items():
+                if name not in self._closed:
+                    self._in_flight.setdefault(name, {})[worker] = int(rows)
 
     def close_shard(self, shard: str) -> None:
         """The shard committed or was quarantined: its rows are counted by its marker (or not at all)."""
@@ -292,7 +298,11 @@ class LiveProgress:
             except Exception:  # noqa: BLE001, S112 - the scheduler handles lost workers
                 continue
             self.polls_answered += 1
-            self.counts.report(answer.get("shard"), answer.get("rows", 0), index)
+            shards = answer.get("shards")
+            if shards is None:  # a worker that reports one shard
+                shard = answer.get("shard")
+                shards = {shard: answer.get("rows", 0)} if shard else {}
+            self.counts.report_worker(index, shards)
 
     # -- display
     def refresh(self) -> None:

@@ -248,6 +248,7 @@ def _run_holding_lease(
             speculative_tail=config.retries.speculative_tail,
             speculative_min_elapsed_s=config.retries.speculative_min_elapsed_s,
             startup_timeout_s=config.resources.startup_timeout_s,
+            shards_in_flight=config.resources.shards_in_flight,
         )
         scheduler = ShardScheduler(slots, todo, store, policy, on_done=on_done, on_failed=on_failed)
         report = scheduler.run()

@@ -1,13 +1,16 @@
 """The driver's shard scheduler: dynamic dispatch, retries, quarantine, speculative tail.
 
-Each free worker gets the next shard as soon as it finishes one (fast workers take
-more); the driver waits on all in-flight calls with `ray.wait`. A shard whose worker
-dies is requeued once the actor has restarted; a shard that fails is retried with
+Each worker holds up to `shards_in_flight` shards while work is pending and gets the
+next one as soon as it finishes one (fast workers take more): the worker reads and
+decodes a queued shard while the one before it still runs the model, so the device
+never waits for a shard's start (open, read, first decode) or end (close, commit, the
+round trip to the driver). The driver waits on all in-flight calls with `ray.wait`. Every shard in flight on a
+worker that dies is requeued (the actor restarts); a shard that fails is retried with
 back-off until `max_attempts`, then quarantined with its error in `_failed/`; a shard
 the worker rejects (damaged tar, too many bad images: the same bytes would fail again)
 is quarantined after that one attempt. When the
-queue is empty and workers are idle, the slowest running shards are executed again on
-the idle workers; whichever execution commits first wins, the other is cancelled.
+queue is empty and workers are idle (nothing in flight), the slowest running shards are
+executed again on the idle workers; whichever execution commits first wins, the other is cancelled.
 Output keys are derived from the shard name and written atomically, so a duplicate
 execution can never add rows.
 """
@@ -35,7 +38,8 @@ class WorkerSlot:
 
     index: int
     handle: Any
-    state: str = "idle"  # idle | busy | starting | dead
+    state: str = "idle"  # idle | busy (shards in flight) | starting | dead
+    in_flight: int = 0  # executions submitted to this actor and not yet finished
     ready_ref: Any = None
     losses: int = 0
     shards_done: int = 0
@@ -63,6 +67,8 @@ class RetryPolicy:
     speculative_factor: float = 1.5
     # A worker (re)starting for longer is given up.
     startup_timeout_s: float = default_of(ResourcesConfig, "startup_timeout_s")
+    # Shards queued on one worker at a time while work is pending (1: one at a time).
+    shards_in_flight: int = default_of(ResourcesConfig, "shards_in_flight")
 
 
 @dataclass
@@ -148,19 +154,23 @@ class ShardScheduler:
             if slot.ready_ref is None and slot.next_probe <= now:
                 slot.ready_ref = slot.handle.ready.remote()
                 self.restarting[slot.ready_ref] = slot
-        for slot in self.slots:
-            if slot.state != "idle":
-                continue
-            shard = self._next_pending(now)
-            if shard is not None:
-                self.attempts[shard.name] = self.attempts.get(shard.name, 0) + 1
-                self._submit(slot, shard, self.attempts[shard.name], speculative=False)
-                continue
-            if self.policy.speculative_tail and not self.pending:
-                execution = self._speculation_candidate(now)
-                if execution is not None:
-                    self.report.speculative_started += 1
-                    self._submit(slot, execution.shard, execution.attempt, speculative=True)
+        # Level by level: every worker gets its first shard before any gets a second, so
+        # a short queue is spread over the workers instead of piling up on the first.
+        depth = max(1, int(self.policy.shards_in_flight))
+        for level in range(depth):
+            for slot in self.slots:
+                if slot.state not in ("idle", "busy") or slot.in_flight > level:
+                    continue
+                shard = self._next_pending(now)
+                if shard is not None:
+                    self.attempts[shard.name] = self.attempts.get(shard.name, 0) + 1
+                    self._submit(slot, shard, self.attempts[shard.name], speculative=False)
+                    continue
+                if level == 0 and self.policy.speculative_tail and not self.pending:
+                    execution = self._speculation_candidate(now)
+                    if execution is not None:
+                        self.report.speculative_started += 1
+                        self._submit(slot, execution.shard, execution.attempt, speculative=True)
 
     def _next_pending(self, now: float) -> InputShard | None:
         for _ in range(len(self.pending)):
@@ -194,6 +204,7 @@ class ShardScheduler:
     def _submit(self, slot: WorkerSlot, shard: InputShard, attempt: int, speculative: bool) -> None:
         ref = slot.handle.process.remote(shard, attempt)
         slot.state = "busy"
+        slot.in_flight += 1
         self.in_flight[ref] = Execution(shard, attempt, slot, self.clock(), speculative)
         counts = self.report.executions_per_worker
         counts[slot.index] = counts.get(slot.index, 0) + 1
@@ -221,23 +232,16 @@ class ShardScheduler:
         import ray
         from ray.exceptions import RayActorError
 
-        execution = self.in_flight.pop(ref)
+        execution = self._pop_execution(ref)
         slot = execution.slot
         try:
             result: ShardResult = ray.get(ref)
         except RayActorError as exc:
-            slot.losses += 1
-            self.report.worker_losses += 1
-            slot.state = "starting"
-            slot.ready_ref = slot.handle.ready.remote()
-            self.restarting[slot.ready_ref] = slot
-            self._attempt_failed(execution, f"worker {slot.index} was lost: {_short(exc)}", transient=True)
+            self._on_worker_lost(slot, [execution], f"worker {slot.index} was lost: {_short(exc)}")
             return
         except Exception as exc:  # noqa: BLE001 - an exception outside the worker's own handler
-            slot.state = "idle"
             self._attempt_failed(execution, f"{type(exc).__name__}: {_short(exc)}", transient=True)
             return
-        slot.state = "idle"
         if result.outcome is ShardOutcome.DONE:
             slot.shards_done += 1
             self.durations.append(self.clock() - execution.started)
@@ -246,6 +250,30 @@ class ShardScheduler:
             self._on_cancelled(execution)
         else:
             self._attempt_failed(execution, result.failure(), transient=result.retryable)
+
+    def _pop_execution(self, ref: Any) -> Execution:
+        execution = self.in_flight.pop(ref)
+        slot = execution.slot
+        slot.in_flight = max(0, slot.in_flight - 1)
+        if slot.state == "busy" and not slot.in_flight:
+            slot.state = "idle"
+        return execution
+
+    def _on_worker_lost(self, slot: WorkerSlot, lost: list[Execution], error: str) -> None:
+        """One loss, however many shards were in flight on the actor: the others fail with
+        it (their calls die with the process), so all of them are retried now and their
+        late errors are never counted as further losses."""
+        for ref, other in list(self.in_flight.items()):
+            if other.slot is slot:
+                lost.append(self._pop_execution(ref))
+        slot.in_flight = 0
+        slot.losses += 1
+        self.report.worker_losses += 1
+        slot.state = "starting"
+        slot.ready_ref = slot.handle.ready.remote()
+        self.restarting[slot.ready_ref] = slot
+        for execution in lost:
+            self._attempt_failed(execution, error, transient=True)
 
     def _mark_done(self, execution: Execution, marker: dict[str, Any]) -> None:
         name = execution.shard.name

@@ -115,10 +115,16 @@ def process_shard(
     samples: Iterable[TarSample] | None = None,
     on_rows: Callable[[int], None] | None = None,
     pool: Any | None = None,
+    model_turn: Any | None = None,
 ) -> dict[str, Any]:
     """Process and commit one shard; returns the payload written to its `_done` marker.
 
     `on_rows(n)` is told the rows written so far after each row group (live progress).
+    `model_turn` (an `engine.model_turns.ModelTurn`), when given, is acquired before the
+    first forward and released after the last: a worker running several shards at once
+    lets them read and decode ahead (bounded by `read_ahead` samples and `decode_ahead`
+    chunks while they wait) and close and commit while the next one runs the model, but
+    never runs two shards' forwards at the same time.
 
     Three stages overlap: a thread reads the tar ahead, a second one decodes the next
     chunks (fanning out over `pool`'s processes, or over `executor`'s threads) while this
@@ -150,6 +156,8 @@ def process_shard(
         for decoded in decoded_chunks:
             if cancelled():
                 raise ShardCancelled(shard.name)
+            if model_turn is not None and not model_turn.acquire(cancelled):
+                raise ShardCancelled(shard.name)  # cancelled while waiting for the model
             outputs = _run_model(decoded, model, stats)
             write_started = time.perf_counter()
             writer.write(build_record_batch(schema, shard.name, decoded.rows, outputs))
@@ -157,6 +165,8 @@ def process_shard(
             rows_written += len(decoded.rows)
             if on_rows is not None:
                 on_rows(rows_written)
+        if model_turn is not None:
+            model_turn.release()  # the last forward is done: the next shard may start its own
         stats.seconds["read"] = reader.busy_seconds
         if stats.rows and stats.errors / stats.rows > settings.error_rate_threshold:
             top = ", ".join(f"{reason} x{n}" for reason, n in stats.error_reasons.most_common(3))
@@ -167,6 +177,8 @@ def process_shard(
         if cancelled() or read_done_marker(store, shard.name) is not None:
             raise ShardCancelled(shard.name)  # first commit wins
     except BaseException:
+        if model_turn is not None:
+            model_turn.release()
         decoded_chunks.close()
         reader.close()
         writer.abort()

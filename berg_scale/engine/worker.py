@@ -1,24 +1,33 @@
 """`EncoderWorker`: the Ray actor that holds the models on one device and runs shards.
 
 One actor per GPU (`num_gpus=1`) or N CPU actors. The models are built once in the
-constructor (Ray re-runs it after a restart), then the actor is handed shard names one
-at a time. Only shard descriptions and small `ShardResult`s cross process boundaries to
+constructor (Ray re-runs it after a restart), then the actor is handed shards, up to
+`resources.shards_in_flight` at once. Only shard descriptions and small `ShardResult`s cross process boundaries to
 the driver; with `decode_workers` > 0 the actor also owns a pool of decode processes on
 its node (`engine/decode_pool.py`) that send it decoded batches through shared memory
 (they live and die with the actor).
 
-The actor runs two method threads (`max_concurrency=2`) so that the driver can `cancel`
-a speculative duplicate while `process` is busy; `process` itself is never called
-concurrently on one actor.
+The actor runs `shards_in_flight + 1` method threads: one `process` call per shard it
+holds, and one more so that the driver can `cancel` a speculative duplicate or ask for
+`progress` while they run. The shards' reading, decoding, Parquet closing and commits
+overlap, but the model runs one shard at a time, in order of arrival
+(`engine/model_turns.py`): the next shard's first chunks are decoded by the time the
+current one's last forward ends, so the device does not wait at shard boundaries.
+Decoding two shards at once is safe on every path: the thread pool and the decode pool
+keep per-call state (`DecodePool` guards its shared queue counts with a lock), and each
+shard's GPU decoder has its own CUDA stream (torchvision serialises calls into its one
+nvJPEG decoder).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from berg_scale.engine.model_turns import ModelTurns
 from berg_scale.engine.shard_pipeline import ShardCancelled, ShardRejected, ShardSettings, process_shard
 from berg_scale.engine.shard_result import ShardOutcome, ShardResult
 from berg_scale.io.output_store import OutputStore
@@ -64,7 +73,9 @@ class EncoderWorker:
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self.shards_done = 0
-        self._current: tuple[str | None, int] = (None, 0)  # (shard, rows written), for progress()
+        self.model_turns = ModelTurns()
+        self._calls = itertools.count()
+        self._current: dict[int, tuple[str, int]] = {}  # call -> (shard, rows written), for progress()
 
     def ready(self) -> dict[str, Any]:
         """What the driver needs before it hands out work (and to check the fingerprint)."""
@@ -77,9 +88,16 @@ class EncoderWorker:
         }
 
     def progress(self) -> dict[str, Any]:
-        """Rows written of the shard `process` is running now (cheap; polled by the driver)."""
-        shard, rows = self._current
-        return {"shard": shard, "rows": rows, "worker": self.worker_index}
+        """Rows written of every shard this worker holds now (cheap; polled by the driver).
+
+        `shards` maps each shard in flight to its rows written (0 while it waits for the
+        model); `shard`/`rows` name the one furthest along, for a single-shard reader."""
+        with self._lock:
+            shards: dict[str, int] = {}
+            for name, rows in self._current.values():
+                shards[name] = max(rows, shards.get(name, 0))
+        furthest = max(shards.items(), key=lambda item: item[1], default=(None, 0))
+        return {"shards": shards, "shard": furthest[0], "rows": furthest[1], "worker": self.worker_index}
 
     def column_coords(self) -> list[dict[str, Any]]:
         """Full column descriptions with coordinates, for readouts.json."""
@@ -93,11 +111,15 @@ class EncoderWorker:
         def report(outcome: ShardOutcome, **details: Any) -> ShardResult:
             return ShardResult(shard.name, attempt, self.worker_index, outcome, **details)
 
-        self._current = (shard.name, 0)
+        call = next(self._calls)
+        with self._lock:
+            self._current[call] = (shard.name, 0)
 
         def on_rows(rows: int) -> None:
-            self._current = (shard.name, rows)
+            with self._lock:
+                self._current[call] = (shard.name, rows)
 
+        turn = self.model_turns.ticket()  # taken on arrival: the model goes in this order
         try:
             payload = process_shard(
                 shard,
@@ -111,6 +133,7 @@ class EncoderWorker:
                 worker=self.info,
                 cancelled=lambda: shard.name in self._cancelled,
                 on_rows=on_rows,
+                model_turn=turn,
             )
         except ShardCancelled:
             return report(ShardOutcome.CANCELLED)
@@ -123,8 +146,11 @@ class EncoderWorker:
                 traceback=traceback.format_exc(limit=8)[-4000:],
             )
         finally:
-            self._current = (None, 0)
-        self.shards_done += 1
+            turn.release()
+            with self._lock:
+                self._current.pop(call, None)
+        with self._lock:
+            self.shards_done += 1
         return report(ShardOutcome.DONE, marker=payload)
 
     def cancel(self, shard_name: str) -> None:
@@ -181,7 +207,9 @@ def _preload_pipeline_modules() -> None:
     Image.init()
 
 
-def remote_worker_class() -> Any:
+def remote_worker_class(shards_in_flight: int = 1) -> Any:
+    """The Ray actor class: one method thread per shard it may hold, plus one for
+    `cancel` and `progress`."""
     import ray
 
-    return ray.remote(max_concurrency=2)(EncoderWorker)
+    return ray.remote(max_concurrency=max(1, int(shards_in_flight)) + 1)(EncoderWorker)

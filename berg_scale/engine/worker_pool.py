@@ -64,7 +64,7 @@ def start_workers(config: RunConfig, factory: Any, settings: ShardSettings, n_sh
     count, gpus_per_worker = resolve_worker_count(config, n_shards)
     if settings.decode_workers == "auto":  # what auto means on a worker that finds a CUDA device
         settings = dataclasses.replace(settings, auto_decode_workers=resolve_decode_workers(config, gpus_per_worker))
-    actor = remote_worker_class()
+    actor = remote_worker_class(config.resources.shards_in_flight)
     slots = []
     for index in range(count):
         handle = actor.options(
