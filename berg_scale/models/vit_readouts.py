@@ -191,6 +191,7 @@ class VitGroup(ReadoutGroup):
         resolved = [(spec, spec.resolve()) for spec in specs]
         self.backbone = shared_backbone(ctx)
         self.projection_dtype = ctx.autocast_dtype or torch.float32
+        self.float32_accumulator_out = True  # cuBLAS's mm(out_dtype=float32), while it works
         files = []
         for spec, _ in resolved:
             rel = families.weight_files(spec.model_id, spec.subject)[0]
@@ -441,9 +442,13 @@ class VitGroup(ReadoutGroup):
         is rounded to the reduced format once before the offset is added.
         """
         centred = (features - self.centre).to(self.projection_dtype)
-        if centred.is_cuda:
-            scores = torch.mm(centred, self.projection.T, out_dtype=torch.float32)
-        else:
+        scores = None
+        if centred.is_cuda and self.float32_accumulator_out:
+            try:
+                scores = torch.mm(centred, self.projection.T, out_dtype=torch.float32)
+            except (RuntimeError, TypeError):  # a device or build without the kernel
+                self.float32_accumulator_out = False
+        if scores is None:
             scores = torch.mm(centred, self.projection.T).float()
         return scores + self.offset
 
