@@ -271,7 +271,10 @@ def bench_feed(quick: bool, model_rate_arg: float | None) -> tuple[list[str], fl
 
 
 def bench_memory(n_shards: int = 100, per_shard: int = 24) -> list[str]:
-    """Worker RSS every 10 shards over `n_shards` shards, with a 2-process decode pool."""
+    """Worker RSS every 10 shards over `n_shards` shards, with a 2-process decode pool and
+    two shards in flight (the default `shards_in_flight`), handed out as the scheduler does."""
+    from collections import deque
+
     import ray
 
     from berg_scale.config import load_config
@@ -299,13 +302,26 @@ def bench_memory(n_shards: int = 100, per_shard: int = 24) -> list[str]:
                              device="cpu", error_rate_threshold=1.0)
     (slot,) = start_workers(config, FixedCostModelFactory(), settings, n_shards=1)
     samples = []
+    in_flight = config.resources.shards_in_flight
     try:
         ray.get(slot.ready_ref)
-        for index, shard in enumerate(list_shards(str(folder))):
-            result = ray.get(slot.handle.process.remote(shard, 1))
+        pending: deque = deque()
+        done = 0
+
+        def finish_oldest() -> None:
+            nonlocal done
+            result = ray.get(pending.popleft())
             assert result.status == "done", result
-            if index == 0 or (index + 1) % 10 == 0:
-                samples.append((index + 1, ray.get(slot.handle.memory.remote())["rss_mb"]))
+            done += 1
+            if done == 1 or done % 10 == 0:
+                samples.append((done, ray.get(slot.handle.memory.remote())["rss_mb"]))
+
+        for shard in list_shards(str(folder)):
+            pending.append(slot.handle.process.remote(shard, 1))
+            if len(pending) >= in_flight:
+                finish_oldest()
+        while pending:
+            finish_oldest()
     finally:
         stop_workers([slot])
         ray.shutdown()
@@ -313,7 +329,8 @@ def bench_memory(n_shards: int = 100, per_shard: int = 24) -> list[str]:
     return [
         "### Worker memory over 100 shards with a decode pool",
         "",
-        f"One worker (stand-in model, CPU) with 2 decode processes, {n_shards} shards x {per_shard} images "
+        f"One worker (stand-in model, CPU) with 2 decode processes and {in_flight} shards in flight, "
+        f"{n_shards} shards x {per_shard} images "
         f"(JPEG/PNG up to 400 px, one truncated JPEG per shard), batches of 8; the worker's resident memory "
         f"(RSS) after shard n:",
         "",
