@@ -417,6 +417,7 @@ def make_plan(
                      "runs the models on a few images here and uses the measured rate")
     n_workers, workers_source = _workers(gpus, hints, config.resources, wanted)
     notes.append(decode_sizing(config.resources))
+    notes.append(model_step(config.resources))
     return Plan(
         images=int(inputs.images),
         images_source=inputs.source,
@@ -452,9 +453,30 @@ def decode_sizing(resources: Any) -> str:
     return how
 
 
+def model_step(resources: Any) -> str:
+    """What runs the model on each worker, in one line for `plan` (it moves the rate)."""
+    precision = {
+        "fp32": "precision fp32 (exact)",
+        "bf16": "precision bf16 (backbone and ViT PCA projection in bf16, regressions fp32)",
+        "fp16": "precision fp16 (backbone and ViT PCA projection in fp16, regressions fp32)",
+    }[resources.precision]
+    exact_resize = resources.precision == "fp32" if resources.exact_resize is None else resources.exact_resize
+    resample = ("images resampled on the CPU as BERG does (exact_resize)" if exact_resize
+                else "images resampled on the device (exact_resize off)")
+    compiled = ("compile on: the ViT backbone compiles while the models load (a minute or two per worker)"
+                if resources.compile else "compile off")
+    if resources.shards_in_flight > 1:
+        overlap = (f"shards_in_flight {resources.shards_in_flight}: the next shards read and decode while "
+                   "one runs the model")
+    else:
+        overlap = "shards_in_flight 1: one shard at a time per worker"
+    return f"model step: {precision}, {resample}; {compiled}; {overlap}"
+
+
 __all__ = [
     "ColumnEstimate",
     "decode_sizing",
+    "model_step",
     "Plan",
     "count_shard_samples",
     "estimate_columns",

@@ -238,6 +238,19 @@ def test_plan_cli_prints_a_readable_estimate(capsys):
     assert "0.01 GPU-hours at 50.0 images/s per GPU (--images-per-second; nominal rate, not measured)" in out
     assert "on 2 GPUs (--gpus)" in out
     assert "compute rates are nominal" in out
+    assert "model step: precision fp32 (exact), images resampled on the CPU as BERG does" in out
+    assert "compile off" in out
+    assert "shards_in_flight 2: the next shards read and decode while one runs the model" in out
+
+
+def test_plan_names_the_model_step_settings():
+    from berg_scale.config import ResourcesConfig
+    from berg_scale.planning import model_step
+
+    line = model_step(ResourcesConfig(precision="bf16", compile=True, shards_in_flight=1))
+    assert "precision bf16 (backbone and ViT PCA projection in bf16" in line
+    assert "compile on" in line and "shards_in_flight 1: one shard at a time" in line
+    assert "resampled on the device (exact_resize off)" in line
 
 
 def test_plan_explains_a_study_config(capsys):
