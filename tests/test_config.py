@@ -341,3 +341,20 @@ def test_rnc_study_paths_resolve_against_the_study_file(tmp_path, monkeypatch):
     assert config.out_dir == str(folder / "rnc-out")
     assert config.plots.images == "s3://bucket/shards"
     assert load_study(study, overrides=["out_dir=typed"]).out_dir == "typed"
+
+
+def test_model_settings_reach_the_workers_factory(tmp_path):
+    from berg_scale.engine.model_factory import ModelSetFactory
+
+    config = load_config({
+        "input": {"shards": str(tmp_path)}, "berg_root": str(tmp_path / "berg"), "output": str(tmp_path / "out"),
+        "readouts": [{"model": "fmri-nsd-fwrf", "subjects": [1], "rois": ["V1"]}],
+        "resources": {"precision": "bf16", "compile": True, "exact_resize": True, "batch_size": 7},
+    })
+    factory = ModelSetFactory.from_config(config)
+    assert (factory.precision, factory.compile, factory.exact_resize, factory.batch_size) == ("bf16", True, True, 7)
+    assert factory.berg_root == str(tmp_path / "berg") and len(factory.readouts) == 1
+    assert ModelSetFactory.from_config(load_config({**config.model_dump(mode="json"),
+                                                    "resources": {}})).compile is False
+    with pytest.raises(ConfigError, match="resources.compile"):
+        load_config({**config.model_dump(mode="json"), "resources": {"compile": "yes please"}})
