@@ -250,17 +250,23 @@ def _read_rows(fs, path: str) -> list[dict]:
         return pq.read_table(handle).to_pylist()
 
 
-def read_study(url: str, grouping: PairGrouping, storage=None) -> Study:
-    """Controlling and baseline images of a study, checked to cover the grouping's pairs."""
+def open_study(url: str, grouping: PairGrouping, kind: str, storage=None) -> tuple[Any, str, dict, str]:
+    """(filesystem, root, summary.json, how to rerun it) of an RNC study of `kind`
+    (univariate | multivariate); a folder without summary.json is no study."""
     from berg_scale.io.storage import filesystem_for
 
     fs, root = filesystem_for(url, storage)
-    rerun = (f"run `berg-scale rnc univariate --rois {' '.join(grouping.rois)} --out {url} ...` "
+    rerun = (f"run `berg-scale rnc {kind} --rois {' '.join(grouping.rois)} --out {url} ...` "
              "(cross-validated, the default) and pass that --out as --study")
     summary_path = posixpath.join(root, "summary.json")
     if not fs.exists(summary_path):
         raise RoiGroupsError(f"{url} has no summary.json, so it is not an RNC study output: {rerun}")
-    summary = _read_json(fs, summary_path)
+    return fs, root, _read_json(fs, summary_path), rerun
+
+
+def read_study(url: str, grouping: PairGrouping, storage=None) -> Study:
+    """Controlling and baseline images of a study, checked to cover the grouping's pairs."""
+    fs, root, summary, rerun = open_study(url, grouping, "univariate", storage)
     uni = summary.get("univariate")
     folder = posixpath.join(root, "univariate")
     if not uni or not fs.exists(posixpath.join(folder, "controlling.parquet")):

@@ -49,6 +49,7 @@ from berg_scale.experiments.roi_groups import (
     group_means,
     group_statistic,
     group_ticks,
+    open_study,
 )
 from berg_scale.rnc.stats import benjamini_hochberg, permutation_p_value
 from berg_scale.rnc.streams import stream
@@ -106,15 +107,7 @@ def read_multivariate_study(url: str, grouping: PairGrouping, storage=None) -> M
     """Scores and nulls of every grouping pair and held-out fold, checked to be complete."""
     import pyarrow.parquet as pq
 
-    from berg_scale.io.storage import filesystem_for
-
-    fs, root = filesystem_for(url, storage)
-    rerun = (f"run `berg-scale rnc multivariate --rois {' '.join(grouping.rois)} --out {url} ...` "
-             "(cross-validated, the default) and pass that --out as --study")
-    summary_path = posixpath.join(root, "summary.json")
-    if not fs.exists(summary_path):
-        raise RoiGroupsError(f"{url} has no summary.json, so it is not an RNC study output: {rerun}")
-    summary = _read_json(fs, summary_path)
+    fs, root, summary, rerun = open_study(url, grouping, "multivariate", storage)
     folder = posixpath.join(root, "multivariate")
     if not summary.get("multivariate") or not fs.exists(posixpath.join(folder, "tests.parquet")):
         raise RoiGroupsError(f"study {url} has no multivariate RNC results: {rerun}")
@@ -126,11 +119,11 @@ def read_multivariate_study(url: str, grouping: PairGrouping, storage=None) -> M
     for i, (a, b) in enumerate(grouping.pairs):
         index[(a, b)] = index[(b, a)] = i
     n_pairs = len(grouping.pairs)
-    tests = [r for r in _read_rows(fs, posixpath.join(folder, "tests.parquet"))
-             if (r["roi_1"], r["roi_2"]) in index and r.get("subject") is not None]
+    rows = _read_rows(fs, posixpath.join(folder, "tests.parquet"))
+    tests = [r for r in rows if (r["roi_1"], r["roi_2"]) in index and r.get("subject") is not None]
     heldout = tuple(sorted({int(r["subject"]) for r in tests}))
     if not heldout:
-        studied = sorted({f"{r['roi_1']}-{r['roi_2']}" for r in _read_rows(fs, posixpath.join(folder, "tests.parquet"))})
+        studied = sorted({f"{r['roi_1']}-{r['roi_2']}" for r in rows})
         raise RoiGroupsError(f"study {url} has no held-out results for the pairs of {', '.join(grouping.rois)} "
                              f"(it has {', '.join(studied) or 'none'}; --no-cv studies have none): {rerun}")
     studied_conditions = {r["condition"] for r in tests}
