@@ -192,6 +192,12 @@ class ReadoutConfig(_Strict):
         ]
 
 
+def resolve_exact_resize(precision: str, exact_resize: bool | None) -> bool:
+    """Whether images are resampled on the CPU as BERG does: the default (None) is yes for
+    fp32, whose results must be exact, and no for bf16/fp16, which trade exactness for speed."""
+    return precision == "fp32" if exact_resize is None else bool(exact_resize)
+
+
 class ResourcesConfig(_Strict):
     """How much of the cluster a run uses and how each worker spends it."""
 

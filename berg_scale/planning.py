@@ -460,8 +460,10 @@ def model_step(resources: Any) -> str:
         "bf16": "precision bf16 (backbone and ViT PCA projection in bf16, regressions fp32)",
         "fp16": "precision fp16 (backbone and ViT PCA projection in fp16, regressions fp32)",
     }[resources.precision]
-    exact_resize = resources.precision == "fp32" if resources.exact_resize is None else resources.exact_resize
-    resample = ("images resampled on the CPU as BERG does (exact_resize)" if exact_resize
+    from berg_scale.config import resolve_exact_resize
+
+    exact = resolve_exact_resize(resources.precision, resources.exact_resize)
+    resample = ("images resampled on the CPU as BERG does (exact_resize)" if exact
                 else "images resampled on the device (exact_resize off)")
     compiled = ("compile on: the ViT backbone compiles while the models load (a minute or two per worker)"
                 if resources.compile else "compile off")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from berg_scale import __version__
-from berg_scale.config import ResourcesConfig, default_of
+from berg_scale.config import ResourcesConfig, default_of, resolve_exact_resize
 from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import StorageOptions
 from berg_scale.models.base import BuildContext, OutputColumn, ReadoutGroup
@@ -124,7 +124,7 @@ class ModelSet:
         self.precision = precision
         # BERG resamples on the CPU; CUDA's kernel rounds a few pixels differently, so the
         # exact path (default for fp32) resamples on the CPU at some cost in GPU throughput.
-        self.exact_resize = precision == "fp32" if exact_resize is None else bool(exact_resize)
+        self.exact_resize = resolve_exact_resize(precision, exact_resize)
         self.batch_size = batch_size
         self.device = resolve_device(device)
         if self.device.type == "cuda" and precision == "fp32":
