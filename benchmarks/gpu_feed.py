@@ -30,6 +30,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -59,7 +60,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile-budget-s", type=float, default=300.0,
                         help="measure the compiled backbone only if the run is younger than this")
     parser.add_argument("--work", default=str(HERE / "_work" / "gpu_feed"))
-    parser.add_argument("--out", default=str(HERE / "RESULTS-gpu.md"))
+    parser.add_argument("--out", default=None,
+                        help="results file, rewritten after each row (default benchmarks/RESULTS-gpu.md; none with --smoke)")
     args = parser.parse_args(argv)
     cpus = os.cpu_count() or 4
     defaults = {"shards": 2, "images_per_shard": 24, "batch_size": 8} if args.smoke else \
@@ -67,6 +69,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.out is None and not args.smoke:
+        args.out = str(HERE / "RESULTS-gpu.md")
     if args.decode_workers is None:
         args.decode_workers = 1 if args.smoke else max(1, cpus - 2)
     return args
@@ -103,7 +107,6 @@ def _setup(args: argparse.Namespace, work: Path) -> tuple[Path, Path, list]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    import ray
     import torch
 
     cuda = torch.cuda.is_available()
@@ -112,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     device = "cuda" if cuda else "cpu"
-    from berg_scale.config import ResourcesConfig, default_of
     from berg_scale.engine.model_factory import ModelSetFactory
-    from berg_scale.engine.shard_pipeline import ShardSettings
-    from berg_scale.engine.worker import EncoderWorker
     from berg_scale.io.batch_decode_cpu import decode_batch_cpu
     from berg_scale.io.shard_listing import list_shards
     from berg_scale.io.shard_reader import read_shard
@@ -123,81 +123,233 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    began_all = time.perf_counter()
+    report = Report(args, torch.cuda.get_device_name(0) if cuda else None, torch.__version__)
     root, shards_dir, sets = _setup(args, work)
     shards = list_shards(str(shards_dir))
     n_images = len(shards) * args.images_per_shard
-    decoded = decode_batch_cpu([s.image for s in read_shard(shards[0].url)], 256).images
-    print(f"setup {time.perf_counter() - began_all:.1f} s", file=sys.stderr, flush=True)
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=args.decode_workers + 1, num_gpus=0, include_dashboard=False, log_to_driver=False)
-    rows = []
+    payloads = [[s.image for s in read_shard(shard.url)] for shard in shards[:2]]
+    chunks = [part[i : i + args.batch_size] for part in payloads for i in range(0, len(part), args.batch_size)]
+    decoded = decode_batch_cpu(payloads[0], 256).images
+    print(f"setup {report.elapsed():.1f} s", file=sys.stderr, flush=True)
+    report.pool_problem = _start_ray(args.decode_workers)
     try:
+        report.floors += _decode_floors(args, [s.url for s in shards[:2]], chunks, device, report.pool_problem)
+        report.write()
         for title, specs in sets:
             reference = None
             for precision in ("fp32", "bf16"):
                 factory = ModelSetFactory(str(root), specs, precision=precision, batch_size=args.batch_size,
                                           backbone_path=str(backbone_file(root)))
-                model_rate = None
                 for decode in ("cpu", "gpu"):
-                    output = work / f"out_{len(rows)}"
-                    shutil.rmtree(output, ignore_errors=True)
-                    settings = ShardSettings(
-                        output=str(output), image_size=256, batch_size=args.batch_size, decode=decode,
-                        decode_threads=2, decode_workers=args.decode_workers if decode == "cpu" else 0,
-                        device=device)
-                    worker = EncoderWorker(0, factory, settings)
+                    label = f"| {title} | {precision} | {decode}"
                     try:
-                        if model_rate is None:
-                            model_rate = _model_only(worker.model, decoded, args.batch_size, device)
-                        worker.process(shards[0], 1)  # warm-up: cuDNN plans, nvJPEG, pool processes
-                        shutil.rmtree(output, ignore_errors=True)
-                        rate, seconds, decoded_on = _end_to_end(worker, shards, n_images, cuda)
+                        run = _measure(args, report, factory, shards, decoded, decode, device,
+                                       work / f"out_{len(report.rows)}", n_images, (title, precision))
+                    except Exception as exc:  # noqa: BLE001 - keep the other rows of a one-shot run
+                        report.add(f"{label} | failed: {_one_line(exc)} | | | | |")
+                        continue
                     finally:
-                        if worker.pool is not None:
-                            worker.pool.close()
-                    table = _read_values(output)
-                    reference = reference or table
-                    drift = _max_relative_difference(reference, table)
-                    where = ", ".join(f"{k}: {v}" for k, v in sorted(decoded_on.items()))
-                    via = f"pool of {args.decode_workers}" if decode == "cpu" else "nvJPEG" if cuda else "CPU fallback"
-                    stages = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
-                    rows.append(f"| {title} | {precision} | {decode} ({via}; {where}) | {model_rate:.0f} | {rate:.0f} | "
-                                f"{rate / model_rate:.2f} | {drift:.1e} | {stages} |")
-                    print(rows[-1], file=sys.stderr, flush=True)
-                    del worker
-                    if cuda:
-                        torch.cuda.empty_cache()
+                        if cuda:
+                            torch.cuda.empty_cache()
+                    reference = reference or run.table
+                    model_rate = report.model_rates[(title, precision)]
+                    drift = _max_relative_difference(reference, run.table)
+                    report.add(f"{label} ({run.via}) | {model_rate:.0f} | {run.rate:.0f} | "
+                               f"{run.rate / model_rate:.2f} | {drift:.1e} | {run.stages} |")
+                    report.end_to_end[(title, precision, decode)] = run.rate
                 if precision == "bf16" and title == sets[0][0]:  # (i), the ViT set
-                    row = _compiled_model_only(args, factory, decoded, device, model_rate, title,
-                                               time.perf_counter() - began_all)
+                    try:
+                        row = _compiled_model_only(args, factory, decoded, device,
+                                                   report.model_rates.get((title, precision)), title,
+                                                   report.elapsed())
+                    except Exception as exc:  # noqa: BLE001
+                        row = f"| {title} | bf16, compiled backbone | failed: {_one_line(exc)} | | | | |"
                     if row:
-                        rows.append(row)
-                        print(row, file=sys.stderr, flush=True)
+                        report.add(row)
     finally:
-        ray.shutdown()
-    name = torch.cuda.get_device_name(0) if cuda else "CPU (smoke run, not a measurement)"
-    lines = [
-        f"### One GPU worker: model only vs end to end ({name}, torch {torch.__version__})",
-        "",
-        f"{n_images} synthetic JPEGs (500 x 375 and 375 x 500 -> 256) in {len(shards)} shards, batch "
-        f"{args.batch_size}, {os.cpu_count()} CPUs, CPU decode by {args.decode_workers} decode processes. Timed after "
-        f"one warm-up shard; end to end keeps {default_of(ResourcesConfig, 'shards_in_flight')} shards in "
-        f"flight, as a worker actor does. drift: largest |difference| of any response from fp32 + CPU (PIL) decode, in "
-        f"standard deviations of the column over images. Total wall time {time.perf_counter() - began_all:.0f} s.",
-        "",
-        "| model set | precision | decode | model only img/s | end to end img/s | ratio | drift | worker stage seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        *rows,
-        "",
-    ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out and not args.smoke:
-        Path(args.out).write_text("# GPU feed results\n\n" + text + "\n")
-        print(f"wrote {args.out}", file=sys.stderr)
+        _stop_ray()
+    report.vit_title = sets[0][0]
+    print(report.write(final=True))
     return 0
+
+
+class Report:
+    """Everything measured so far, written out after each row: a run cut short keeps it."""
+
+    def __init__(self, args: argparse.Namespace, gpu: str | None, torch_version: str) -> None:
+        self.args = args
+        self.began = time.perf_counter()
+        self.gpu = gpu
+        self.torch_version = torch_version
+        self.rows: list[str] = []
+        self.floors: list = []
+        self.model_rates: dict[tuple[str, str], float] = {}
+        self.end_to_end: dict[tuple[str, str, str], float] = {}
+        self.pool_problem: str | None = None
+        self.vit_title: str | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.began
+
+    def add(self, row: str) -> None:
+        self.rows.append(row)
+        print(row, file=sys.stderr, flush=True)
+        self.write()
+
+    def write(self, final: bool = False) -> str:
+        from gpu_floors import floor_table
+
+        from berg_scale.config import ResourcesConfig, default_of
+
+        args = self.args
+        name = self.gpu or "CPU (smoke run, not a measurement)"
+        decode = (f"CPU decode by {args.decode_workers} decode processes" if not self.pool_problem else
+                  f"CPU decode by {args.decode_workers} threads in the worker (no decode pool: {self.pool_problem})")
+        n_images = args.shards * args.images_per_shard
+        lines = [
+            f"### One GPU worker: model only vs end to end ({name}, torch {self.torch_version})",
+            "",
+            (f"{n_images} synthetic JPEGs (500 x 375 and 375 x 500 -> 256) in {args.shards} shards, batch "
+            f"{args.batch_size}, {os.cpu_count()} CPUs, {decode}. Timed after one warm-up shard; end to end "
+            f"keeps {default_of(ResourcesConfig, 'shards_in_flight')} shards in flight, as a worker actor does. "
+            "drift: largest |difference| of any response from fp32 + CPU (PIL) decode, in standard deviations "
+            f"of the column over images. Wall time so far {self.elapsed():.0f} s"
+            + ("." if final else " (the run had not finished when this was written).")),
+            "",
+            "| model set | precision | decode | model only img/s | end to end img/s | ratio | drift | stages (s) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            *self.rows,
+            "",
+            "#### Each stage alone (same images)",
+            "",
+            *floor_table([*self.floors, *self._model_floors()]),
+            "",
+            *self._verdict(),
+        ]
+        text = "\n".join(lines)
+        if args.out:
+            Path(args.out).write_text("# GPU feed results\n\n" + text + "\n")
+        return text
+
+    def _model_floors(self) -> list:
+        from gpu_floors import Floor
+
+        return [Floor(f"model alone: {title}, {precision}", rate)
+                for (title, precision), rate in self.model_rates.items()]
+
+    def _verdict(self) -> list[str]:
+        """The ViT set in bf16: its best end to end against the lowest floor on its path."""
+        from gpu_floors import limiting
+
+        title = self.vit_title
+        if title is None or (title, "bf16") not in self.model_rates:
+            return []
+        lines = []
+        for decode, decoder in (("gpu", "nvJPEG"), ("cpu", "CPU decode")):
+            rate = self.end_to_end.get((title, "bf16", decode))
+            if rate is None:
+                continue
+            on_path = [f for f in self.floors if f.stage.startswith(("tar read", decoder, "host"))
+                       and not (decode == "gpu" and f.stage.startswith("host"))]
+            on_path += [f for f in self._model_floors() if f.stage == f"model alone: {title}, bf16"]
+            low = limiting(on_path)
+            if low is None:
+                continue
+            lines.append(f"- {title}, bf16, {decode} decode: end to end {rate:.0f} img/s "
+                         f"({'meets' if rate >= 10_000 else 'below'} 10,000); the lowest stage on its path is "
+                         f"{low.stage} at {low.images_per_s:.0f} img/s, and end to end reaches "
+                         f"{rate / (low.images_per_s or 1):.2f} of it.")
+        return ["#### What limits end to end", "", *lines, ""] if lines else []
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:300]}".replace("|", "/")
+
+
+def _start_ray(decode_workers: int) -> str | None:
+    """Start a local Ray for the decode pool; on failure, say why (the run goes on without it)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        ray.init(num_cpus=decode_workers + 1, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:  # noqa: BLE001 - a machine without Ray still measures the rest
+        print(f"gpu_feed: no decode pool ({_one_line(exc)})", file=sys.stderr)
+        return _one_line(exc)
+    return None
+
+
+def _stop_ray() -> None:
+    try:
+        import ray
+
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - never started
+        pass
+
+
+def _decode_floors(args, urls, chunks, device: str, pool_problem: str | None) -> list:
+    import gpu_floors
+
+    floors = []
+    for measure in (lambda: gpu_floors.tar_read(urls),
+                    lambda: gpu_floors.cpu_threads(chunks, 256, args.decode_workers),
+                    lambda: (gpu_floors.Floor("CPU decode pool", None, pool_problem) if pool_problem else
+                             gpu_floors.cpu_pool(chunks, 256, args.decode_workers)),
+                    lambda: gpu_floors.nvjpeg(chunks, 256, device),
+                    lambda: gpu_floors.host_to_device(args.batch_size, 256, device)):
+        try:
+            floors.append(measure())
+        except Exception as exc:  # noqa: BLE001
+            floors.append(gpu_floors.Floor("(a stage)", None, f"failed: {_one_line(exc)}"))
+        print(f"floor: {floors[-1]}", file=sys.stderr, flush=True)
+    return floors
+
+
+@dataclass
+class EndToEnd:
+    rate: float
+    stages: str
+    via: str
+    table: dict
+
+
+def _measure(args, report: Report, factory, shards, decoded, decode: str, device: str, output: Path,
+             n_images: int, key: tuple[str, str]) -> EndToEnd:
+    """One worker end to end over all shards; the model alone too, the first time for this key."""
+    import gpu_floors
+
+    from berg_scale.engine.shard_pipeline import ShardSettings
+    from berg_scale.engine.worker import EncoderWorker
+
+    shutil.rmtree(output, ignore_errors=True)
+    pool = decode == "cpu" and not report.pool_problem
+    settings = ShardSettings(
+        output=str(output), image_size=256, batch_size=args.batch_size, decode=decode,
+        decode_threads=2 if pool or decode == "gpu" else args.decode_workers,
+        decode_workers=args.decode_workers if pool else 0, device=device)
+    worker = EncoderWorker(0, factory, settings)
+    try:
+        if key not in report.model_rates:
+            report.model_rates[key] = _model_only(worker.model, decoded, args.batch_size, device)
+            floor = gpu_floors.backbone(worker.model, args.batch_size, device)
+            if floor.images_per_s is not None:
+                report.floors.append(floor)
+        worker.process(shards[0], 1)  # warm-up: cuDNN plans, nvJPEG, pool processes
+        shutil.rmtree(output, ignore_errors=True)
+        rate, seconds, decoded_on = _end_to_end(worker, shards, n_images, device.startswith("cuda"))
+    finally:
+        if worker.pool is not None:
+            worker.pool.close()
+    where = ", ".join(f"{k}: {v}" for k, v in sorted(decoded_on.items()))
+    if decode == "cpu":
+        via = f"pool of {args.decode_workers}" if pool else f"{args.decode_workers} threads"
+    else:
+        via = "nvJPEG" if device.startswith("cuda") else "CPU fallback"
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
+    return EndToEnd(rate, stages, f"{via}; {where}", _read_values(output))
 
 
 def _sync(device: str) -> None:
@@ -222,7 +374,7 @@ def _model_only(model, decoded, batch_size: int, device: str) -> float:
     return statistics.median(rates)
 
 
-def _compiled_model_only(args, factory, decoded, device: str, eager_rate: float, title: str,
+def _compiled_model_only(args, factory, decoded, device: str, eager_rate: float | None, title: str,
                          elapsed: float) -> str | None:
     """The model alone with the backbone compiled (compiling happens while it loads)."""
     import dataclasses
@@ -235,8 +387,8 @@ def _compiled_model_only(args, factory, decoded, device: str, eager_rate: float,
     compile_s = time.perf_counter() - began
     rate = _model_only(model, decoded, args.batch_size, device)
     del model
-    return (f"| {title} | bf16, compiled backbone (compile {compile_s:.0f} s) | none (model only) | {rate:.0f} | | "
-            f"{rate / eager_rate:.2f} of eager | | |")
+    versus = f"{rate / eager_rate:.2f} of eager" if eager_rate else ""
+    return f"| {title} | bf16, compiled backbone (compile {compile_s:.0f} s) | none (model only) | {rate:.0f} | | {versus} | | |"
 
 
 def _end_to_end(worker, shards, n_images: int, cuda: bool) -> tuple[float, dict[str, float], dict[str, int]]:
