@@ -10,6 +10,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
@@ -72,3 +74,21 @@ def test_decode_floors_measure_on_the_cpu():
     if not torch.cuda.is_available():
         assert gpu_floors.nvjpeg([payloads], 32, "cpu") == gpu_floors.Floor("nvJPEG decode", None, "no CUDA device")
         assert gpu_floors.host_to_device(4, 32, "cpu").images_per_s is None
+
+
+@pytest.mark.slow
+def test_gpu_feed_smoke_run_writes_every_row(tmp_path):
+    """The one-shot GPU script, end to end at toy sizes on the CPU (about a minute)."""
+    import os
+
+    out = tmp_path / "RESULTS-gpu.md"
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_feed.py"), "--smoke", "--shards", "1", "--images-per-shard", "8",
+         "--batch-size", "4", "--compile-budget-s", "0", "--work", str(tmp_path / "work"), "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith(("| ViT-B/32 +", "| fwRF,"))]
+    assert len(rows) == 8 and not any("failed" in row for row in rows), text
+    assert "| CPU decode pool, 1 processes |" in text and "| nvJPEG decode | not measured | no CUDA device |" in text
+    assert "#### What limits end to end" in text and "the lowest stage on its path is" in text
