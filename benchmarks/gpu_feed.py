@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_feed.py                 # one H100/H200 with 16 vCPUs: under 8 minutes
     python benchmarks/gpu_feed.py --smoke         # tiny, on the CPU: checks that the script works
+    bash benchmarks/gpu_run.sh RESULTS_DIR        # the same, on a GPU machine without package access
 
 For two model sets on a synthetic BERG root (random weights, the real file formats):
 
@@ -17,7 +18,9 @@ pool (`decode_workers` processes) and with GPU decode (nvJPEG, batched). 'drift'
 largest absolute difference of any response from the fp32 + CPU (PIL) decode run of the
 same model set, in units of that column's standard deviation over images. For (i) in
 bf16 it also measures the model alone with the backbone compiled (`resources.compile`),
-when the run has used under `--compile-budget-s` seconds so far. The worker runs
+and on CUDA also compiled with CUDA graphs (torch.compile's reduce-overhead mode), when
+the run has used under `--compile-budget-s` seconds so far. Each stage is also measured
+alone (`gpu_floors.py`), and the slowest on the bf16 ViT path is named. The worker runs
 in this process on cuda:0, as one Ray actor would; the decode processes are Ray actors on
 this machine. Writes benchmarks/RESULTS-gpu.md (or --out).
 """
@@ -159,12 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                     report.end_to_end[(title, precision, decode)] = run.rate
                 if precision == "bf16" and title == sets[0][0]:  # (i), the ViT set
                     try:
-                        row = _compiled_model_only(args, factory, decoded, device,
-                                                   report.model_rates.get((title, precision)), title,
-                                                   report.elapsed())
+                        compiled = _compiled_model_only(args, factory, decoded, device,
+                                                        report.model_rates.get((title, precision)), title,
+                                                        report.elapsed())
                     except Exception as exc:  # noqa: BLE001
-                        row = f"| {title} | bf16, compiled backbone | failed: {_one_line(exc)} | | | | |"
-                    if row:
+                        compiled = [f"| {title} | bf16, compiled backbone | failed: {_one_line(exc)} | | | | |"]
+                    for row in compiled:
                         report.add(row)
     finally:
         _stop_ray()
@@ -375,20 +378,43 @@ def _model_only(model, decoded, batch_size: int, device: str) -> float:
 
 
 def _compiled_model_only(args, factory, decoded, device: str, eager_rate: float | None, title: str,
-                         elapsed: float) -> str | None:
-    """The model alone with the backbone compiled (compiling happens while it loads)."""
+                         elapsed: float) -> list[str]:
+    """The model alone with the backbone compiled (compiling happens while it loads) and,
+    on CUDA, compiled with CUDA graphs too (torch.compile's reduce-overhead mode)."""
     import dataclasses
+
+    import torch
 
     if elapsed > args.compile_budget_s:
         print(f"compiled backbone skipped: {elapsed:.0f} s used > --compile-budget-s", file=sys.stderr)
-        return None
-    began = time.perf_counter()
-    model = dataclasses.replace(factory, compile=True).build(device)
-    compile_s = time.perf_counter() - began
-    rate = _model_only(model, decoded, args.batch_size, device)
-    del model
-    versus = f"{rate / eager_rate:.2f} of eager" if eager_rate else ""
-    return f"| {title} | bf16, compiled backbone (compile {compile_s:.0f} s) | none (model only) | {rate:.0f} | | {versus} | | |"
+        return []
+    rows = []
+    for name in ("compiled backbone", "compiled backbone + CUDA graphs"):
+        graphs = name.endswith("graphs")
+        if graphs and not device.startswith("cuda"):
+            continue
+        began = time.perf_counter()
+        try:
+            if graphs:  # not an engine setting: compiled here as the engine compiles, plus graphs
+                model = factory.build(device)
+                sizes = [args.batch_size, args.batch_size - 1]
+                with torch.no_grad():
+                    for group in model.groups:
+                        if hasattr(group, "backbone"):
+                            group.backbone.compile_blocks(mode="reduce-overhead")
+                            group.warm_up(sizes)
+            else:
+                model = dataclasses.replace(factory, compile=True).build(device)
+            compile_s = time.perf_counter() - began
+            rate = _model_only(model, decoded, args.batch_size, device)
+            del model
+        except Exception as exc:  # noqa: BLE001 - the other rows still count
+            rows.append(f"| {title} | bf16, {name} | failed: {_one_line(exc)} | | | | |")
+            continue
+        versus = f"{rate / eager_rate:.2f} of eager" if eager_rate else ""
+        rows.append(f"| {title} | bf16, {name} (compile {compile_s:.0f} s) | none (model only) | {rate:.0f} | | "
+                    f"{versus} | | |")
+    return rows
 
 
 def _end_to_end(worker, shards, n_images: int, cuda: bool) -> tuple[float, dict[str, float], dict[str, int]]:
