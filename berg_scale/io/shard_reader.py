@@ -56,6 +56,7 @@ from berg_scale.errors import BergScaleError, StorageError
 from berg_scale.io.read_ahead import ReadAhead
 from berg_scale.io.shard_listing import SHARD_SUFFIXES
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote, join
+from berg_scale.io.tar_header import FastTarInfo
 from berg_scale.io.tar_sample import TarSample
 
 # One extension (or more) for every format decode.py documents: JPEG, MPO, PNG, WebP,
@@ -529,7 +530,7 @@ class _KeyedSamples:
         handle = self.stream.handle
         try:
             archive = tarfile.open(
-                fileobj=handle, mode="r:", encoding="utf-8", errors="surrogateescape"
+                fileobj=handle, mode="r:", encoding="utf-8", errors="surrogateescape", tarinfo=FastTarInfo
             )
         except tarfile.ReadError as exc:
             inside = " inside the gzip stream" if self.stream.compressed else ""
