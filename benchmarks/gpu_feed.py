@@ -207,7 +207,7 @@ class Report:
         args = self.args
         name = self.gpu or "CPU (smoke run, not a measurement)"
         decode = (f"CPU decode by {args.decode_workers} decode processes" if not self.pool_problem else
-                  f"CPU decode by {args.decode_workers} threads in the worker (no decode pool: {self.pool_problem})")
+                  f"CPU decode by {args.decode_workers} thread(s) in the worker (no decode pool: {self.pool_problem})")
         n_images = args.shards * args.images_per_shard
         lines = [
             f"### One GPU worker: model only vs end to end ({name}, torch {self.torch_version})",
@@ -248,12 +248,12 @@ class Report:
         if title is None or (title, "bf16") not in self.model_rates:
             return []
         lines = []
-        for decode, decoder in (("gpu", "nvJPEG"), ("cpu", "CPU decode")):
+        cpu_decoder = "CPU decode pool" if not self.pool_problem else "CPU decode,"  # what the worker used
+        for decode, stages in (("gpu", ("tar read", "nvJPEG")), ("cpu", ("tar read", cpu_decoder, "host"))):
             rate = self.end_to_end.get((title, "bf16", decode))
             if rate is None:
                 continue
-            on_path = [f for f in self.floors if f.stage.startswith(("tar read", decoder, "host"))
-                       and not (decode == "gpu" and f.stage.startswith("host"))]
+            on_path = [f for f in self.floors if f.stage.startswith(stages)]
             on_path += [f for f in self._model_floors() if f.stage == f"model alone: {title}, bf16"]
             low = limiting(on_path)
             if low is None:
@@ -348,7 +348,7 @@ def _measure(args, report: Report, factory, shards, decoded, decode: str, device
             worker.pool.close()
     where = ", ".join(f"{k}: {v}" for k, v in sorted(decoded_on.items()))
     if decode == "cpu":
-        via = f"pool of {args.decode_workers}" if pool else f"{args.decode_workers} threads"
+        via = f"pool of {args.decode_workers}" if pool else f"{args.decode_workers} thread(s)"
     else:
         via = "nvJPEG" if device.startswith("cuda") else "CPU fallback"
     stages = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())

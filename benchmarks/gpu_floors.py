@@ -61,7 +61,7 @@ def cpu_threads(chunks: Sequence[list[bytes]], size: int, threads: int) -> Floor
     with ThreadPoolExecutor(threads) as executor:
         rate = _median_rate(sum(map(len, chunks)), lambda: [decode_batch_cpu(c, size, executor=executor)
                                                             for c in chunks])
-    return Floor(f"CPU decode, {threads} threads in one process", rate)
+    return Floor(f"CPU decode, {threads} thread(s) in one process", rate)
 
 
 def cpu_pool(chunks: Sequence[list[bytes]], size: int, workers: int) -> Floor:
@@ -75,7 +75,7 @@ def cpu_pool(chunks: Sequence[list[bytes]], size: int, workers: int) -> Floor:
                             lambda: [None for _ in pool.decoded((i, list(c)) for i, c in enumerate(chunks))])
     finally:
         pool.close()
-    return Floor(f"CPU decode pool, {workers} processes", rate)
+    return Floor(f"CPU decode pool, {workers} process(es)", rate)
 
 
 def nvjpeg(chunks: Sequence[list[bytes]], size: int, device: Any) -> Floor:

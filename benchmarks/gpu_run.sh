@@ -26,7 +26,12 @@ if [[ -d $bundle ]]; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "${wheels[@]}" ||
       { echo "gpu_run: installing the bundle's wheels failed" >&2; exit 3; }
   fi
-  for archive in "${archives[@]}"; do tar -xJf "$archive" -C "$site" || exit 3; done
+  for archive in "${archives[@]}"; do  # Python's own xz and tar: nothing else is assumed installed
+    "$python" -c 'import sys, tarfile
+with tarfile.open(sys.argv[1], "r:xz") as archive:
+    archive.extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))' \
+      "$archive" "$site" || { echo "gpu_run: unpacking $archive failed" >&2; exit 3; }
+  done
 else
   echo "gpu_run: no bundle at $bundle; using the interpreter's own packages" >&2
 fi

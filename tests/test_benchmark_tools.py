@@ -90,5 +90,5 @@ def test_gpu_feed_smoke_run_writes_every_row(tmp_path):
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith(("| ViT-B/32 +", "| fwRF,"))]
     assert len(rows) == 8 and not any("failed" in row for row in rows), text
-    assert "| CPU decode pool, 1 processes |" in text and "| nvJPEG decode | not measured | no CUDA device |" in text
+    assert "| CPU decode pool, 1 process(es) |" in text and "| nvJPEG decode | not measured | no CUDA device |" in text
     assert "#### What limits end to end" in text and "the lowest stage on its path is" in text
