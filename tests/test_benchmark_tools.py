@@ -85,7 +85,7 @@ def test_gpu_feed_smoke_run_writes_every_row(tmp_path):
     run = subprocess.run(
         [sys.executable, str(BENCHMARKS / "gpu_feed.py"), "--smoke", "--shards", "1", "--images-per-shard", "8",
          "--batch-size", "4", "--compile-budget-s", "0", "--work", str(tmp_path / "work"), "--out", str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith(("| ViT-B/32 +", "| fwRF,"))]
