@@ -128,7 +128,12 @@ class ShardReadError(BergScaleError):
 def split_member_name(name: str) -> tuple[str, str] | None:
     """WebDataset's key/extension split (extension lower-cased, as WebDataset does by
     default) of the normalised name, or None for names that belong to no sample."""
-    directory, base = posixpath.split(normalise_member_name(name))
+    return _split_normalised(normalise_member_name(name))
+
+
+def _split_normalised(name: str) -> tuple[str, str] | None:
+    """`split_member_name` of a name that is already normalised (normalising is idempotent)."""
+    directory, base = posixpath.split(name)
     if base.startswith(".") or "." not in base:
         return None
     stem, ext = base.split(".", 1)
@@ -210,6 +215,10 @@ class ReadAheadFile(io.RawIOBase):
         return offset
 
     def read(self, size: int = -1) -> bytes:
+        begin = self._pos - self._chunk_start
+        if size is not None and size >= 0 and begin >= 0 and begin + size <= len(self._chunk):
+            self._pos += size  # the usual case: a header or member inside the current chunk
+            return self._chunk[begin : begin + size]
         parts = []
         remaining = size if size is not None and size >= 0 else None
         while remaining is None or remaining > 0:
@@ -548,7 +557,7 @@ class _KeyedSamples:
                 continue
             name = normalise_member_name(member.name)
             self._locate(member, name)
-            parsed = split_member_name(name)
+            parsed = _split_normalised(name)
             if parsed is None:
                 continue
             key, ext = parsed
