@@ -152,19 +152,34 @@ def process_shard(
         else _Inline(chunks)
     )
     rows_written = 0
+
+    def write(launched: _Launched) -> None:
+        nonlocal rows_written
+        outputs = launched.outputs(stats)
+        write_started = time.perf_counter()
+        writer.write(build_record_batch(schema, shard.name, launched.decoded.rows, outputs))
+        stats.seconds["write"] += time.perf_counter() - write_started
+        rows_written += len(launched.decoded.rows)
+        if on_rows is not None:
+            on_rows(rows_written)
+
     try:
+        lagging: _Launched | None = None  # a GPU batch whose results are still on the way
         for decoded in decoded_chunks:
             if cancelled():
                 raise ShardCancelled(shard.name)
             if model_turn is not None and not model_turn.acquire(cancelled):
                 raise ShardCancelled(shard.name)  # cancelled while waiting for the model
-            outputs = _run_model(decoded, model, stats)
-            write_started = time.perf_counter()
-            writer.write(build_record_batch(schema, shard.name, decoded.rows, outputs))
-            stats.seconds["write"] += time.perf_counter() - write_started
-            rows_written += len(decoded.rows)
-            if on_rows is not None:
-                on_rows(rows_written)
+            launched = _launch_model(decoded, model, stats)
+            if lagging is not None:  # collected only now: the GPU already runs the next batch
+                write(lagging)
+                lagging = None
+            if launched.pending is None or launched.pending.done:
+                write(launched)
+            else:
+                lagging = launched
+        if lagging is not None:
+            write(lagging)
         if model_turn is not None:
             model_turn.release()  # the last forward is done: the next shard may start its own
         stats.seconds["read"] = reader.busy_seconds
@@ -354,9 +369,26 @@ class ChunkDecoder:
         return DecodedChunk(rows, images, ready)
 
 
-def _run_model(decoded: DecodedChunk, model: Any, stats: ShardStats) -> dict[str, np.ndarray]:
+@dataclass
+class _Launched:
+    """A chunk whose forward has been launched: results ready, or still on their way."""
+
+    decoded: DecodedChunk
+    pending: Any = None  # PendingOutputs of a model with `forward_async`
+    ready: dict[str, np.ndarray] | None = None  # the results of a model without it
+
+    def outputs(self, stats: ShardStats) -> dict[str, np.ndarray]:
+        if self.pending is None:
+            return self.ready or {}
+        started = time.perf_counter()
+        outputs = {name: np.asarray(values) for name, values in self.pending.result().items()}
+        stats.seconds["model"] += time.perf_counter() - started
+        return outputs
+
+
+def _launch_model(decoded: DecodedChunk, model: Any, stats: ShardStats) -> _Launched:
     if not len(decoded.images):
-        return {}
+        return _Launched(decoded, ready={})
     started = time.perf_counter()
     images = decoded.images
     if decoded.ready is not None:
@@ -366,10 +398,15 @@ def _run_model(decoded: DecodedChunk, model: Any, stats: ShardStats) -> dict[str
         current.wait_event(decoded.ready)
         for tensor in (images, *decoded.presized.values()):
             tensor.record_stream(current)  # the side stream's allocator must not reuse it early
-    forwarded = model.forward(images, presized=decoded.presized) if decoded.presized else model.forward(images)
-    outputs = {name: np.asarray(values) for name, values in forwarded.items()}
+    extra = {"presized": decoded.presized} if decoded.presized else {}
+    forward_async = getattr(model, "forward_async", None)
+    if forward_async is not None:
+        launched = _Launched(decoded, pending=forward_async(images, **extra))
+    else:
+        forwarded = model.forward(images, **extra)
+        launched = _Launched(decoded, ready={name: np.asarray(values) for name, values in forwarded.items()})
     stats.seconds["model"] += time.perf_counter() - started
-    return outputs
+    return launched
 
 
 class _Inline:

@@ -20,6 +20,7 @@ from berg_scale.config import ResourcesConfig, default_of, resolve_exact_resize
 from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import StorageOptions
 from berg_scale.models.base import BuildContext, OutputColumn, ReadoutGroup
+from berg_scale.models.pending_outputs import PendingOutputs, to_host
 from berg_scale.models.preprocess import (
     check_images,
     get_recipe,
@@ -202,24 +203,29 @@ class ModelSet:
 
         `presized` holds the same images already resized exactly (see `cpu_resize_sizes`).
         """
+        return self.forward_async(images, presized).result()
+
+    def forward_async(
+        self,
+        images: torch.Tensor | np.ndarray,
+        presized: dict[tuple[int, int], torch.Tensor] | None = None,
+    ) -> PendingOutputs:
+        """`forward`, with its results still on their way to the host on a GPU: the
+        caller can launch the next batch before `result()` waits for this one."""
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(images)
         check_images(images)
-        chunks: dict[str, list[np.ndarray]] = {c.name: [] for c in self.columns}
+        parts: dict[str, list[torch.Tensor]] = {c.name: [] for c in self.columns}
         for start in range(0, images.shape[0], self.batch_size):
             part = slice(start, start + self.batch_size)
             batch = self.forward_tensors(images[part], {k: v[part] for k, v in (presized or {}).items()})
             for name, value in batch.items():
-                chunks[name].append(value.cpu().numpy())
-        total = images.shape[0]
-        out = {}
-        for column in self.columns:
-            parts = chunks[column.name]
-            if parts:
-                out[column.name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            else:
-                out[column.name] = np.zeros((total, *column.shape), dtype=column.dtype)
-        return out
+                parts[name].append(to_host(value))
+        ready = None
+        if self.device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.device))
+        return PendingOutputs(parts, ready, images.shape[0], self.columns)
 
     def forward_tensors(
         self, images: torch.Tensor, presized_images: dict[tuple[int, int], torch.Tensor] | None = None
