@@ -30,15 +30,15 @@ def _text(field: bytes | bytearray, encoding: str, errors: str) -> str:
 
 
 def _number(field: bytes | bytearray) -> int:
-    """tarfile's `nti` for octal fields (base-256 ones, and anything odd, are unusual)."""
+    """tarfile's `nti` for octal fields (base-256 ones, and anything odd, are unusual).
+
+    `int` parses ASCII bytes as it parses the same text, and fails on whatever else (a
+    byte that `str.strip` would drop but `bytes.strip` keeps, non-ASCII): tarfile decides.
+    """
     if field[0] in (0o200, 0o377):
         raise _Unusual
-    end = field.find(_NUL)
-    if end != -1:
-        field = field[:end]
     try:
-        text = field.decode("ascii")
-        return int(text.strip() or "0", 8)
+        return int(field.split(_NUL, 1)[0].strip() or b"0", 8)
     except ValueError:
         raise _Unusual from None
 

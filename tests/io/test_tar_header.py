@@ -116,3 +116,22 @@ def test_damaged_headers_give_tarfiles_answer():
 def test_the_end_of_archive_and_short_blocks_raise_as_tarfile_does():
     for buf in (b"\0" * 512, b"", b"\0" * 100, b"x" * 512):
         assert _outcome(FastTarInfo, buf) == _outcome(tarfile.TarInfo, buf)
+
+
+def test_odd_characters_in_number_fields_give_tarfiles_answer():
+    """Whitespace that only `str.strip` drops, signs, underscores, non-octal digits and
+    high bytes, at either end of every number field, with the checksum made to match."""
+    base = _headers(ARCHIVES["ustar"])[0]  # the first member's header
+    fields = [(100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (329, 337), (337, 345)]
+    odd = [b"\x1c", b"\x1f", b"\x0b", b"\x0c", b"\t", b" ", b"_", b"+", b"-", b"8", b"9", b"\x80", b"\xff", b"\0"]
+    checked = 0
+    for start, end in fields:
+        for char in odd:
+            for at in (start, end - 2):
+                buf = bytearray(base)
+                buf[at : at + 1] = char
+                buf[148:156] = b" " * 8
+                buf[148:156] = b"%06o\0 " % (sum(buf) & 0o777777)
+                assert _outcome(FastTarInfo, bytes(buf)) == _outcome(tarfile.TarInfo, bytes(buf)), (start, char, at)
+                checked += 1
+    assert checked == len(fields) * len(odd) * 2
