@@ -43,15 +43,10 @@ def tar_read(urls: Sequence[str]) -> Floor:
     """Images/s of reading the tars into samples (local disk here, page cache warm)."""
     from berg_scale.io.shard_reader import read_shard
 
-    count = sum(len(read_shard(url)) for url in urls)
-    size = 0.0
-
-    def run() -> None:
-        nonlocal size
-        size = float(sum(len(sample.image or b"") for url in urls for sample in read_shard(url)))
-
-    rate = _median_rate(count, run)
-    return Floor("tar read", rate, f"{size * rate / count / 2**20:.0f} MiB/s of image bytes")
+    samples = [sample for url in urls for sample in read_shard(url)]
+    size = sum(len(sample.image or b"") for sample in samples)
+    rate = _median_rate(len(samples), lambda: [read_shard(url) for url in urls])
+    return Floor("tar read", rate, f"{size * rate / len(samples) / 2**20:.0f} MiB/s of image bytes")
 
 
 def cpu_threads(chunks: Sequence[list[bytes]], size: int, threads: int) -> Floor:

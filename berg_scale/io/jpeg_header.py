@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import struct
 
+from PIL import Image
+
 from berg_scale.io.image_decode import ImageHeader
 
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (Pillow's SOF handler)
@@ -78,9 +80,8 @@ def scan_jpeg_header(data: bytes | bytearray | memoryview, max_pixels: int) -> I
 
 
 def _pillow_ceiling() -> float:
-    """Pillow refuses to open images above twice its MAX_IMAGE_PIXELS (its bomb guard)."""
-    from PIL import Image
-
+    """Pillow refuses to open images above twice its MAX_IMAGE_PIXELS (its bomb guard),
+    read at each call: a user may change it at run time."""
     limit = Image.MAX_IMAGE_PIXELS
     return float("inf") if limit is None else 2 * limit
 

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -180,3 +181,25 @@ class BrokenFactory:
         from berg_scale.errors import UnsafeFileError
 
         raise UnsafeFileError("weights_sub-01_roi-V1.pt asks for builtins.eval; refusing to load it")
+
+
+@dataclass(frozen=True)
+class SameModelFactory:
+    """Hands every worker the one model instance the test holds (to inspect it after)."""
+
+    model: Any
+    needs_weights: bool = field(default=False, init=False)
+
+    def build(self, device):
+        return self.model
+
+
+def in_process_worker(output: str, model: Any):
+    """An `EncoderWorker` in the test's process (what one Ray actor runs): CPU, tiny
+    images, batches of 2, two decode threads and no decode pool."""
+    from berg_scale.engine.shard_pipeline import ShardSettings
+    from berg_scale.engine.worker import EncoderWorker
+
+    settings = ShardSettings(output=output, image_size=32, batch_size=2, decode_threads=2, decode_workers=0,
+                             device="cpu")
+    return EncoderWorker(0, SameModelFactory(model), settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine_support import assert_tables_equal, output_table
+from engine_support import assert_tables_equal, in_process_worker, output_table
 
 from berg_scale.engine.stand_in_model import FixedCostModel
 
@@ -32,22 +32,8 @@ class LaggingModel(FixedCostModel):
         return Pending()
 
 
-@dataclass(frozen=True)
-class Factory:
-    model: FixedCostModel
-    needs_weights: bool = field(default=False, init=False)
-
-    def build(self, device):
-        return self.model
-
-
 def _run(tmp_path, name, model, shards):
-    from berg_scale.engine.shard_pipeline import ShardSettings
-    from berg_scale.engine.worker import EncoderWorker
-
-    settings = ShardSettings(output=str(tmp_path / name), image_size=32, batch_size=2, decode_threads=2,
-                             decode_workers=0, device="cpu")
-    worker = EncoderWorker(0, Factory(model), settings)
+    worker = in_process_worker(str(tmp_path / name), model)
     for shard in shards:
         result = worker.process(shard, 1)
         assert result.status == "done", result

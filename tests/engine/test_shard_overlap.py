@@ -16,6 +16,7 @@ from engine_support import (
     SlowOnceFactory,
     assert_each_key_once,
     assert_tables_equal,
+    in_process_worker,
     make_config,
     output_table,
 )
@@ -62,24 +63,6 @@ class RecordingModel(FixedCostModel):
                 timeline.forwards.append((threading.current_thread().name, started, ended))
 
 
-@dataclass(frozen=True)
-class SharedModelFactory:
-    model: RecordingModel
-    needs_weights: bool = field(default=False, init=False)
-
-    def build(self, device):
-        return self.model
-
-
-def _worker(tmp_path, name, model):
-    from berg_scale.engine.shard_pipeline import ShardSettings
-    from berg_scale.engine.worker import EncoderWorker
-
-    settings = ShardSettings(output=str(tmp_path / name), image_size=32, batch_size=2, decode_threads=2,
-                             decode_workers=0, device="cpu")
-    return EncoderWorker(0, SharedModelFactory(model), settings)
-
-
 def _shards(tmp_path, n_shards, per_shard, **kwargs):
     from berg_scale.io.shard_listing import list_shards
     from berg_scale.synthetic.shards import write_synthetic_shards
@@ -115,7 +98,7 @@ def test_forwards_never_overlap_and_the_next_shard_decodes_during_the_current_on
     infos, shards = _shards(tmp_path, 2, 6, seed=4, defects={"not_image": 1})
     timeline = Timeline()
     _record_decodes(monkeypatch, timeline)
-    worker = _worker(tmp_path, "out", RecordingModel(seconds_per_batch=0.15, timeline=timeline))
+    worker = in_process_worker(str(tmp_path / "out"), RecordingModel(seconds_per_batch=0.15, timeline=timeline))
     first, second = shards
     results: dict = {}
     polls: list[dict] = []
@@ -152,7 +135,7 @@ def test_forwards_never_overlap_and_the_next_shard_decodes_during_the_current_on
         assert counts.images() == sum(poll["shards"].values())
 
     # The same shards one at a time on a fresh worker: identical files' contents and markers.
-    alone = _worker(tmp_path, "alone", RecordingModel(seconds_per_batch=0.0))
+    alone = in_process_worker(str(tmp_path / "alone"), RecordingModel(seconds_per_batch=0.0))
     for shard in shards:
         assert alone.process(shard, 1).outcome is ShardOutcome.DONE
     assert_tables_equal(output_table(str(tmp_path / "out")), output_table(str(tmp_path / "alone")))
@@ -168,7 +151,7 @@ def test_a_shard_cancelled_while_it_waits_for_the_model_gives_up_its_turn(tmp_pa
 
     _, shards = _shards(tmp_path, 3, 4, seed=5)
     timeline = Timeline()
-    worker = _worker(tmp_path, "out", RecordingModel(seconds_per_batch=0.3, timeline=timeline))
+    worker = in_process_worker(str(tmp_path / "out"), RecordingModel(seconds_per_batch=0.3, timeline=timeline))
     first, second, third = shards
     results: dict = {}
     threads = [_start(worker, first, results)]
