@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"setup {report.elapsed():.1f} s", file=sys.stderr, flush=True)
     report.pool_problem = _start_ray(args.decode_workers)
     try:
-        report.floors += _decode_floors(args, [s.url for s in shards[:2]], chunks, device, report.pool_problem)
+        report.floors.update(_decode_floors(args, [s.url for s in shards[:2]], chunks, device, report.pool_problem))
         report.write()
         for title, specs in sets:
             reference = None
@@ -188,7 +188,7 @@ class Report:
         self.gpu = gpu
         self.torch_version = torch_version
         self.rows: list[str] = []
-        self.floors: list = []
+        self.floors: dict = {}  # what was measured alone ("read", "pool", "nvjpeg", ...) -> Floor
         self.model_rates: dict[tuple[str, str], float] = {}
         self.end_to_end: dict[tuple[str, str, str], float] = {}
         self.pool_problem: str | None = None
@@ -228,7 +228,7 @@ class Report:
             "",
             "#### Each stage alone (same images)",
             "",
-            *floor_table([*self.floors, *self._model_floors()]),
+            *floor_table([*self.floors.values(), *self._model_floors()]),
             "",
             *self._verdict(),
         ]
@@ -250,15 +250,16 @@ class Report:
         title = self.vit_title
         if title is None or (title, "bf16") not in self.model_rates:
             return []
+        from gpu_floors import Floor
+
         lines = []
-        cpu_decoder = "CPU decode pool" if not self.pool_problem else "CPU decode,"  # what the worker used
-        for decode, stages in (("gpu", ("tar read", "nvJPEG")), ("cpu", ("tar read", cpu_decoder, "host"))):
+        model = Floor(f"model alone: {title}, bf16", self.model_rates[(title, "bf16")])
+        cpu_decoder = "threads" if self.pool_problem else "pool"  # what the worker decoded with
+        for decode, stages in (("gpu", ("read", "nvjpeg")), ("cpu", ("read", cpu_decoder, "h2d"))):
             rate = self.end_to_end.get((title, "bf16", decode))
             if rate is None:
                 continue
-            on_path = [f for f in self.floors if f.stage.startswith(stages)]
-            on_path += [f for f in self._model_floors() if f.stage == f"model alone: {title}, bf16"]
-            low = limiting(on_path)
+            low = limiting([*(self.floors[s] for s in stages if s in self.floors), model])
             if low is None:
                 continue
             lines.append(f"- {title}, bf16, {decode} decode: end to end {rate:.0f} img/s "
@@ -296,21 +297,25 @@ def _stop_ray() -> None:
         pass
 
 
-def _decode_floors(args, urls, chunks, device: str, pool_problem: str | None) -> list:
+def _decode_floors(args, urls, chunks, device: str, pool_problem: str | None) -> dict:
+    """The stages before the model, each alone, by the name the verdict looks them up by."""
     import gpu_floors
 
-    floors = []
-    for measure in (lambda: gpu_floors.tar_read(urls),
-                    lambda: gpu_floors.cpu_threads(chunks, 256, args.decode_workers),
-                    lambda: (gpu_floors.Floor("CPU decode pool", None, pool_problem) if pool_problem else
-                             gpu_floors.cpu_pool(chunks, 256, args.decode_workers)),
-                    lambda: gpu_floors.nvjpeg(chunks, 256, device),
-                    lambda: gpu_floors.host_to_device(args.batch_size, 256, device)):
+    measures = {
+        "read": lambda: gpu_floors.tar_read(urls),
+        "threads": lambda: gpu_floors.cpu_threads(chunks, 256, args.decode_workers),
+        "pool": lambda: (gpu_floors.Floor("CPU decode pool", None, pool_problem) if pool_problem else
+                         gpu_floors.cpu_pool(chunks, 256, args.decode_workers)),
+        "nvjpeg": lambda: gpu_floors.nvjpeg(chunks, 256, device),
+        "h2d": lambda: gpu_floors.host_to_device(args.batch_size, 256, device),
+    }
+    floors = {}
+    for name, measure in measures.items():
         try:
-            floors.append(measure())
+            floors[name] = measure()
         except Exception as exc:  # noqa: BLE001
-            floors.append(gpu_floors.Floor("(a stage)", None, f"failed: {_one_line(exc)}"))
-        print(f"floor: {floors[-1]}", file=sys.stderr, flush=True)
+            floors[name] = gpu_floors.Floor(name, None, f"failed: {_one_line(exc)}")
+        print(f"floor: {floors[name]}", file=sys.stderr, flush=True)
     return floors
 
 
@@ -342,7 +347,7 @@ def _measure(args, report: Report, factory, shards, decoded, decode: str, device
             report.model_rates[key] = _model_only(worker.model, decoded, args.batch_size, device)
             floor = gpu_floors.backbone(worker.model, args.batch_size, device)
             if floor.images_per_s is not None:
-                report.floors.append(floor)
+                report.floors[f"backbone {key[1]}"] = floor
         worker.process(shards[0], 1)  # warm-up: cuDNN plans, nvJPEG, pool processes
         shutil.rmtree(output, ignore_errors=True)
         rate, seconds, decoded_on = _end_to_end(worker, shards, n_images, device.startswith("cuda"))
