@@ -14,7 +14,9 @@ For two model sets on a synthetic BERG root (random weights, the real file forma
 and for fp32 and bf16, it measures the model alone (`ModelSet.forward` on decoded batches
 already on the device) and one engine worker end to end (`EncoderWorker.process`: tar
 read-ahead, decode, model, Parquet, commit marker) with CPU decode through the decode
-pool (`decode_workers` processes) and with GPU decode (nvJPEG, batched). 'drift' is the
+pool (`decode_workers` processes) and with GPU decode (nvJPEG, batched; the tars read and
+the headers checked by `shards_in_flight` pool processes, as the engine's GPU-decode
+worker does, so the worker's own process only decodes and runs the model). 'drift' is the
 largest absolute difference of any response from the fp32 + CPU (PIL) decode run of the
 same model set, in units of that column's standard deviation over images. For (i) in
 bf16 it also measures the model alone with the backbone compiled (`resources.compile`),
@@ -255,7 +257,8 @@ class Report:
         lines = []
         model = Floor(f"model alone: {title}, bf16", self.model_rates[(title, "bf16")])
         cpu_decoder = "threads" if self.pool_problem else "pool"  # what the worker decoded with
-        for decode, stages in (("gpu", ("read", "nvjpeg")), ("cpu", ("read", cpu_decoder, "h2d"))):
+        reader = "read" if self.pool_problem else "pool read"  # where the worker's tars were read
+        for decode, stages in (("gpu", (reader, "nvjpeg")), ("cpu", (reader, cpu_decoder, "h2d"))):
             rate = self.end_to_end.get((title, "bf16", decode))
             if rate is None:
                 continue
@@ -301,8 +304,12 @@ def _decode_floors(args, urls, chunks, device: str, pool_problem: str | None) ->
     """The stages before the model, each alone, by the name the verdict looks them up by."""
     import gpu_floors
 
+    from berg_scale.io.image_decode import DecodeOptions
+
     measures = {
         "read": lambda: gpu_floors.tar_read(urls),
+        "pool read": lambda: (gpu_floors.Floor("tar read in a pool process", None, pool_problem) if pool_problem
+                              else gpu_floors.pool_tar_read(urls, args.batch_size, DecodeOptions(256).max_pixels)),
         "threads": lambda: gpu_floors.cpu_threads(chunks, 256, args.decode_workers),
         "pool": lambda: (gpu_floors.Floor("CPU decode pool", None, pool_problem) if pool_problem else
                          gpu_floors.cpu_pool(chunks, 256, args.decode_workers)),
@@ -332,15 +339,19 @@ def _measure(args, report: Report, factory, shards, decoded, decode: str, device
     """One worker end to end over all shards; the model alone too, the first time for this key."""
     import gpu_floors
 
+    from berg_scale.config import ResourcesConfig, default_of
     from berg_scale.engine.shard_pipeline import ShardSettings
     from berg_scale.engine.worker import EncoderWorker
 
     shutil.rmtree(output, ignore_errors=True)
     pool = decode == "cpu" and not report.pool_problem
+    readers = decode == "gpu" and not report.pool_problem  # the engine's pool on a GPU-decode worker
+    shards_in_flight = default_of(ResourcesConfig, "shards_in_flight")
     settings = ShardSettings(
         output=str(output), image_size=256, batch_size=args.batch_size, decode=decode,
         decode_threads=2 if pool or decode == "gpu" else args.decode_workers,
-        decode_workers=args.decode_workers if pool else 0, device=device)
+        decode_workers=args.decode_workers if pool else shards_in_flight if readers else 0,
+        shards_in_flight=shards_in_flight, device=device)
     worker = EncoderWorker(0, factory, settings)
     try:
         if key not in report.model_rates:
@@ -359,6 +370,8 @@ def _measure(args, report: Report, factory, shards, decoded, decode: str, device
         via = f"pool of {args.decode_workers}" if pool else f"{args.decode_workers} thread(s)"
     else:
         via = "nvJPEG" if device.startswith("cuda") else "CPU fallback"
+        if worker.pool is not None:
+            via += f", tars read by {worker.pool.count} pool processes"
     stages = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
     return EndToEnd(rate, stages, f"{via}; {where}", _read_values(output))
 

@@ -23,13 +23,19 @@ class Floor:
 
 
 def _median_rate(n_images: int, run: Callable[[], None], repeats: int = 3) -> float:
+    return _rate_and_cpu(n_images, run, repeats)[0]
+
+
+def _rate_and_cpu(n_images: int, run: Callable[[], None], repeats: int = 3) -> tuple[float, float]:
+    """(median images/s, this process's CPU microseconds per image over the timed runs)."""
     run()  # warm-up: caches, kernels, processes
     rates = []
+    cpu_started = time.process_time()
     for _ in range(repeats):
         began = time.perf_counter()
         run()
         rates.append(n_images / (time.perf_counter() - began))
-    return statistics.median(rates)
+    return statistics.median(rates), 1e6 * (time.process_time() - cpu_started) / (repeats * n_images)
 
 
 def _sync(device: Any) -> None:
@@ -45,8 +51,31 @@ def tar_read(urls: Sequence[str]) -> Floor:
 
     samples = [sample for url in urls for sample in read_shard(url)]
     size = sum(len(sample.image or b"") for sample in samples)
-    rate = _median_rate(len(samples), lambda: [read_shard(url) for url in urls])
-    return Floor("tar read", rate, f"{size * rate / len(samples) / 2**20:.0f} MiB/s of image bytes")
+    rate, cpu = _rate_and_cpu(len(samples), lambda: [read_shard(url) for url in urls])
+    return Floor("tar read in the worker", rate,
+                 f"{size * rate / len(samples) / 2**20:.0f} MiB/s of image bytes; worker CPU {cpu:.0f} µs/image")
+
+
+def pool_tar_read(urls: Sequence[str], batch_size: int, max_pixels: int) -> Floor:
+    """Tars read, and headers checked, by one decode process, as a worker with a pool
+    receives them (the blob of each chunk mapped and cut into views, as nvJPEG gets them)."""
+    from berg_scale.engine.chunk_reading import chunks_read_in_pool
+    from berg_scale.engine.decode_pool import DecodePool
+    from berg_scale.io.image_decode import DecodeOptions
+
+    pool = DecodePool(1, DecodeOptions(256))
+    try:
+        def run() -> None:
+            for url in urls:
+                for chunk in chunks_read_in_pool(pool, url, None, batch_size, max_pixels):
+                    chunk.payload_list()
+
+        n_images = sum(len(chunk.rows) for url in urls
+                       for chunk in chunks_read_in_pool(pool, url, None, batch_size, max_pixels))
+        rate, cpu = _rate_and_cpu(n_images, run)
+    finally:
+        pool.close()
+    return Floor("tar read + header check in one pool process", rate, f"worker CPU {cpu:.0f} µs/image")
 
 
 def cpu_threads(chunks: Sequence[list[bytes]], size: int, threads: int) -> Floor:

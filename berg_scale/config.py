@@ -205,7 +205,9 @@ class ResourcesConfig(_Strict):
     gpus_per_worker: Float = Field(1.0, ge=0)
     cpus_per_worker: Float = Field(1.0, gt=0)
     batch_size: Int = Field(100, ge=1, le=100_000)
-    decode: Literal["cpu", "gpu", "auto"] = "auto"
+    # cpu: Pillow, exact (the default: nvJPEG's pixels differ); gpu, or auto where the
+    # worker finds CUDA: nvJPEG for JPEGs (faster, responses drift; benchmarks/gpu_feed.py).
+    decode: Literal["cpu", "gpu", "auto"] = "cpu"
     decode_threads: Int = Field(4, ge=1, le=256)
     # Decode processes per worker, outside the worker's process (engine/decode_pool.py):
     # 0 decodes in the worker's own threads; auto: the node's CPUs per GPU worker, less

@@ -4,9 +4,26 @@ Every error a user can cause derives from `BergScaleError`; the CLI prints its m
 as one line, so messages name the problem and the fix.
 """
 
+from typing import Any
+
+
+def _restore_error(cls: type[BaseException], args: tuple, state: dict[str, Any]) -> BaseException:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class BergScaleError(Exception):
-    """Base class for errors caused by input or environment, not by a bug."""
+    """Base class for errors caused by input or environment, not by a bug.
+
+    Picklable whatever a subclass's constructor takes (`ShardReadError(url, reason)`), so
+    an error raised in another process (a tar read by a decode process) reaches the
+    worker as itself, with its message and attributes.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore_error, (type(self), self.args, dict(self.__dict__)))
 
 
 class ConfigError(BergScaleError, ValueError):

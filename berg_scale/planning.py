@@ -448,8 +448,14 @@ def decode_sizing(resources: Any) -> str:
     else:
         how = (f"decode_workers {per.decode_workers}: decode processes per worker outside it, needing "
                f"{per.decode_workers + per.cpus_per_worker:g} CPUs per worker on its node")
-    if per.decode == "gpu":
-        how += "; decode gpu: JPEGs decode with nvJPEG inside a CUDA worker instead"
+    if per.decode in ("gpu", "auto"):
+        how += (f"; decode {per.decode}: JPEGs decode with nvJPEG inside a CUDA worker instead (responses drift "
+                f"from Pillow's)")
+        if per.decode_workers != 0:
+            how += (f", and there at most shards_in_flight ({per.shards_in_flight}) decode processes start, "
+                    f"to read the tars and check the headers")
+    elif per.decode_workers != 0:
+        how += "; decode processes also read the tars, so the worker's own process does no per-image reading"
     return how
 
 

@@ -8,6 +8,11 @@ makes the model's resized copies (the exact resize of each preprocessing recipe)
 NumPy results go through Ray's shared-memory object store: on the worker's node the
 worker maps them without a copy.
 
+A process also reads tars for the worker (`engine/chunk_reading.py`): `DecodePool.read`
+streams a shard's chunks from the process with the fewest reads, in a concurrency group
+of its own so that the process goes on decoding while it reads. A chunk it read reaches
+the decoders as a reference to its blob, so its bytes never pass through the worker.
+
 `DecodePool.decoded(chunks)` keeps the tar order: each chunk is cut into contiguous parts,
 one per process (so a shard's first batch is ready after a fraction of its decode time),
 handed to the processes with the fewest queued, at most `in_flight` chunks at a time
@@ -39,6 +44,10 @@ DEFAULT_START_TIMEOUT_S = 300.0
 # The smallest piece of a chunk handed to one process (smaller pieces cost more in calls
 # than they save in waiting).
 MIN_PART = 8
+# Shards one process may read at once (resources.shards_in_flight is at most 8).
+READ_SLOTS = 8
+# Chunks a reading process may run ahead of the worker (each is two objects: rows, blob).
+READ_AHEAD_CHUNKS = 4
 
 
 @dataclass
@@ -100,11 +109,47 @@ class DecodeProcess:
     def decode(self, payloads: list[bytes | None]) -> DecodedArrays:
         return decode_chunk_arrays(payloads, self.options, self.presize)
 
+    def decode_blob(self, blob: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> DecodedArrays:
+        """Decode the images at these spans of a chunk's blob (mapped from shared memory)."""
+        payloads = [None if length < 0 else blob[start : start + length].tobytes()
+                    for start, length in zip(starts.tolist(), lengths.tolist())]
+        return decode_chunk_arrays(payloads, self.options, self.presize)
+
+    def read(self, url: str, storage: Any, batch_size: int, check_headers_below: int | None) -> Iterator[Any]:
+        """A shard's chunks, as `chunk_reading.read_chunk_objects` yields them."""
+        from berg_scale.engine.chunk_reading import read_chunk_objects
+
+        yield from read_chunk_objects(url, storage, batch_size, check_headers_below)
+
 
 def remote_decode_class() -> Any:
     import ray
 
-    return ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)(DecodeProcess)
+    actor = ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3,
+                       concurrency_groups={"read": READ_SLOTS})(DecodeProcess)
+    return actor
+
+
+class ReadStream:
+    """One shard being read by a pool process: its chunks' objects, and how to stop it."""
+
+    def __init__(self, pool: DecodePool, index: int, objects: Any) -> None:
+        self.pool = pool
+        self.index = index
+        self.objects = objects  # ObjectRefGenerator: rows, blob, rows, blob, ...
+        self._closed = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        import ray
+
+        try:
+            ray.cancel(self.objects)  # a reader still running stops at its next chunk
+        except Exception:  # noqa: BLE001 - already finished, or the process is gone
+            pass
+        self.pool._read_finished(self.index)
 
 
 class DecodePool:
@@ -136,7 +181,9 @@ class DecodePool:
             node = ray.get_runtime_context().get_node_id()
             options_for["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
         self.actors = [actor.options(**options_for).remote(options, tuple(presize)) for _ in range(count)]
+        self.nodes = nodes
         self.queued = [0] * count
+        self.reading = [0] * count
         self._queued_lock = threading.Lock()  # decoded() runs in one thread per shard in flight
         ready, pending = ray.wait([a.ready.remote() for a in self.actors], num_returns=count,
                                   timeout=start_timeout_s)
@@ -150,24 +197,53 @@ class DecodePool:
             )
         ray.get(ready)
 
-    def _submit(self, payloads: list[bytes | None]) -> tuple[int, Any]:
+    def reads(self, url: str) -> bool:
+        """Whether this pool's processes can read `url`: they share the worker's node, or
+        the shard is in object storage (a local path may not exist on another node)."""
+        return self.nodes == "same" or "://" in url and not url.startswith("file://")
+
+    def read(self, url: str, storage: Any, batch_size: int, check_headers_below: int | None = None) -> ReadStream:
+        """Start reading a shard on the process with the fewest reads (then fewest queued)."""
+        with self._queued_lock:
+            index = min(range(self.count), key=lambda i: (self.reading[i], self.queued[i]))
+            self.reading[index] += 1
+        method = self.actors[index].read.options(  # its own group: the process's decodes go on meanwhile
+            num_returns="streaming", concurrency_group="read",
+            _generator_backpressure_num_objects=2 * READ_AHEAD_CHUNKS)
+        return ReadStream(self, index, method.remote(url, storage, batch_size, check_headers_below))
+
+    def _read_finished(self, index: int) -> None:
+        with self._queued_lock:
+            self.reading[index] -= 1
+
+    def _submit(self, payloads: Any) -> tuple[int, Any]:
+        from berg_scale.engine.chunk_reading import BlobPayloads
+
         with self._queued_lock:
             index = min(range(self.count), key=self.queued.__getitem__)
             self.queued[index] += 1
-        return index, self.actors[index].decode.remote(payloads)
+        actor = self.actors[index]
+        if isinstance(payloads, BlobPayloads):
+            return index, actor.decode_blob.remote(payloads.blob, payloads.starts, payloads.lengths)
+        return index, actor.decode.remote(payloads)
 
     def _done_with(self, index: int) -> None:
         with self._queued_lock:
             self.queued[index] -= 1
 
-    def _parts(self, payloads: list[bytes | None]) -> list[list[bytes | None]]:
-        """A chunk cut into contiguous parts, one per process (at least MIN_PART images
-        each), so that the first batch of a shard is ready after 1/count of its decode time."""
+    def _parts(self, payloads: Any) -> list[Any]:
+        """A chunk (a list of payloads, or a `BlobPayloads`) cut into contiguous parts, one
+        per process (at least MIN_PART images each), so that the first batch of a shard is
+        ready after 1/count of its decode time."""
+        from berg_scale.engine.chunk_reading import BlobPayloads
+
         n = max(1, min(self.count, len(payloads) // MIN_PART))
         step = -(-len(payloads) // n)
+        if isinstance(payloads, BlobPayloads):
+            return [payloads.part(i, i + step) for i in range(0, len(payloads), step)] or [payloads]
         return [payloads[i : i + step] for i in range(0, len(payloads), step)] or [payloads]
 
-    def decoded(self, chunks: Iterable[tuple[Any, list[bytes | None]]]) -> Iterator[tuple[Any, list[DecodedArrays]]]:
+    def decoded(self, chunks: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, list[DecodedArrays]]]:
         """(tag, payloads) in -> (tag, [DecodedArrays of each part, in order]) out, in the
         same order as handed in, with at most `in_flight` chunks out at a time."""
         import ray

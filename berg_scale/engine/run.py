@@ -194,6 +194,7 @@ def _run_holding_lease(
         decode_workers=config.resources.decode_workers,
         decode_nodes=config.resources.decode_nodes,
         decode_in_flight=config.resources.decode_in_flight,
+        shards_in_flight=config.resources.shards_in_flight,
         error_rate_threshold=config.retries.error_rate_threshold,
         device=config.resources.device,
         run_id=store.run_id,

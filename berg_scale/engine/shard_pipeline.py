@@ -10,16 +10,21 @@ chunk becomes one Parquet row group (error rows included, with nulls).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from berg_scale.config import InputConfig, ResourcesConfig, RetriesConfig, default_of
+from berg_scale.engine.chunk_reading import (
+    ReadChunk,
+    chunks_read_here,
+    chunks_read_in_pool,
+    iter_samples,
+    with_reasons,
+)
 from berg_scale.errors import BergScaleError
 from berg_scale.io.image_decode import DecodeOptions
 from berg_scale.io.output_store import OutputStore, commit_shard, read_done_marker
@@ -54,11 +59,13 @@ class ShardSettings:
     auto_decode_workers: int = 0  # decode_workers "auto" on a CUDA worker (from its node's CPUs)
     decode_nodes: str = default_of(ResourcesConfig, "decode_nodes")
     decode_in_flight: int = default_of(ResourcesConfig, "decode_in_flight")
+    shards_in_flight: int = default_of(ResourcesConfig, "shards_in_flight")
     # The whole decode options; None: the defaults at image_size and crop.
     decode_options: DecodeOptions | None = None
     error_rate_threshold: float = default_of(RetriesConfig, "error_rate_threshold")
     read_ahead: int = 256
     decode_ahead: int = 2  # chunks decoded ahead of the model (0: decode inline)
+    pool_reads: bool = True  # with a pool, its processes read the tars (False: the worker does; for measurements)
     device: str = default_of(ResourcesConfig, "device")
     run_id: str | None = None  # staging folder of this run under _tmp/
     # What the driver checked this run against (config fingerprint, weight hashes): every
@@ -81,24 +88,6 @@ class ShardStats:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     error_reasons: Counter = field(default_factory=Counter)
     decoded_on: Counter = field(default_factory=Counter)
-
-
-def iter_samples(url: str, storage: StorageOptions | None) -> Iterator[TarSample]:
-    """Samples of one tar in order, via the shared shard reader (which raises on a damaged tar)."""
-    from berg_scale.io.shard_reader import iter_shard_samples
-
-    return _with_reasons(iter_shard_samples(url, storage))
-
-
-def _with_reasons(samples: Iterable[TarSample]) -> Iterator[TarSample]:
-    """Samples whose `error` is set exactly when they have no image (then it says why),
-    whatever their source: the reader, or samples handed in."""
-    for sample in samples:
-        if sample.image is None and sample.error is None:
-            sample = dataclasses.replace(sample, error="no image member")
-        elif sample.image is not None and sample.error is not None:
-            sample = dataclasses.replace(sample, error=None)
-        yield sample
 
 
 def process_shard(
@@ -126,26 +115,37 @@ def process_shard(
     chunks while they wait) and close and commit while the next one runs the model, but
     never runs two shards' forwards at the same time.
 
-    Three stages overlap: a thread reads the tar ahead, a second one decodes the next
-    chunks (fanning out over `pool`'s processes, or over `executor`'s threads) while this
-    thread runs the model on the current one and writes its row group. A GPU decode
-    (nvJPEG) runs in this process, so it never goes to the pool.
+    Three stages overlap: a thread reads the tar ahead (or waits for the chunks one of
+    `pool`'s processes reads), a second one decodes the next chunks (fanning out over
+    `pool`'s processes, or over `executor`'s threads) while this thread runs the model on
+    the current one and writes its row group. A GPU decode (nvJPEG) runs in this process,
+    so it never goes to the pool; the pool then reads the tars and checks the headers.
     """
     from berg_scale.io.read_ahead import ReadAhead
 
     started = time.perf_counter()
     stats = ShardStats()
     schema = _with_metadata_columns(schema, settings)
-    source = _with_reasons(samples) if samples is not None else iter_samples(shard.url, settings.storage)
     device = getattr(model, "device", "cpu")
-    use_gpu = _gpu_decode_wanted(settings.decode, device)
+    use_gpu = gpu_decode_wanted(settings.decode, device)
     writer = ResponseShardWriter(store, shard.name, schema)
-    reader = ReadAhead(source, depth=settings.read_ahead, name=f"read-{shard.name}")
+    reader: ReadAhead[Any]
+    read_chunks: Iterator[ReadChunk]
+    if pool is not None and samples is None and settings.pool_reads and pool.reads(shard.url):
+        check_headers_below = settings.options.max_pixels if use_gpu else None
+        chunks_ahead = max(1, -(-settings.read_ahead // settings.batch_size))
+        read_chunks = reader = ReadAhead(
+            chunks_read_in_pool(pool, shard.url, settings.storage, settings.batch_size, check_headers_below),
+            depth=chunks_ahead, name=f"read-{shard.name}")
+    else:
+        source = with_reasons(samples) if samples is not None else iter_samples(shard.url, settings.storage)
+        reader = ReadAhead(source, depth=settings.read_ahead, name=f"read-{shard.name}")
+        read_chunks = chunks_read_here(reader, settings.batch_size)
     if pool is not None and not use_gpu:
-        chunks = PooledChunks(pool, device, stats).decoded(_chunks(reader, settings.batch_size))
+        chunks = PooledChunks(pool, device, stats).decoded(read_chunks)
     else:
         decoder = ChunkDecoder(settings, executor, use_gpu, device, stats)
-        chunks = (decoder(chunk) for chunk in _chunks(reader, settings.batch_size))
+        chunks = (decoder(chunk) for chunk in read_chunks)
     decoded_chunks = (
         ReadAhead(chunks, depth=settings.decode_ahead, name=f"decode-{shard.name}")
         if settings.decode_ahead > 0
@@ -283,13 +283,13 @@ class PooledChunks:
 
             self.stream = torch.cuda.Stream(device=device)
 
-    def decoded(self, chunks: Iterable[list[TarSample]]) -> Iterator[DecodedChunk]:
-        jobs = ((chunk, [s.image if s.error is None else None for s in chunk]) for chunk in chunks)
+    def decoded(self, chunks: Iterable[ReadChunk]) -> Iterator[DecodedChunk]:
+        jobs = ((chunk.rows, chunk.payloads) for chunk in chunks)
         waited = time.perf_counter()
-        for chunk, parts in self.pool.decoded(jobs):
+        for chunk_rows, parts in self.pool.decoded(jobs):
             errors = [error for part in parts for error in part.errors]
             decoded_on = [where for part in parts for where in part.decoded_on]
-            rows = account_rows(chunk, errors, decoded_on, self.stats)
+            rows = account_rows(chunk_rows, errors, decoded_on, self.stats)
             images = self._batch([part.images for part in parts])
             sizes = dict.fromkeys(size for part in parts for size in part.presized)  # parts with no ok image have none
             presized = {size: self._batch([part.presized[size] for part in parts if size in part.presized])
@@ -345,24 +345,26 @@ class ChunkDecoder:
 
             self.stream = torch.cuda.Stream(device=device)
 
-    def __call__(self, chunk: list[TarSample]) -> DecodedChunk:
+    def __call__(self, chunk: ReadChunk) -> DecodedChunk:
         from berg_scale.io.batch_decode_cpu import decode_batch_cpu
         from berg_scale.io.batch_decode_gpu import decode_jpeg_batch_gpu
 
         started = time.perf_counter()
-        payloads = [sample.image if sample.error is None else None for sample in chunk]
+        payloads = chunk.payload_list()
         options = self.settings.options
         ready = None
         if self.use_gpu:
             import torch
 
             with torch.cuda.stream(self.stream):
-                result = decode_jpeg_batch_gpu(payloads, self.device, options, executor=self.executor)
+                result = decode_jpeg_batch_gpu(payloads, self.device, options, executor=self.executor,
+                                               headers=chunk.headers)
                 ready = torch.cuda.Event()
                 ready.record(self.stream)
         else:
-            result = decode_batch_cpu(payloads, options, executor=self.executor)
-        rows = account_rows(chunk, result.errors, result.decoded_on, self.stats)
+            result = decode_batch_cpu([bytes(p) if isinstance(p, memoryview) else p for p in payloads], options,
+                                      executor=self.executor)
+        rows = account_rows(chunk.rows, result.errors, result.decoded_on, self.stats)
         ok = [i for i, row in enumerate(rows) if row.ok]
         images = result.images if len(ok) == len(rows) else result.images[ok]
         self.stats.seconds["decode"] += time.perf_counter() - started
@@ -429,17 +431,9 @@ def _reason_kind(reason: str) -> str:
     return reason.split("(")[0].strip()[:60] or reason[:60]
 
 
-def _gpu_decode_wanted(decode: str, device: Any) -> bool:
+def gpu_decode_wanted(decode: str, device: Any) -> bool:
+    """Whether a worker on `device` decodes with nvJPEG (`decode: gpu` or `auto` on CUDA)."""
     on_cuda = str(device).startswith("cuda")
     if decode == "gpu" and not on_cuda:
         return False  # documented fallback: the CPU path, never an error
     return on_cuda and decode in ("gpu", "auto")
-
-
-def _chunks(iterable: Iterable[TarSample], size: int) -> Iterator[list[TarSample]]:
-    iterator = iter(iterable)
-    while True:
-        chunk = list(islice(iterator, size))
-        if not chunk:
-            return
-        yield chunk

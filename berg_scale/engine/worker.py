@@ -173,25 +173,36 @@ class EncoderWorker:
         }
 
 
-def start_decode_pool(settings: ShardSettings, model: Any, device: Any) -> Any | None:
-    """The decode processes this worker's shards use, or None to decode in threads here.
+def decode_pool_size(settings: ShardSettings, device: Any) -> tuple[int, bool]:
+    """(decode processes, whether they only read) for a worker on `device`.
 
     `auto` gives a pool only to a worker on a CUDA device: a CPU worker's cores run the
-    model, so decoding in its threads costs nothing the pool would save.
+    model, so decoding in its threads costs nothing the pool would save. Where nvJPEG
+    decodes (in the worker), the pool's processes only read the tars and check the
+    headers, one shard each, so it needs no more of them than shards in flight.
     """
+    from berg_scale.engine.shard_pipeline import gpu_decode_wanted
+
     if settings.decode_workers == "auto":
         count = settings.auto_decode_workers if str(device).startswith("cuda") else 0
     else:
         count = int(settings.decode_workers or 0)
-    if settings.decode == "gpu" and str(device).startswith("cuda"):
-        count = 0  # nvJPEG decodes in this process
+    reads_only = gpu_decode_wanted(settings.decode, device)
+    if reads_only:
+        count = min(count, settings.shards_in_flight)
+    return max(0, count), reads_only
+
+
+def start_decode_pool(settings: ShardSettings, model: Any, device: Any) -> Any | None:
+    """The decode processes this worker's shards use, or None to read and decode here."""
+    count, reads_only = decode_pool_size(settings, device)
     if count <= 0:
         return None
     from berg_scale.engine.decode_pool import DecodePool
 
     options = settings.options
     sizer = getattr(model, "cpu_resize_sizes", None)
-    presize = sizer(options.size, options.size) if sizer is not None else []
+    presize = sizer(options.size, options.size) if sizer is not None and not reads_only else []
     return DecodePool(count, options, presize=presize, nodes=settings.decode_nodes,
                       in_flight=settings.decode_in_flight)
 

@@ -92,14 +92,30 @@ def _gpu_eligible(header: ImageHeader) -> bool:
     return header.format in ("JPEG", "MPO") and header.mode in ("RGB", "L")
 
 
-def _as_byte_tensor(data: bytes) -> "torch.Tensor":
+def _as_byte_tensor(data: bytes | memoryview) -> "torch.Tensor":
+    """A 1-D uint8 CPU tensor of an image's bytes: a view of a shared blob, else a copy."""
     import torch
 
+    if isinstance(data, memoryview):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only: the decoder only reads it
+            return torch.frombuffer(data, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
+def check_header(data: bytes | memoryview, max_pixels: int) -> ImageHeader | str:
+    """What this path checks before nvJPEG sees an image: its header, or why it fails.
+
+    Also run where a shard is read (a decode process), so that the worker only decodes."""
+    data = bytes(data) if isinstance(data, memoryview) else data
+    try:
+        return scan_jpeg_header(data, max_pixels) or probe(data, max_pixels)
+    except DecodeError as exc:
+        return exc.reason
+
+
 def _decode_on_device(
-    candidates: list[tuple[int, bytes, ImageHeader]],
+    candidates: list[tuple[int, bytes | memoryview, ImageHeader]],
     device: "torch.device",
     jpeg_decoder: Callable[..., Any],
 ) -> dict[int, "torch.Tensor"]:
@@ -165,28 +181,32 @@ def _resize_into(
 
 
 def decode_jpeg_batch_gpu(
-    items: Sequence[bytes | None],
+    items: Sequence[bytes | memoryview | None],
     device: "torch.device | str",
     options: DecodeOptions | int,
     crop: str | None = None,
     *,
     executor: Any | None = None,
     jpeg_decoder: Callable[..., Any] | None = None,
+    headers: Sequence[ImageHeader | str | None] | None = None,
 ) -> BatchDecodeResult:
     """Decode baseline RGB/grayscale JPEGs with nvJPEG on `device`, everything else on CPU.
 
     Without CUDA the whole batch takes the CPU path and, if a CUDA device was asked for,
     stays on the CPU. `jpeg_decoder` replaces `torchvision.io.decode_jpeg` (tests use it
     to exercise the routing and fallbacks without a GPU). `options.jpeg_draft` only
-    concerns the CPU path.
+    concerns the CPU path. `headers`, when given, are `check_header`'s answers for the
+    items at `options.max_pixels`, checked where they were read.
     """
     import torch
 
     options = as_options(options, crop)
+    if headers is not None and len(headers) != len(items):
+        raise ValueError(f"{len(headers)} headers for {len(items)} images")
     device = torch.device(device)
     if jpeg_decoder is None:
         if device.type != "cuda" or not torch.cuda.is_available():
-            result = decode_batch_cpu(items, options, executor=executor)
+            result = decode_batch_cpu(_as_bytes(items), options, executor=executor)
             if device.type != "cuda":
                 result.images = result.images.to(device)
             return result
@@ -196,15 +216,17 @@ def decode_jpeg_batch_gpu(
     images = torch.zeros((len(items), 3, size, size), dtype=torch.uint8, device=device)
     errors: list[str | None] = [None] * len(items)
     decoded_on: list[str | None] = [None] * len(items)
-    candidates: list[tuple[int, bytes, ImageHeader]] = []
+    candidates: list[tuple[int, bytes | memoryview, ImageHeader]] = []
     for i, data in enumerate(items):
         if data is None:
             errors[i] = NO_DATA
             continue
-        try:
-            header = scan_jpeg_header(data, options.max_pixels) or probe(data, options.max_pixels)
-        except DecodeError as exc:
-            errors[i] = exc.reason
+        header = check_header(data, options.max_pixels) if headers is None else headers[i]
+        if header is None:  # checked elsewhere, so an image it did not see has no data
+            errors[i] = NO_DATA
+            continue
+        if isinstance(header, str):
+            errors[i] = header
             continue
         if _gpu_eligible(header):
             candidates.append((i, data, header))
@@ -215,7 +237,8 @@ def decode_jpeg_batch_gpu(
         decoded_on[i] = "gpu"
 
     cpu_items = [
-        (i, data) for i, data in enumerate(items) if data is not None and errors[i] is None and i not in on_device
+        (i, bytes(data) if isinstance(data, memoryview) else data)
+        for i, data in enumerate(items) if data is not None and errors[i] is None and i not in on_device
     ]
     for i, array, error in decode_many_cpu(cpu_items, options, executor):
         if array is None:
@@ -224,3 +247,7 @@ def decode_jpeg_batch_gpu(
             images[i] = torch.from_numpy(array).permute(2, 0, 1).to(device)
             decoded_on[i] = "cpu"
     return BatchDecodeResult(images, errors, decoded_on)
+
+
+def _as_bytes(items: Sequence[bytes | memoryview | None]) -> list[bytes | None]:
+    return [bytes(item) if isinstance(item, memoryview) else item for item in items]

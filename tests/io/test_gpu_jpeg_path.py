@@ -101,6 +101,32 @@ def test_routing_jpegs_to_the_device_and_the_rest_to_cpu():
         assert int(result.images[i].sum()) == 0
 
 
+def test_headers_checked_where_the_tar_was_read_give_the_same_batch():
+    """A decode process hands over views of one blob and the headers it checked: the
+    device decoder sees the same bytes, and every row comes out as when checked here."""
+    from berg_scale.io.batch_decode_gpu import check_header
+
+    items = [_jpeg(seed=1), encode(synthetic_image(np.random.default_rng(5), 30, 20), "png"),
+             _jpeg(200, 150, seed=6)[:900], b"junk" * 30, None, _jpeg(64, 32, 3, exif_orientation=6),
+             decompression_bomb_png(), b""]
+    blob = np.frombuffer(b"".join(item for item in items if item is not None), dtype=np.uint8)
+    views, at = [], 0
+    for item in items:
+        views.append(None if item is None else memoryview(blob)[at : at + len(item)])
+        at += len(item or b"")
+    from berg_scale.io.image_decode import DecodeOptions
+
+    limit = DecodeOptions(size=24).max_pixels
+    headers = [None if item is None else check_header(item, limit) for item in items]
+    here = decode_jpeg_batch_gpu(items, "cpu", 24, jpeg_decoder=StandInDecoder())
+    there = decode_jpeg_batch_gpu(views, "cpu", 24, jpeg_decoder=StandInDecoder(), headers=headers)
+    assert there.errors == here.errors and there.decoded_on == here.decoded_on
+    torch.testing.assert_close(there.images, here.images, rtol=0, atol=0)
+    assert here.decoded_on[:2] == ["gpu", "cpu"] and here.errors[3] is not None
+    with pytest.raises(ValueError, match="2 headers for 8 images"):
+        decode_jpeg_batch_gpu(views, "cpu", 24, jpeg_decoder=StandInDecoder(), headers=headers[:2])
+
+
 def test_a_decoder_that_always_fails_costs_nothing_but_speed():
     items = [_jpeg(seed=s) for s in range(3)]
     decoder = StandInDecoder(fail_batches=True, poison=set(items))
