@@ -278,7 +278,7 @@ def bench_feed(quick: bool, model_rate_arg: float | None) -> tuple[list[str], fl
     return lines, efficiency
 
 
-def bench_memory(n_shards: int = 100, per_shard: int = 24) -> list[str]:
+def bench_memory(n_shards: int = 100, per_shard: int = 24, pool_reads: bool = True) -> list[str]:
     """Worker RSS every 10 shards over `n_shards` shards, with a 2-process decode pool and
     two shards in flight (the default `shards_in_flight`), handed out as the scheduler does."""
     from collections import deque
@@ -307,7 +307,7 @@ def bench_memory(n_shards: int = 100, per_shard: int = 24) -> list[str]:
         "resources": {"workers": 1, "gpus_per_worker": 0, "decode_workers": 2},
     })
     settings = ShardSettings(output=str(output), image_size=IMAGE_SIZE, batch_size=8, decode_workers=2,
-                             device="cpu", error_rate_threshold=1.0)
+                             device="cpu", error_rate_threshold=1.0, pool_reads=pool_reads)
     (slot,) = start_workers(config, FixedCostModelFactory(), settings, n_shards=1)
     samples = []
     in_flight = config.resources.shards_in_flight
@@ -322,7 +322,8 @@ def bench_memory(n_shards: int = 100, per_shard: int = 24) -> list[str]:
             assert result.status == "done", result
             done += 1
             if done == 1 or done % 10 == 0:
-                samples.append((done, ray.get(slot.handle.memory.remote())["rss_mb"]))
+                memory = ray.get(slot.handle.memory.remote())
+                samples.append((done, memory["rss_mb"], max(memory["decode_rss_mb"])))
 
         for shard in list_shards(str(folder)):
             pending.append(slot.handle.process.remote(shard, 1))
@@ -334,6 +335,7 @@ def bench_memory(n_shards: int = 100, per_shard: int = 24) -> list[str]:
         stop_workers([slot])
         ray.shutdown()
     first, last = samples[1][1], samples[-1][1]
+    pool_first, pool_last = samples[1][2], samples[-1][2]
     return [
         "### Worker memory over 100 shards with a decode pool",
         "",
@@ -342,12 +344,15 @@ def bench_memory(n_shards: int = 100, per_shard: int = 24) -> list[str]:
         f"(JPEG/PNG up to 400 px, one truncated JPEG per shard), batches of 8; the worker's resident memory "
         f"(RSS) after shard n:",
         "",
-        "| shards done | " + " | ".join(str(n) for n, _ in samples) + " |",
+        "| shards done | " + " | ".join(str(n) for n, _, _ in samples) + " |",
         "| --- |" + " --- |" * len(samples),
-        "| RSS (MB) | " + " | ".join(f"{rss:.0f}" for _, rss in samples) + " |",
+        "| worker RSS (MB) | " + " | ".join(f"{rss:.0f}" for _, rss, _ in samples) + " |",
+        "| largest decode process RSS (MB) | " + " | ".join(f"{rss:.0f}" for _, _, rss in samples) + " |",
         "",
-        f"Growth from shard {samples[1][0]} to shard {samples[-1][0]}: {last - first:+.1f} MB "
-        f"({(last - first) / first:+.1%}). Machine: {_machine()}.",
+        f"Growth from shard {samples[1][0]} to shard {samples[-1][0]}: worker {last - first:+.1f} MB "
+        f"({(last - first) / first:+.1%}), largest decode process {pool_last - pool_first:+.1f} MB "
+        f"({'the decode processes also read the tars' if pool_reads else 'the worker reads the tars'}). "
+        f"Machine: {_machine()}.",
         "",
     ]
 

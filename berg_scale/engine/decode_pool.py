@@ -115,6 +115,9 @@ class DecodeProcess:
                     for start, length in zip(starts.tolist(), lengths.tolist())]
         return decode_chunk_arrays(payloads, self.options, self.presize)
 
+    def resident_mb(self) -> float:
+        return resident_mb()
+
     def read(self, url: str, storage: Any, batch_size: int, check_headers_below: int | None) -> Iterator[Any]:
         """A shard's chunks, as `chunk_reading.read_chunk_objects` yields them."""
         from berg_scale.engine.chunk_reading import read_chunk_objects
@@ -277,6 +280,12 @@ class DecodePool:
                     except Exception:  # noqa: BLE001 - already finished, or the process is gone
                         pass
 
+    def resident_mb(self) -> list[float]:
+        """Each decode process's resident memory (MB), for memory measurements."""
+        import ray
+
+        return ray.get([actor.resident_mb.remote() for actor in self.actors])
+
     def close(self) -> None:
         import ray
 
@@ -286,6 +295,15 @@ class DecodePool:
             except Exception:  # noqa: BLE001 - already gone
                 pass
         self.actors = []
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MB (Linux)."""
+    import os
+
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def as_tensor(array: np.ndarray) -> Any:

@@ -157,19 +157,20 @@ class EncoderWorker:
         with self._lock:
             self._cancelled.add(shard_name)
 
-    def memory(self) -> dict[str, float]:
-        """Resident memory of this worker process (for the flat-memory benchmark)."""
+    def memory(self) -> dict[str, Any]:
+        """Resident memory of this worker process and of its decode processes (for the
+        flat-memory benchmark: the processes that read the tars hold their chunks too)."""
         import resource
 
-        with open("/proc/self/statm") as handle:
-            pages = int(handle.read().split()[1])
-        import os
+        from berg_scale.engine.decode_pool import resident_mb
 
+        decode_rss = self.pool.resident_mb() if self.pool is not None else []
         return {
-            "rss_mb": pages * os.sysconf("SC_PAGE_SIZE") / 2**20,
+            "rss_mb": resident_mb(),
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "shards_done": self.shards_done,
             "decode_workers": self.pool.count if self.pool is not None else 0,
+            "decode_rss_mb": decode_rss,
         }
 
 

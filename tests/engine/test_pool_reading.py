@@ -108,6 +108,29 @@ def test_the_pool_reads_a_shard_exactly_as_the_worker_does(ray_session, user_tar
         pool.close()
 
 
+def test_the_pool_reads_shards_in_object_storage(ray_session, s3_server, s3_bucket):
+    from berg_scale.engine.chunk_reading import chunks_read_here, chunks_read_in_pool, iter_samples
+    from berg_scale.engine.decode_pool import DecodePool
+    from berg_scale.io.image_decode import DecodeOptions
+    from berg_scale.io.shard_reader import ShardReadError
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    storage = s3_server.storage_options()
+    (info,) = write_synthetic_shards(f"{s3_bucket}/in", 1, 9, storage=storage, seed=2,
+                                     defects={"not_image": 1}, formats=("jpg", "png"))
+    pool = DecodePool(1, DecodeOptions(size=16), nodes="any")
+    try:
+        assert pool.reads(info.url) and not pool.reads("/data/shard.tar")  # another node may lack the file
+        here = list(chunks_read_here(iter_samples(info.url, storage), 4))
+        there = list(chunks_read_in_pool(pool, info.url, storage, 4))
+        assert [_without_bytes(c.rows) for c in there] == [_without_bytes(c.rows) for c in here]
+        assert [_payloads(c) for c in there] == [c.payloads for c in here]
+        with pytest.raises(ShardReadError, match="no such shard"):
+            list(chunks_read_in_pool(pool, f"{s3_bucket}/in/missing.tar", storage, 4))
+    finally:
+        pool.close()
+
+
 def test_a_damaged_tar_read_in_the_pool_raises_the_readers_own_error(ray_session, tmp_path):
     from berg_scale.engine.chunk_reading import chunks_read_in_pool, iter_samples
     from berg_scale.engine.decode_pool import DecodePool
