@@ -337,7 +337,7 @@ def bench_memory(n_shards: int = 100, per_shard: int = 24, pool_reads: bool = Tr
     first, last = samples[1][1], samples[-1][1]
     pool_first, pool_last = samples[1][2], samples[-1][2]
     return [
-        "### Worker memory over 100 shards with a decode pool",
+        f"### Worker memory over {n_shards} shards with a decode pool",
         "",
         f"One worker (stand-in model, CPU) with 2 decode processes and {in_flight} shards in flight, "
         f"{n_shards} shards x {per_shard} images "
