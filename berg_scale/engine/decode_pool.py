@@ -128,9 +128,8 @@ class DecodeProcess:
 def remote_decode_class() -> Any:
     import ray
 
-    actor = ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3,
-                       concurrency_groups={"read": READ_SLOTS})(DecodeProcess)
-    return actor
+    return ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3,
+                      concurrency_groups={"read": READ_SLOTS})(DecodeProcess)
 
 
 class ReadStream:
@@ -203,7 +202,7 @@ class DecodePool:
     def reads(self, url: str) -> bool:
         """Whether this pool's processes can read `url`: they share the worker's node, or
         the shard is in object storage (a local path may not exist on another node)."""
-        return self.nodes == "same" or "://" in url and not url.startswith("file://")
+        return self.nodes == "same" or ("://" in url and not url.startswith("file://"))
 
     def read(self, url: str, storage: Any, batch_size: int, check_headers_below: int | None = None) -> ReadStream:
         """Start reading a shard on the process with the fewest reads (then fewest queued)."""
