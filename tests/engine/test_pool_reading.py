@@ -183,6 +183,29 @@ def test_reads_stopped_midway_free_their_process_for_the_next_shards(ray_session
         pool.close()
 
 
+def test_a_reading_process_that_dies_midway_is_restarted_and_the_shard_arrives_whole(ray_session, tmp_path):
+    import ray
+
+    from berg_scale.engine.chunk_reading import chunks_read_in_pool
+    from berg_scale.engine.decode_pool import DecodePool
+    from berg_scale.io.image_decode import DecodeOptions
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    (info,) = write_synthetic_shards(str(tmp_path / "in"), 1, 40, seed=9, sizes=((16, 12),))
+    expected = [(c.rows, c.payloads) for c in _here(info.url, 4)]
+    pool = DecodePool(1, DecodeOptions(size=8))
+    received = []
+    try:
+        for index, chunk in enumerate(chunks_read_in_pool(pool, info.url, None, 4)):
+            received.append((_without_bytes(chunk.rows), _payloads(chunk)))
+            if index == 2:
+                ray.kill(pool.actors[0], no_restart=False)  # Ray restarts it and re-runs the read
+        assert received == [(_without_bytes(rows), payloads) for rows, payloads in expected]
+        assert pool.reading == [0]
+    finally:
+        pool.close()
+
+
 def test_a_worker_whose_pool_reads_writes_the_same_rows(ray_session, tmp_path, user_tars):
     """Through `EncoderWorker`: decode processes that read and decode give the table that
     reading and decoding in the worker gives, row for row and bit for bit."""
