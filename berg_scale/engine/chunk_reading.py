@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class ReadChunk:
     payloads: list[bytes | None] | BlobPayloads
     headers: list[CheckedHeader] | None = None  # checked where the chunk was read (GPU decode)
 
-    def payload_list(self) -> list[bytes | memoryview | None]:
+    def payload_list(self) -> Sequence[bytes | memoryview | None]:
         """The images in row order, for decoders in this process (views of a fetched blob)."""
         if isinstance(self.payloads, BlobPayloads):
             blob = self.payloads.blob
@@ -71,8 +71,8 @@ class ReadChunk:
                 import ray
 
                 blob = ray.get(blob)
-            return list(self.payloads.views(blob))
-        return list(self.payloads)
+            return self.payloads.views(blob)
+        return self.payloads
 
 
 @dataclass(frozen=True)
@@ -112,10 +112,14 @@ def sample_chunks(samples: Iterable[TarSample], size: int) -> Iterator[list[TarS
         yield chunk
 
 
+def _payloads(chunk: list[TarSample]) -> list[bytes | None]:
+    return [sample.image if sample.error is None else None for sample in chunk]
+
+
 def chunks_read_here(samples: Iterable[TarSample], size: int) -> Iterator[ReadChunk]:
     """Chunks of samples read in this process (the bytes stay in the rows)."""
     for chunk in sample_chunks(samples, size):
-        yield ReadChunk(chunk, [sample.image if sample.error is None else None for sample in chunk])
+        yield ReadChunk(chunk, _payloads(chunk))
 
 
 def read_chunk_objects(url: str, storage: StorageOptions | None, batch_size: int,
@@ -128,7 +132,7 @@ def read_chunk_objects(url: str, storage: StorageOptions | None, batch_size: int
     from berg_scale.io.batch_decode_gpu import check_header
 
     for chunk in sample_chunks(iter_samples(url, storage), batch_size):
-        payloads = [sample.image if sample.error is None else None for sample in chunk]
+        payloads = _payloads(chunk)
         lengths = np.array([-1 if data is None else len(data) for data in payloads], dtype=np.int64)
         starts = np.zeros(len(chunk), dtype=np.int64)
         if len(chunk) > 1:

@@ -66,7 +66,7 @@ class DecodedArrays:
 
 
 def decode_chunk_arrays(
-    payloads: Sequence[bytes | None],
+    payloads: Sequence[bytes | memoryview | None],
     options: DecodeOptions,
     presize: Sequence[tuple[int, int]] = (),
     executor: Any | None = None,
@@ -111,9 +111,9 @@ class DecodeProcess:
 
     def decode_blob(self, blob: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> DecodedArrays:
         """Decode the images at these spans of a chunk's blob (mapped from shared memory)."""
-        payloads = [None if length < 0 else blob[start : start + length].tobytes()
-                    for start, length in zip(starts.tolist(), lengths.tolist())]
-        return decode_chunk_arrays(payloads, self.options, self.presize)
+        from berg_scale.engine.chunk_reading import BlobPayloads
+
+        return decode_chunk_arrays(BlobPayloads(blob, starts, lengths).views(), self.options, self.presize)
 
     def resident_mb(self) -> float:
         return resident_mb()

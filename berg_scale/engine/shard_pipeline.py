@@ -362,8 +362,7 @@ class ChunkDecoder:
                 ready = torch.cuda.Event()
                 ready.record(self.stream)
         else:
-            result = decode_batch_cpu([bytes(p) if isinstance(p, memoryview) else p for p in payloads], options,
-                                      executor=self.executor)
+            result = decode_batch_cpu(payloads, options, executor=self.executor)
         rows = account_rows(chunk.rows, result.errors, result.decoded_on, self.stats)
         ok = [i for i, row in enumerate(rows) if row.ok]
         images = result.images if len(ok) == len(rows) else result.images[ok]

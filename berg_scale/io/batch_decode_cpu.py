@@ -48,16 +48,19 @@ class BatchDecodeResult:
 
 
 def decode_many_cpu(
-    items: Sequence[tuple[int, bytes]],
+    items: Sequence[tuple[int, bytes | memoryview]],
     options: DecodeOptions,
     executor: Any | None = None,
 ) -> list[tuple[int, np.ndarray | None, str | None]]:
-    """(index, bytes) pairs -> (index, (S, S, 3) array or None, error or None), in order."""
+    """(index, bytes) pairs -> (index, (S, S, 3) array or None, error or None), in order.
 
-    def one(pair: tuple[int, bytes]) -> tuple[int, np.ndarray | None, str | None]:
+    The bytes may be a view of a shared blob (a chunk read by a decode process); each is
+    copied out only here, in the thread that decodes it."""
+
+    def one(pair: tuple[int, bytes | memoryview]) -> tuple[int, np.ndarray | None, str | None]:
         index, data = pair
         try:
-            return index, decode_with(data, options), None
+            return index, decode_with(bytes(data) if isinstance(data, memoryview) else data, options), None
         except DecodeError as exc:
             return index, None, exc.reason
 
@@ -67,7 +70,7 @@ def decode_many_cpu(
 
 
 def decode_batch_cpu(
-    items: Sequence[bytes | None],
+    items: Sequence[bytes | memoryview | None],
     options: DecodeOptions | int,
     crop: str | None = None,
     *,
@@ -84,7 +87,7 @@ def decode_batch_cpu(
     images = torch.zeros((len(items), 3, size, size), dtype=torch.uint8)
     errors: list[str | None] = [None] * len(items)
     decoded_on: list[str | None] = [None] * len(items)
-    todo = []
+    todo: list[tuple[int, bytes | memoryview]] = []
     for i, data in enumerate(items):
         if data is None:
             errors[i] = NO_DATA

@@ -206,7 +206,7 @@ def decode_jpeg_batch_gpu(
     device = torch.device(device)
     if jpeg_decoder is None:
         if device.type != "cuda" or not torch.cuda.is_available():
-            result = decode_batch_cpu(_as_bytes(items), options, executor=executor)
+            result = decode_batch_cpu(items, options, executor=executor)
             if device.type != "cuda":
                 result.images = result.images.to(device)
             return result
@@ -237,8 +237,7 @@ def decode_jpeg_batch_gpu(
         decoded_on[i] = "gpu"
 
     cpu_items = [
-        (i, bytes(data) if isinstance(data, memoryview) else data)
-        for i, data in enumerate(items) if data is not None and errors[i] is None and i not in on_device
+        (i, data) for i, data in enumerate(items) if data is not None and errors[i] is None and i not in on_device
     ]
     for i, array, error in decode_many_cpu(cpu_items, options, executor):
         if array is None:
@@ -247,7 +246,3 @@ def decode_jpeg_batch_gpu(
             images[i] = torch.from_numpy(array).permute(2, 0, 1).to(device)
             decoded_on[i] = "cpu"
     return BatchDecodeResult(images, errors, decoded_on)
-
-
-def _as_bytes(items: Sequence[bytes | memoryview | None]) -> list[bytes | None]:
-    return [bytes(item) if isinstance(item, memoryview) else item for item in items]
