@@ -13,7 +13,9 @@ In one run, on the same synthetic JPEG shards (500 x 375, decoded and cropped to
     the CPUs to decoding as a GPU would) on batches already in memory;
 (c) the whole pipeline: the engine worker (`EncoderWorker.process`, what one Ray actor
     runs: tar read-ahead, decode pool, model, Parquet, commit markers), here in this
-    process, with its pool of decode processes, timed after a warm-up shard.
+    process, with its pool of decode processes, timed after a warm-up shard; it also
+    reports when the model sat idle: before each shard's first batch, between batches,
+    and after its last.
 
 The last line printed is `feed efficiency: X.XX` = (c) / min(a, b): 1.0 means the worker
 runs as fast as its slowest stage allows. The model's rate is fixed for the whole run; by
@@ -123,6 +125,7 @@ class FixedRateModel:
         from berg_scale.engine.stand_in_model import FixedCostModel
 
         self.rate = rate
+        self.calls: list[tuple[float, float]] = []  # (start, end) of each forward, for idle times
         self.inner = FixedCostModel()
         self.device = "cpu"
         self.columns = self.inner.columns
@@ -135,6 +138,7 @@ class FixedRateModel:
         left = len(images) / self.rate - (time.perf_counter() - began)
         if left > 0:
             time.sleep(left)
+        self.calls.append((began, time.perf_counter()))
         return out
 
 
@@ -175,16 +179,24 @@ def pipeline_rate(worker, shards) -> dict:
     """(c) Images/s of the engine worker's `process` over every shard (read-ahead, decode
     pool, model, Parquet row groups, commit markers)."""
     shutil.rmtree(worker.settings.output, ignore_errors=True)
-    started = time.perf_counter()
+    idle = {"first": 0.0, "between": 0.0, "last": 0.0}  # model idle: before its first batch, ...
     markers = []
+    started = time.perf_counter()
     for shard in shards:
+        calls = worker.model.calls
+        calls.clear()
+        shard_started = time.perf_counter()
         result = worker.process(shard, 1)
+        shard_ended = time.perf_counter()
         assert result.status == "done", result
         markers.append(result.marker)
+        idle["first"] += calls[0][0] - shard_started
+        idle["between"] += sum(calls[i + 1][0] - calls[i][1] for i in range(len(calls) - 1))
+        idle["last"] += shard_ended - calls[-1][1]
     elapsed = time.perf_counter() - started
     images = sum(marker["rows"] for marker in markers)
     stages = {stage: sum(m["seconds"][stage] for m in markers) for stage in ("read", "decode", "model", "write")}
-    return {"rate": images / elapsed, "images": images, "seconds": elapsed, "stages": stages}
+    return {"rate": images / elapsed, "images": images, "seconds": elapsed, "stages": stages, "idle": idle}
 
 
 def start_worker(rate: float, workers: int, tag: str):
@@ -252,8 +264,9 @@ def bench_feed(quick: bool, model_rate_arg: float | None) -> tuple[list[str], fl
         run = runs[n]
         bound = min(capacity[n], model)
         stages = ", ".join(f"{k} {v:.1f}" for k, v in run["stages"].items())
+        idle = " / ".join(f"{run['idle'][k]:.2f}" for k in ("first", "between", "last"))
         rows.append(f"| {n} | {capacity[n]:.0f} | {model:.0f} | {run['rate']:.0f} | {run['rate'] / bound:.2f} | "
-                    f"{stages} |")
+                    f"{stages} | {idle} of {run['seconds']:.2f} |")
     efficiency = runs[main_workers]["rate"] / min(capacity[main_workers], model)
     how = "--model-rate" if model_rate_arg else f"0.6 of the decode capacity first measured at {main_workers} processes"
     lines = [
@@ -266,10 +279,13 @@ def bench_feed(quick: bool, model_rate_arg: float | None) -> tuple[list[str], fl
         f"for each pool size (a) and (c) run back to back with the same pool ({main_workers} processes: twice, "
         f"means of the two). Efficiency = (c) / min(a, b). "
         f"Stage seconds are the worker's, summed over shards (decode: time the model loop waited for "
-        f"decoded chunks).",
+        f"decoded chunks). Model idle: the seconds of (c) the model did not run, before its first "
+        f"batch of each shard (the first chunk read and decoded) / between batches / after its last "
+        f"(Parquet close, commit), of the wall seconds of (c).",
         "",
-        "| decode processes | (a) decode img/s | (b) model img/s | (c) pipeline img/s | efficiency | worker stage seconds |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| decode processes | (a) decode img/s | (b) model img/s | (c) pipeline img/s | efficiency | worker stage seconds "
+        "| model idle s: first / between / last |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
         f"Machine: {_machine()}.",
