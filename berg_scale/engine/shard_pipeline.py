@@ -131,12 +131,16 @@ def process_shard(
     writer = ResponseShardWriter(store, shard.name, schema)
     reader: ReadAhead[Any]
     read_chunks: Iterator[ReadChunk]
+    deepen_reader_to = 0  # the reader's depth once the first chunk is decoded (0: as it is)
     if pool is not None and samples is None and settings.pool_reads and pool.reads(shard.url):
         check_headers_below = settings.options.max_pixels if use_gpu else None
-        chunks_ahead = max(1, -(-settings.read_ahead // settings.batch_size))
+        # One chunk ahead until the model has its first batch, then the full depth: the
+        # reading process also decodes, and a full read-ahead at the shard's start would
+        # take its CPU from the first chunk's decode, which the model is waiting for.
         read_chunks = reader = ReadAhead(
             chunks_read_in_pool(pool, shard.url, settings.storage, settings.batch_size, check_headers_below),
-            depth=chunks_ahead, name=f"read-{shard.name}")
+            depth=1, name=f"read-{shard.name}")
+        deepen_reader_to = max(1, -(-settings.read_ahead // settings.batch_size))
     else:
         source = with_reasons(samples) if samples is not None else iter_samples(shard.url, settings.storage)
         reader = ReadAhead(source, depth=settings.read_ahead, name=f"read-{shard.name}")
@@ -166,6 +170,9 @@ def process_shard(
     try:
         lagging: _Launched | None = None  # a GPU batch whose results are still on the way
         for decoded in decoded_chunks:
+            if deepen_reader_to:
+                reader.deepen(deepen_reader_to)
+                deepen_reader_to = 0
             if cancelled():
                 raise ShardCancelled(shard.name)
             if model_turn is not None and not model_turn.acquire(cancelled):

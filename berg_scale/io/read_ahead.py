@@ -62,6 +62,17 @@ class ReadAhead(Generic[T], Iterator[T]):
                 continue
         return False
 
+    def deepen(self, depth: int) -> None:
+        """Let the producer run up to `depth` items ahead from now on (never shallower).
+
+        A producer that shares CPUs with the work its consumer waits for first (a shard's
+        first chunk being decoded) can start one item ahead and run ahead fully once the
+        consumer is under way.
+        """
+        with self._queue.mutex:
+            self._queue.maxsize = max(self._queue.maxsize, depth)
+            self._queue.not_full.notify_all()
+
     def __iter__(self) -> "ReadAhead[T]":
         return self
 

@@ -6,6 +6,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 
 import pytest
 
@@ -231,3 +232,38 @@ def test_long_and_unicode_keys_round_trip_through_pax_headers(tmp_path):
     samples = read_shard(url, chunk_bytes=1024, read_ahead_bytes=2048)
     assert [(s.key, s.image) for s in samples] == [(key, b"P" * 3000), ("k2", b"J")]
     assert samples[0].json == {}
+
+
+@pytest.mark.timeout(30)
+def test_read_ahead_runs_no_further_than_its_depth_until_deepened():
+    from berg_scale.io.read_ahead import ReadAhead
+
+    pulled = []
+
+    def source():
+        for i in range(100):
+            pulled.append(i)
+            yield i
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(pulled) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    reader = ReadAhead(source(), depth=1)
+    try:
+        wait_for(2)
+        time.sleep(0.3)
+        assert len(pulled) == 2  # one queued, one waiting to be queued
+        reader.deepen(5)
+        wait_for(6)
+        time.sleep(0.3)
+        assert len(pulled) == 6
+        reader.deepen(2)  # never shallower
+        assert [next(reader) for _ in range(3)] == [0, 1, 2]
+        wait_for(9)
+        time.sleep(0.3)
+        assert len(pulled) == 9
+        assert list(reader) == list(range(3, 100))
+    finally:
+        reader.close()
