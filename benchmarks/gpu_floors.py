@@ -26,9 +26,11 @@ def _median_rate(n_images: int, run: Callable[[], None], repeats: int = 3) -> fl
     return _rate_and_cpu(n_images, run, repeats)[0]
 
 
-def _rate_and_cpu(n_images: int, run: Callable[[], None], repeats: int = 3) -> tuple[float, float]:
+def _rate_and_cpu(n_images: int, run: Callable[[], None], repeats: int = 3,
+                  warm_up: bool = True) -> tuple[float, float]:
     """(median images/s, this process's CPU microseconds per image over the timed runs)."""
-    run()  # warm-up: caches, kernels, processes
+    if warm_up:
+        run()  # caches, kernels, processes
     rates = []
     cpu_started = time.process_time()
     for _ in range(repeats):
@@ -65,14 +67,15 @@ def pool_tar_read(urls: Sequence[str], batch_size: int, max_pixels: int) -> Floo
 
     pool = DecodePool(1, DecodeOptions(256))
     try:
-        def run() -> None:
+        def run() -> int:
+            n_images = 0
             for url in urls:
                 for chunk in chunks_read_in_pool(pool, url, None, batch_size, max_pixels):
                     chunk.payload_list()
+                    n_images += len(chunk.rows)
+            return n_images
 
-        n_images = sum(len(chunk.rows) for url in urls
-                       for chunk in chunks_read_in_pool(pool, url, None, batch_size, max_pixels))
-        rate, cpu = _rate_and_cpu(n_images, run)
+        rate, cpu = _rate_and_cpu(run(), run, warm_up=False)  # the counting run warmed up
     finally:
         pool.close()
     return Floor("tar read + header check in one pool process", rate, f"worker CPU {cpu:.0f} µs/image")

@@ -45,8 +45,9 @@ class BlobPayloads:
     def __len__(self) -> int:
         return len(self.starts)
 
-    def part(self, start: int, stop: int) -> BlobPayloads:
-        return BlobPayloads(self.blob, self.starts[start:stop], self.lengths[start:stop])
+    def __getitem__(self, span: slice) -> BlobPayloads:
+        """Some of the images, as spans of the same blob (so a chunk cuts like a list)."""
+        return BlobPayloads(self.blob, self.starts[span], self.lengths[span])
 
     def views(self, blob: np.ndarray | None = None) -> list[memoryview | None]:
         """Each image as a zero-copy view of `blob` (default: this one's, if it is an array)."""

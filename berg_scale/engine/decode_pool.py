@@ -237,12 +237,8 @@ class DecodePool:
         """A chunk (a list of payloads, or a `BlobPayloads`) cut into contiguous parts, one
         per process (at least MIN_PART images each), so that the first batch of a shard is
         ready after 1/count of its decode time."""
-        from berg_scale.engine.chunk_reading import BlobPayloads
-
         n = max(1, min(self.count, len(payloads) // MIN_PART))
         step = -(-len(payloads) // n)
-        if isinstance(payloads, BlobPayloads):
-            return [payloads.part(i, i + step) for i in range(0, len(payloads), step)] or [payloads]
         return [payloads[i : i + step] for i in range(0, len(payloads), step)] or [payloads]
 
     def decoded(self, chunks: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, list[DecodedArrays]]]:

@@ -297,6 +297,6 @@ def test_blob_spans_keep_empty_images_apart_from_missing_ones():
     blob = np.frombuffer(b"abcdef", dtype=np.uint8)
     payloads = BlobPayloads(blob, np.array([0, 2, 2, 2]), np.array([2, -1, 0, 4]))
     assert [None if v is None else bytes(v) for v in payloads.views()] == [b"ab", None, b"", b"cdef"]
-    part = payloads.part(2, 4)
+    part = payloads[2:4]
     assert len(part) == 2 and [bytes(v) for v in part.views()] == [b"", b"cdef"]
     assert io.BytesIO(payloads.views()[3]).read() == b"cdef"
