@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -61,9 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except BergScaleError as exc:
         return _report(args.command, exc)
-    except KeyboardInterrupt:
-        print(f"berg-scale {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        from berg_scale.engine.termination import Terminated, sigterm_received
+
+        terminated = isinstance(stop, Terminated) or sigterm_received()
+        print(f"berg-scale {args.command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}",
+              file=sys.stderr)
+        return 143 if terminated else 130
+    except BrokenPipeError:
+        # The reader of our output went away (`| head`): not an error of ours. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         # Last resort: storage, credential, endpoint and file errors that no command
         # translated still become one line with the fix; anything else is a bug and

@@ -21,11 +21,21 @@ def output_status(output: str, storage=None) -> dict:
     """Counts and totals of an output, from its markers and run.json."""
     from berg_scale.errors import BergScaleError
     from berg_scale.io.output_lease import read_lease
-    from berg_scale.io.output_store import OutputStore, done_shards, failed_shards, read_done_markers, read_manifest
+    from berg_scale.io.output_store import (
+        OutputStore,
+        done_shards,
+        failed_shards,
+        read_done_markers,
+        read_manifest,
+        response_shards,
+    )
 
     store = OutputStore(output, storage)
     manifest = read_manifest(store)
-    done = done_shards(store)
+    marked = done_shards(store)
+    # A marker whose response file is gone vouches for nothing: the next run redoes it.
+    unbacked = sorted(marked - response_shards(store)) if marked else []
+    done = marked - set(unbacked)
     failed = failed_shards(store) - done
     if manifest is None and not done and not failed:
         raise BergScaleError(f"{output} is not a berg-scale output (no run.json, no markers)")
@@ -42,22 +52,36 @@ def output_status(output: str, storage=None) -> dict:
         for key in totals:
             totals[key] += int(marker.get(key, 0))
     failures = {}
-    for name in sorted(failed):
+    for name in sorted(listed_failed):
         marker = store.read_json(store.failed_path(name)) or {}
         failures[name] = marker.get("error", "")
     lease = read_lease(store)
+    run_status = (manifest or {}).get("status", "unknown")
+    if run_status == "running" and (lease is None or _lease_is_dead(lease)):
+        run_status = "stopped"  # its driver ended without finishing (killed, or its node lost)
     return {
         "output": output,
-        "run_status": (manifest or {}).get("status", "unknown"),
+        "run_status": run_status,
         "shards": {"total": len(inputs) or len(done | failed), "done": len(listed_done),
-                   "failed": len(listed_failed), "pending": len(pending), "unlisted": len(unlisted)},
+                   "failed": len(listed_failed), "pending": len(pending), "unlisted": len(unlisted),
+                   "unbacked": len(unbacked), "failed_not_listed": len(failed - listed_failed)},
         "images": totals,
         "failed": failures,
         "pending": pending[:50],
         "unlisted": unlisted[:50],
+        "unbacked": unbacked[:50],
         "lease": lease,
+        "lease_holder_gone": lease is not None and _lease_is_dead(lease),
         "this_run": (manifest or {}).get("this_run", {}),
     }
+
+
+def _lease_is_dead(lease: dict) -> bool:
+    """The lease's driver is known to be gone (its process, here) or stopped renewing."""
+    from berg_scale.io.output_lease import holder_process_gone
+
+    age = time.time() - float(lease.get("renewed_at") or 0)
+    return holder_process_gone(lease) or age > float(lease.get("ttl_s") or 120)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,18 +96,27 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=1))
         return exit_code
     shards, images = summary["shards"], summary["images"]
-    print(f"output:  {summary['output']} (last run: {summary['run_status']})")
+    run_status = summary["run_status"]
+    if run_status == "stopped":
+        run_status = "stopped before finishing; run `berg-scale generate` again to resume"
+    print(f"output:  {summary['output']} (last run: {run_status})")
     print(f"shards:  {shards['done']} done, {shards['failed']} failed, {shards['pending']} pending, "
           f"of {shards['total']}")
     print(f"images:  {images['rows']} rows, {images['ok']} ok, {images['errors']} error rows")
     if shards["unlisted"]:
         print(f"unlisted: {shards['unlisted']} committed shard(s) not in run.json's input shards "
               f"(first: {summary['unlisted'][0]})")
+    if shards["unbacked"]:
+        print(f"missing: {shards['unbacked']} shard marker(s) without their response file (first: "
+              f"{summary['unbacked'][0]}); run `berg-scale generate` again to regenerate them")
     lease = summary["lease"]
     if lease:
         age = time.time() - float(lease.get("renewed_at") or 0)
+        state = " (stale)" if age > float(lease.get("ttl_s") or 120) else ""
+        if summary["lease_holder_gone"] and not state:
+            state = " (that process has exited; the next `generate` takes the lease over)"
         print(f"writer:  run {lease.get('run_id')} on {lease.get('host')} (pid {lease.get('pid')}), "
-              f"lease renewed {age:.0f} s ago" + (" (stale)" if age > float(lease.get("ttl_s") or 120) else ""))
+              f"lease renewed {age:.0f} s ago{state}")
     this_run = summary["this_run"]
     rate = this_run.get("images_per_second")
     if rate:
@@ -95,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
         print(line + ")")
     for name, error in summary["failed"].items():
         print(f"failed:  {name}: {error}")
+    if shards["failed_not_listed"]:
+        print(f"stale:   {shards['failed_not_listed']} quarantine record(s) in _failed/ of shards that are "
+              f"no longer inputs (the next run removes them)")
     if summary["pending"]:
         more = shards["pending"] - len(summary["pending"])
         print(f"pending: {', '.join(summary['pending'][:10])}" + (f" (+{more} more)" if more > 0 else ""))

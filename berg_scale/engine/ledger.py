@@ -14,16 +14,25 @@ that names what changed and the way out, when they disagree:
   written a second time.
 
 A committed shard whose input moved but whose size and stamp are unchanged is the same
-bytes and is kept. Extending `input.shards` and resuming only adds work.
+bytes and is kept. Extending `input.shards` and resuming only adds work. A marker whose
+response file is gone (deleted by hand, or a clear that stopped midway) vouches for
+nothing: its shard is run again.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from berg_scale.errors import ConfigError
-from berg_scale.io.output_store import OutputStore, done_shards, read_done_markers, with_storage_retries
+from berg_scale.io.output_store import (
+    OutputStore,
+    done_shards,
+    read_done_markers,
+    response_shards,
+    with_storage_retries,
+)
 from berg_scale.io.shard_listing import InputShard
 from berg_scale.io.storage import StorageOptions, filesystem_for
 
@@ -52,6 +61,7 @@ class LedgerPlan:
     todo: list[InputShard]
     committed: list[str]
     relocated: list[str] = field(default_factory=list)  # kept: same bytes, new location
+    unbacked: list[str] = field(default_factory=list)  # marker without its response file: rerun
 
 
 def hash_weights(
@@ -91,40 +101,81 @@ def reconcile(
     shards: Sequence[InputShard],
     binding: RunBinding,
     previous: dict[str, Any] | None,
+    config: dict[str, Any] | None = None,
 ) -> LedgerPlan:
-    """Decide what to run; raise LedgerMismatch when the output cannot be resumed as is."""
-    _check_config(store.url, previous, binding)
+    """Decide what to run; raise LedgerMismatch when the output cannot be resumed as is.
+
+    `config` is this run's redacted config: with it, a refused config change names the
+    settings that differ from those run.json recorded.
+    """
+    _check_config(store.url, previous, binding, config)
     done = with_storage_retries(lambda: done_shards(store), "listing _done/")
     markers = with_storage_retries(lambda: read_done_markers(store, done), "reading _done/ markers")
+    present = with_storage_retries(lambda: response_shards(store), "listing responses/") if markers else set()
+    unbacked = sorted(name for name in markers if name not in present)
+    for name in unbacked:
+        del markers[name]
     _check_marker_configs(store.url, markers, binding)
     _check_weights(store.url, markers, previous, binding)
     by_name = {shard.name: shard for shard in shards}
     relocated = _check_inputs(store.url, markers, by_name)
     _check_not_listed(store.url, markers, by_name)
     todo = [shard for shard in shards if shard.name not in markers]
-    return LedgerPlan(todo=todo, committed=sorted(markers), relocated=relocated)
+    return LedgerPlan(todo=todo, committed=sorted(markers), relocated=relocated, unbacked=unbacked)
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def _check_config(output: str, previous: dict[str, Any] | None, binding: RunBinding) -> None:
+def _check_config(
+    output: str, previous: dict[str, Any] | None, binding: RunBinding, config: dict[str, Any] | None
+) -> None:
     old = (previous or {}).get("fingerprints", {}).get("config")
     if old and old != binding.config_fingerprint:
         raise LedgerMismatch(
-            f"{output} holds responses of a different config ({_config_change(previous)}): {WAY_OUT}"
+            f"{output} holds responses of a different config ({_config_change(previous, config)}): {WAY_OUT}"
         )
 
 
-def _config_change(previous: dict[str, Any] | None) -> str:
-    config = (previous or {}).get("config") or {}
-    readouts = config.get("readouts")
-    if readouts:
-        names = [f"{r.get('model_id')}/sub-{r.get('subject')}" for r in readouts if isinstance(r, dict)]
-        return f"readouts, input settings or precision changed; it was made with {', '.join(names[:4])}" + (
-            f" and {len(names) - 4} more" if len(names) > 4 else ""
-        )
-    return "readouts, input settings or precision changed"
+def _config_change(previous: dict[str, Any] | None, config: dict[str, Any] | None) -> str:
+    """The settings that changed, as `path: old -> new` (the first three)."""
+    before = _numbers_settings((previous or {}).get("config") or {})
+    differences = _differences(before, _numbers_settings(config or {})) if before and config else []
+    if not differences:
+        return "readouts, input settings or precision changed"
+    shown = "; ".join(f"{path}: {_short(old)} -> {_short(new)}" for path, old, new in differences[:3])
+    more = f"; and {len(differences) - 3} more" if len(differences) > 3 else ""
+    return f"{shown}{more}"
+
+
+def _numbers_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a redacted config that change the numbers (as in the config fingerprint)."""
+    settings = {key: value for key, value in (config.get("input") or {}).items() if key != "shards"}
+    return {"input": settings, "readouts": config.get("readouts"),
+            "resources": {"precision": (config.get("resources") or {}).get("precision")}}
+
+
+_MISSING = object()
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found: list[tuple[str, Any, Any]] = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += _differences(old.get(key, _MISSING), new.get(key, _MISSING), f"{path}.{key}" if path else key)
+        return found
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) \
+            and all(isinstance(item, dict) for item in old + new):
+        found = []
+        for index, (a, b) in enumerate(zip(old, new)):
+            found += _differences(a, b, f"{path}[{index}]")
+        return found
+    return [] if old == new else [(path, old, new)]
+
+
+def _short(value: Any) -> str:
+    text = "(not set)" if value is _MISSING else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_marker_configs(output: str, markers: dict[str, dict[str, Any]], binding: RunBinding) -> None:
@@ -214,7 +265,8 @@ def _check_inputs(output: str, markers: dict[str, dict[str, Any]], by_name: dict
         name, before, after, what = changed[0]
         raise LedgerMismatch(
             f"the input of {len(changed)} committed shard(s) of {output} {what} (first: {name}: "
-            f"{before} -> {after}); {WAY_OUT} (or point input.shards back at the original data)"
+            f"{before} -> {after}); {WAY_OUT} (or point input.shards back at the original data; to "
+            f"regenerate only those shards, delete their _done/<shard>.json markers and run again)"
         )
     return relocated
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from berg_scale.engine.scheduler import (
     WorkerSlot,
 )
 from berg_scale.engine.shard_pipeline import ShardSettings
+from berg_scale.engine.termination import sigterm_as_interrupt
 from berg_scale.engine.worker_pool import (
     start_workers,
     stop_workers,
@@ -47,6 +49,7 @@ from berg_scale.io.output_store import (
     OutputStore,
     clear_output,
     done_shards,
+    failed_shards,
     read_manifest,
     read_readouts,
     with_storage_retries,
@@ -150,15 +153,14 @@ def _run_holding_lease(
     storage = store.storage
     weights = hash_weights(config.berg_root, specs, storage, config.backbone) if needs_weights else {}
     binding = RunBinding(config.input_fingerprint(), weights)
-    previous = with_storage_retries(lambda: read_manifest(store), "reading run.json")
     if overwrite:
-        with_storage_retries(lambda: clear_output(store), "clearing the output")
+        # The old output is cleared only once a worker has loaded the models: a typo in the
+        # config or a bad weight file must not cost the responses already there.
         previous = None
-    plan = reconcile(store, shards, binding, previous)
-    if plan.relocated:
-        log(f"{len(plan.relocated)} committed shard(s) are now read from a new location with the "
-            f"same size and stamp (first: {plan.relocated[0]}); kept")
-    todo = plan.todo
+        todo = list(shards)
+    else:
+        previous = with_storage_retries(lambda: read_manifest(store), "reading run.json")
+        todo = _plan_resume(store, shards, binding, previous, config, log)
     stats = RunStats(shards_total=len(shards), shards_skipped=len(shards) - len(todo))
     # Storage checks, listing, weight hashing and the ledger ran before this point.
     preflight_seconds = max(time.time() - started_at, 0.0)
@@ -176,7 +178,7 @@ def _run_holding_lease(
     if not todo:
         log(f"nothing to do: all {len(shards)} shards of {config.output} are committed")
         stats.finished = time.monotonic()
-        _write_manifest(store, manifest_args, "complete", stats, shards_done=len(shards))
+        _write_manifest(store, manifest_args, "nothing-to-do", stats, shards_done=len(shards))
         return RunResult(config.output, "nothing-to-do", stats)
 
     # --- workers ------------------------------------------------------------------------
@@ -207,60 +209,74 @@ def _run_holding_lease(
     slots: list[WorkerSlot] = []
     progress: LiveProgress | None = None
     report: SchedulerReport | None = None
-    try:
-        with phases.phase("workers", "starting workers and loading the models"):
-            slots = start_workers(config, factory, settings, n_shards=len(todo))
-            first = wait_for_first_worker(slots, config.resources.startup_timeout_s)
-        if first.get("model_load_seconds") is not None:
-            phases.record("model_load", float(first["model_load_seconds"]))
-            log(f"start-up: the first of {len(slots)} workers loaded its models in "
-                f"{first['model_load_seconds']:.1f} s on {first.get('info', {}).get('device', '?')}")
-        _check_same_model(previous, first, weights, config.output)
-        manifest_args["model_fingerprint"] = first["fingerprint"]
-        manifest_args["model_weight_hashes"] = first["weight_hashes"]
-        with phases.phase("describe_output", "writing run.json and readouts.json"):
-            _write_manifest(store, manifest_args, "running", stats)
-            if overwrite or with_storage_retries(lambda: read_readouts(store), "reading readouts.json") is None:
+    described = interrupted = False  # run.json says "running" / the run was stopped
+    with sigterm_as_interrupt():  # entered after ensure_ray: it replaces Ray's handler
+        try:
+            with phases.phase("workers", "starting workers and loading the models"):
+                slots = start_workers(config, factory, settings, n_shards=len(todo))
+                first = wait_for_first_worker(slots, config.resources.startup_timeout_s)
+            if first.get("model_load_seconds") is not None:
+                phases.record("model_load", float(first["model_load_seconds"]))
+                log(f"start-up: the first of {len(slots)} workers loaded its models in "
+                    f"{first['model_load_seconds']:.1f} s on {first.get('info', {}).get('device', '?')}")
+            _check_same_model(previous, first, weights, config.output)
+            if overwrite:
+                with phases.phase("clear_output", "discarding the existing responses (--overwrite)"):
+                    with_storage_retries(lambda: clear_output(store), "clearing the output")
+            manifest_args["model_fingerprint"] = first["fingerprint"]
+            manifest_args["model_weight_hashes"] = first["weight_hashes"]
+            with phases.phase("describe_output", "writing run.json and readouts.json"):
+                _write_manifest(store, manifest_args, "running", stats)
+                described = True
+                if overwrite or with_storage_retries(lambda: read_readouts(store), "reading readouts.json") is None:
+                    import ray
+
+                    ready_slot = next(slot for slot in slots if slot.state == "idle")
+                    columns = ray.get(ready_slot.handle.column_coords.remote())
+                    with_storage_retries(lambda: write_readouts(store, columns), "writing readouts.json")
+            log(f"generating {len(todo)} shards ({stats.shards_skipped} already done) with "
+                f"{len(slots)} workers into {config.output}")
+            stats.startup_seconds = preflight_seconds + stats.elapsed
+            stats.started = time.monotonic()  # throughput counts from the first ready worker
+            progress = LiveProgress(stats, slots, todo, live=show_progress, log=log)
+
+            def on_done(name: str, marker: dict[str, Any]) -> None:
+                lease.check()
+                stats.add_marker(marker)
+                progress.shard_done(name, marker)
+
+            def on_failed(name: str, info: dict[str, Any]) -> None:
+                lease.check()
+                stats.shards_failed += 1
+                progress.shard_failed(name)
+                log(f"quarantined shard {name} after {info.get('attempts')} attempt(s): {info.get('error')}")
+
+            policy = RetryPolicy(
+                max_attempts=config.retries.max_attempts,
+                backoff_s=config.retries.backoff_s,
+                speculative_tail=config.retries.speculative_tail,
+                speculative_min_elapsed_s=config.retries.speculative_min_elapsed_s,
+                startup_timeout_s=config.resources.startup_timeout_s,
+                shards_in_flight=config.resources.shards_in_flight,
+            )
+            scheduler = ShardScheduler(slots, todo, store, policy, on_done=on_done, on_failed=on_failed)
+            report = scheduler.run()
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+            stop_workers(slots)
+            if we_started_ray:
                 import ray
 
-                ready_slot = next(slot for slot in slots if slot.state == "idle")
-                columns = ray.get(ready_slot.handle.column_coords.remote())
-                with_storage_retries(lambda: write_readouts(store, columns), "writing readouts.json")
-        log(f"generating {len(todo)} shards ({stats.shards_skipped} already done) with "
-            f"{len(slots)} workers into {config.output}")
-        stats.startup_seconds = preflight_seconds + stats.elapsed
-        stats.started = time.monotonic()  # throughput counts from the first ready worker
-        progress = LiveProgress(stats, slots, todo, live=show_progress, log=log)
-
-        def on_done(name: str, marker: dict[str, Any]) -> None:
-            lease.check()
-            stats.add_marker(marker)
-            progress.shard_done(name, marker)
-
-        def on_failed(name: str, info: dict[str, Any]) -> None:
-            lease.check()
-            stats.shards_failed += 1
-            progress.shard_failed(name)
-            log(f"quarantined shard {name} after {info.get('attempts')} attempt(s): {info.get('error')}")
-
-        policy = RetryPolicy(
-            max_attempts=config.retries.max_attempts,
-            backoff_s=config.retries.backoff_s,
-            speculative_tail=config.retries.speculative_tail,
-            speculative_min_elapsed_s=config.retries.speculative_min_elapsed_s,
-            startup_timeout_s=config.resources.startup_timeout_s,
-            shards_in_flight=config.resources.shards_in_flight,
-        )
-        scheduler = ShardScheduler(slots, todo, store, policy, on_done=on_done, on_failed=on_failed)
-        report = scheduler.run()
-    finally:
-        if progress is not None:
-            progress.close()
-        stop_workers(slots)
-        if we_started_ray:
-            import ray
-
-            ray.shutdown()
+                ray.shutdown()
+            if interrupted and described:
+                stats.finished = time.monotonic()
+                done_then = with_storage_retries(lambda: done_shards(store), "listing _done/")
+                _write_manifest(store, manifest_args, "interrupted", stats,
+                                shards_done=len(done_then & {s.name for s in shards}))
     stats.finished = time.monotonic()
     status = "complete" if not report.failed else "incomplete"
     workers = [{"worker": slot.index, "shards_done": slot.shards_done, "losses": slot.losses,
@@ -275,6 +291,29 @@ def _run_holding_lease(
         failed={name: info.get("error", "") for name, info in report.failed.items()},
     )
     return RunResult(config.output, status, stats, dict(report.failed), workers, report)
+
+
+def _plan_resume(store: OutputStore, shards: list[InputShard], binding: RunBinding,
+                 previous: dict[str, Any] | None, config: RunConfig,
+                 log: Callable[[str], None]) -> list[InputShard]:
+    """The shards still to run, after the ledger's refusals and its bookkeeping repairs."""
+    plan = reconcile(store, shards, binding, previous, config.redacted())
+    if plan.unbacked:
+        log(f"{len(plan.unbacked)} shard marker(s) have no response file (first: {plan.unbacked[0]}); "
+            f"those shards are generated again")
+        for name in plan.unbacked:
+            with_storage_retries(partial(store.remove, store.done_path(name)), f"removing _done/{name}.json")
+    stale = sorted(with_storage_retries(lambda: failed_shards(store), "listing _failed/")
+                   - {shard.name for shard in shards})
+    if stale:
+        log(f"removing {len(stale)} quarantine record(s) of shards that are no longer inputs "
+            f"(first: {stale[0]})")
+        for name in stale:
+            with_storage_retries(partial(store.remove, store.failed_path(name)), f"removing _failed/{name}.json")
+    if plan.relocated:
+        log(f"{len(plan.relocated)} committed shard(s) are now read from a new location with the "
+            f"same size and stamp (first: {plan.relocated[0]}); kept")
+    return plan.todo
 
 
 # --------------------------------------------------------------------------- manifest

@@ -207,17 +207,12 @@ class OutputLease:
         )
 
     def _holder_gone_on_this_host(self, holder: dict[str, Any]) -> bool:
-        if holder.get("host") != socket.gethostname():
-            return False
-        try:
-            pid = int(holder["pid"])
-        except (KeyError, TypeError, ValueError):
-            return False
-        if pid == os.getpid() and holder.get("run_id") != self.run_id:
+        if holder.get("host") == socket.gethostname() and _holder_pid(holder) == os.getpid() \
+                and holder.get("run_id") != self.run_id:
             # Same process, another run object (tests, notebooks): that run is gone only
             # if it stopped renewing.
             return time.time() - float(holder.get("renewed_at") or 0) > self.ttl_s
-        return not _process_alive(pid, holder.get("pid_start"))
+        return holder_process_gone(holder)
 
     # ------------------------------------------------------------------ storage
     def _payload(self) -> bytes:
@@ -375,6 +370,26 @@ def _s3_get(fs: Any, bucket: str, key: str) -> tuple[bytes, str | None]:
         return data, response.get("ETag")
 
     return sync(fs.loop, get)
+
+
+def holder_process_gone(holder: dict[str, Any]) -> bool:
+    """True when the lease's driver ran on this host and its process no longer exists.
+
+    Another host's process cannot be probed from here: False means "not known to be gone".
+    """
+    if holder.get("host") != socket.gethostname():
+        return False
+    pid = _holder_pid(holder)
+    if pid is None:
+        return False
+    return not _process_alive(pid, holder.get("pid_start"))
+
+
+def _holder_pid(holder: dict[str, Any]) -> int | None:
+    try:
+        return int(holder["pid"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def read_lease(store: OutputStore) -> dict[str, Any] | None:

@@ -149,6 +149,11 @@ def done_shards(store: OutputStore) -> set[str]:
     return store.list_names(DONE_DIR, ".json")
 
 
+def response_shards(store: OutputStore) -> set[str]:
+    """Shards that have a response file, committed or not (one listing of responses/)."""
+    return store.list_names(RESPONSES_DIR, ".parquet")
+
+
 def failed_shards(store: OutputStore) -> set[str]:
     return store.list_names(FAILED_DIR, ".json")
 
@@ -222,11 +227,18 @@ def write_readouts(store: OutputStore, columns: list[dict[str, Any]]) -> None:
 
 
 def clear_output(store: OutputStore) -> None:
-    """Remove what a previous run wrote (only berg-scale's own entries, nothing else)."""
-    for folder in (RESPONSES_DIR, DONE_DIR, FAILED_DIR, TMP_DIR):
+    """Remove what a previous run wrote (only berg-scale's own entries, nothing else).
+
+    Markers go first: a clear that stops midway (a killed driver, a storage error) then
+    leaves response files that no marker vouches for, which the next run simply writes
+    again, never a marker whose response file is already gone.
+    """
+    for folder in (DONE_DIR, FAILED_DIR):
         store.remove_tree(folder)
     store.remove(store.path(RUN_FILE))
     store.remove(store.path(READOUTS_FILE))
+    for folder in (RESPONSES_DIR, TMP_DIR):
+        store.remove_tree(folder)
 
 
 def with_storage_retries(action: Callable[[], T], what: str, attempts: int = 5, delay_s: float = 1.0) -> T:

@@ -1,10 +1,15 @@
 """Turn the user's shard specification into a sorted list of input shards.
 
 Accepted forms, for local paths and s3:// alike: a single tar, a folder/prefix (every
-`.tar`, `.tar.gz` and `.tgz` below it), a glob (`s3://b/x/*.tar`, `data/**/*.tar`) and
-WebDataset brace ranges (`s3://b/x/{000000..000999}.tar`). Each shard gets an output name
-derived from its path relative to the pattern's root, so a retried or resumed shard
-always writes the same output key, whichever worker runs it.
+`.tar`, `.tar.gz` and `.tgz` below it, in any letter case), a glob (`s3://b/x/*.tar`,
+`data/**/*.tar`) and WebDataset brace ranges (`s3://b/x/{000000..000999}.tar`). Each shard
+gets an output name derived from its path relative to the pattern's root, so a retried or
+resumed shard always writes the same output key, whichever worker runs it.
+
+Folders and globs skip hidden entries (`.Trash/`, macOS `._name.tar` companions), as
+`make-shards` does. A tar compressed in a way the reader does not stream (`.tar.xz`,
+`.tar.bz2`, `.tar.zst`) is refused by name rather than skipped, and one file matched by two
+patterns under two output names is refused: its images would be written twice.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from berg_scale.errors import ConfigError, StorageError
 from berg_scale.io.storage import StorageOptions, filesystem_for, to_url
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+UNREAD_TAR_SUFFIXES = (".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tbz", ".tar.zst", ".tzst", ".tar.lz4")
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
 _WILDCARDS = ("*", "?", "[")
 
@@ -38,11 +44,19 @@ def list_shards(patterns: str | Iterable[str], storage: StorageOptions | None = 
     if isinstance(patterns, str):
         patterns = [patterns]
     shards: dict[str, InputShard] = {}
+    names_by_url: dict[str, str] = {}
     for pattern in patterns:
         for shard in _list_one(pattern, storage):
             previous = shards.get(shard.name)
             if previous is not None and previous.url != shard.url:
                 raise ConfigError(_collision_message(previous, shard))
+            other_name = names_by_url.setdefault(shard.url, shard.name)
+            if other_name != shard.name:
+                raise ConfigError(
+                    f"input shard {shard.url} is matched twice by input.shards, as {other_name!r} and "
+                    f"{shard.name!r} (overlapping patterns, e.g. a folder and one of its sub-folders): "
+                    f"its images would be written twice; list each file under one pattern only"
+                )
             shards[shard.name] = shard
     if not shards:
         raise ConfigError(
@@ -101,7 +115,7 @@ def _list_one(pattern: str, storage: StorageOptions | None) -> list[InputShard]:
         elif any(ch in path for ch in _WILDCARDS):
             root = _static_prefix(path)
             found = fs.glob(path, detail=True)
-            results = [(p, root, found[p]) for p in sorted(found) if _is_shard(p) and _is_file(found[p])]
+            results = _shards_found(found, root, pattern)
         elif _is_shard(path):
             try:
                 info = fs.info(path)
@@ -113,7 +127,7 @@ def _list_one(pattern: str, storage: StorageOptions | None) -> list[InputShard]:
             if not fs.exists(root):
                 raise ConfigError(f"input folder {pattern} does not exist")
             found = fs.find(root, detail=True)
-            results = [(p, root, found[p]) for p in sorted(found) if _is_shard(p) and _is_file(found[p])]
+            results = _shards_found(found, root, pattern)
     except (ConfigError, StorageError):
         raise
     except (PermissionError, FileNotFoundError, OSError) as exc:
@@ -124,6 +138,24 @@ def _list_one(pattern: str, storage: StorageOptions | None) -> list[InputShard]:
         shards.append(InputShard(name=shard_output_name(relative), url=to_url(fs, found), relative=relative,
                                  size=_size_of(info), stamp=_stamp_of(info)))
     return shards
+
+
+def _shards_found(found: dict[str, dict[str, Any]], root: str, pattern: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """The shards among a folder's or glob's files: hidden entries skipped, unread tars refused."""
+    visible = {p: info for p, info in found.items() if _is_file(info) and not _is_hidden(p, root)}
+    unread = sorted(p for p in visible if p.lower().endswith(UNREAD_TAR_SUFFIXES))
+    if unread:
+        raise ConfigError(
+            f"{len(unread)} file(s) under {pattern} are tars compressed in a way the reader does not "
+            f"stream (first: {unread[0]}): decompress them to .tar (or recompress as .tar.gz), or "
+            f"name only the readable shards in input.shards (e.g. a *.tar glob)"
+        )
+    return [(p, root, visible[p]) for p in sorted(visible) if _is_shard(p)]
+
+
+def _is_hidden(path: str, root: str) -> bool:
+    relative = posixpath.relpath(path, root) if root else path
+    return any(part.startswith(".") and part not in (".", "..") for part in relative.split("/"))
 
 
 def _is_file(info: dict[str, Any]) -> bool:
@@ -180,7 +212,7 @@ def _static_prefix(path: str) -> str:
 
 
 def _is_shard(path: str) -> bool:
-    return path.endswith(SHARD_SUFFIXES)
+    return path.lower().endswith(SHARD_SUFFIXES)
 
 
 def _describe(exc: BaseException) -> str:

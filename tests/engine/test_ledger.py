@@ -193,3 +193,57 @@ def test_extending_input_shards_resumes_and_dropping_one_is_refused(ray_session,
     assert code == 2 and "not among input.shards" in line
     manifest = json.loads((tmp_path / "out" / "run.json").read_text())
     assert len(manifest["input_shards"]) == 3, "run.json still describes the files beside it"
+
+
+def test_a_marker_whose_response_file_is_gone_is_generated_again(ray_session, tmp_path, capsys, fwrf_roots):
+    from berg_scale.commands.status import output_status
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    infos = write_synthetic_shards(str(tmp_path / "in"), 2, 3, seed=2)
+    output = str(tmp_path / "out")
+    config = _write_config(tmp_path / "a.yaml", str(tmp_path / "in"), output, fwrf_roots[0])
+    assert _generate(capsys, config)[0] == 0
+    before = sorted(_keys(output))
+    (tmp_path / "out" / "responses" / "shard-000001.parquet").unlink()
+    assert output_status(output)["shards"]["unbacked"] == 1
+
+    code, err = _generate(capsys, config)
+    assert code == 0 and "1 shard marker(s) have no response file (first: shard-000001)" in err
+    assert "generating 1 shards (1 already done)" in err
+    assert sorted(_keys(output)) == before == sorted(k for info in infos for k in info.keys)
+    assert output_status(output)["shards"]["unbacked"] == 0
+
+
+def test_overwrite_keeps_the_output_when_the_models_do_not_load(ray_session, tmp_path, capsys, fwrf_roots):
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    write_synthetic_shards(str(tmp_path / "in"), 2, 3, seed=3)
+    output = str(tmp_path / "out")
+    assert _generate(capsys, _write_config(tmp_path / "a.yaml", str(tmp_path / "in"), output, fwrf_roots[0]))[0] == 0
+    before = sorted(_keys(output))
+    broken = tmp_path / "broken_root"
+    shutil.copytree(fwrf_roots[0], broken)
+    (broken / fwrf_roots[2]).write_bytes(b"not a weight file")
+
+    code, err = _generate(capsys, _write_config(tmp_path / "b.yaml", str(tmp_path / "in"), output, str(broken)),
+                          "--overwrite")
+    line = _error_line(err)
+    assert code == 2 and "no worker could load the models" in line and "refusing to load" in line, line
+    assert sorted(_keys(output)) == before, "a run that cannot start must not discard the existing responses"
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_changed_setting_is_named_in_the_refusal(ray_session, tmp_path, capsys, fwrf_roots):
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    write_synthetic_shards(str(tmp_path / "in"), 1, 3, seed=5)
+    output = str(tmp_path / "out")
+    config = _write_config(tmp_path / "a.yaml", str(tmp_path / "in"), output, fwrf_roots[0])
+    assert _generate(capsys, config)[0] == 0
+    code, err = _generate(capsys, config, "--set", "readouts.0.outputs=[mean]")
+    line = _error_line(err)
+    assert code == 2 and 'readouts[0].outputs: ["responses", "mean"] -> ["mean"]' in line, line
+
+    code, err = _generate(capsys, config)
+    assert code == 0 and "nothing to do" in err
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "nothing-to-do"

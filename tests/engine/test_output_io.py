@@ -42,6 +42,108 @@ def test_listing_refuses_name_collisions(tmp_path):
         list_shards([str(tmp_path / "one"), str(tmp_path / "two")])
 
 
+def test_listing_skips_hidden_entries_and_takes_any_letter_case(tmp_path):
+    from berg_scale.io.shard_listing import list_shards
+
+    for name in ("s.tar", "UPPER.TAR", "z.TGZ", "._s.tar", ".Trash/old.tar", "sub/.cache/x.tar", "sub/t.tar"):
+        _touch(tmp_path / name)
+    assert [s.name for s in list_shards(str(tmp_path))] == ["UPPER.TAR", "s", "sub__t", "z.TGZ"]
+    assert [s.name for s in list_shards(str(tmp_path / "**" / "*.tar"))] == ["s", "sub__t"]
+    # A hidden file named on its own is what the user asked for.
+    assert [s.name for s in list_shards(str(tmp_path / "._s.tar"))] == ["shard._s"]
+
+
+def test_listing_refuses_one_file_under_two_names(tmp_path):
+    from berg_scale.errors import ConfigError
+    from berg_scale.io.shard_listing import list_shards
+
+    _touch(tmp_path / "in" / "a.tar")
+    _touch(tmp_path / "in" / "sub" / "b.tar")
+    with pytest.raises(ConfigError, match=r"matched twice by input.shards, as 'sub__b' and 'b'.*written twice"):
+        list_shards([str(tmp_path / "in"), str(tmp_path / "in" / "sub")])
+    # The same file under the same name twice (a pattern repeated) is one shard.
+    assert len(list_shards([str(tmp_path / "in"), str(tmp_path / "in" / "a.tar")])) == 2
+
+
+def test_listing_refuses_tars_the_reader_cannot_stream(tmp_path):
+    from berg_scale.errors import ConfigError
+    from berg_scale.io.shard_listing import list_shards
+
+    _touch(tmp_path / "s.tar")
+    _touch(tmp_path / "x.tar.xz")
+    with pytest.raises(ConfigError, match=r"x\.tar\.xz.*decompress them"):
+        list_shards(str(tmp_path))
+    assert [s.name for s in list_shards(str(tmp_path / "*.tar"))] == ["s"]
+
+
+def test_clear_output_removes_markers_before_responses(tmp_path):
+    from berg_scale.io.output_store import OutputStore, clear_output, done_shards, write_done_marker
+
+    store = OutputStore(str(tmp_path / "out"))
+    (tmp_path / "out" / "responses").mkdir(parents=True)
+    (tmp_path / "out" / "responses" / "s0.parquet").write_bytes(b"x")
+    write_done_marker(store, "s0", {})
+    removed: list[str] = []
+    original = store.remove_tree
+
+    def remove_tree(relative: str) -> None:
+        if relative == "responses":
+            raise OSError("storage went away")  # the clear stops midway
+        removed.append(relative)
+        original(relative)
+
+    store.remove_tree = remove_tree  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        clear_output(store)
+    assert done_shards(store) == set(), "no marker may outlive the response file it vouches for"
+    assert removed[:2] == ["_done", "_failed"]
+
+
+def test_status_reports_missing_response_files_stale_quarantine_and_a_dead_driver(tmp_path, capsys):
+    import socket
+    import subprocess
+    import time
+
+    from berg_scale.cli import main
+    from berg_scale.commands.status import output_status
+    from berg_scale.io.output_store import write_failed_marker, write_manifest
+
+    rows = [TarSample("k0", 0)]
+    outputs = {"m/sub-02/eeg": np.zeros((1, 24), np.float32), "m/sub-02/eeg:mean": np.zeros(1, np.float32)}
+    store, _ = _write_shard(tmp_path, rows, outputs, name="s0")
+    _write_shard(tmp_path, rows, outputs, name="s1")
+    (tmp_path / "out" / "responses" / "s1.parquet").unlink()
+    write_failed_marker(store, "gone", {"error": "truncated tar"})
+    write_manifest(store, {"status": "running", "input_shards": ["s0", "s1"]})
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    lease = {"run_id": "r1", "host": socket.gethostname(), "pid": exited.pid, "renewed_at": time.time(),
+             "ttl_s": 120}
+    (tmp_path / "out" / "_lease.json").write_text(json.dumps(lease))
+
+    summary = output_status(str(tmp_path / "out"))
+    assert summary["shards"] == {"total": 2, "done": 1, "failed": 0, "pending": 1, "unlisted": 0,
+                                 "unbacked": 1, "failed_not_listed": 1}
+    assert summary["run_status"] == "stopped" and summary["lease_holder_gone"]
+    assert summary["images"]["rows"] == 1, "a marker without its file counts no rows"
+    assert main(["status", str(tmp_path / "out")]) == 0, "a stale quarantine record is not a failure"
+    out = capsys.readouterr().out
+    assert "stopped before finishing" in out and "1 shard marker(s) without their response file (first: s1)" in out
+    assert "that process has exited" in out and "1 quarantine record(s)" in out and "gone: truncated" not in out
+
+
+def test_status_survives_a_closed_pipe(tmp_path):
+    import subprocess
+    import sys
+
+    rows = [TarSample("k0", 0)]
+    outputs = {"m/sub-02/eeg": np.zeros((1, 24), np.float32), "m/sub-02/eeg:mean": np.zeros(1, np.float32)}
+    _write_shard(tmp_path, rows, outputs, name="s0")
+    command = f"{sys.executable} -m berg_scale.cli status {tmp_path / 'out'} | head -c 1"
+    result = subprocess.run(["bash", "-c", f"set -o pipefail; {command} >/dev/null"], capture_output=True, text=True)
+    assert "error" not in result.stderr and "Broken pipe" not in result.stderr, result.stderr
+
+
 @pytest.mark.s3
 def test_listing_on_s3(s3_server, s3_bucket):
     from berg_scale.io.shard_listing import list_shards
@@ -162,7 +264,8 @@ def test_status_of_an_output(tmp_path, capsys):
     write_failed_marker(store, "s1", {"error": "truncated tar"})
     write_manifest(store, {"status": "incomplete", "input_shards": ["s0", "s1", "s2"]})
     summary = output_status(str(tmp_path / "out"))
-    assert summary["shards"] == {"total": 3, "done": 1, "failed": 1, "pending": 1, "unlisted": 0}
+    assert summary["shards"] == {"total": 3, "done": 1, "failed": 1, "pending": 1, "unlisted": 0,
+                                 "unbacked": 0, "failed_not_listed": 0}
     assert summary["images"] == {"rows": 2, "ok": 1, "errors": 1}
     assert main(["status", str(tmp_path / "out")]) == 1  # s1 is quarantined
     out = capsys.readouterr().out
