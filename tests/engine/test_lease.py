@@ -230,7 +230,9 @@ def test_status_counts_listed_shards_and_names_the_writer(tmp_path, capsys):
     output = str(tmp_path / "out")
     store = OutputStore(output)
     write_manifest(store, {"status": "running", "input_shards": ["a", "b", "c", "d"]})
+    (tmp_path / "out" / "responses").mkdir()
     for name in ("a", "b", "e"):
+        (tmp_path / "out" / "responses" / f"{name}.parquet").write_bytes(b"")
         write_done_marker(store, name, {"rows": 2, "ok": 2, "errors": 0})
     lease = OutputLease(store, "live-run")
     lease.acquire()
