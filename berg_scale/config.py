@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -154,6 +155,24 @@ class ReadoutConfig(_Strict):
             raise ValueError("list at least one of: responses, mean")
         return list(dict.fromkeys(value))
 
+    @field_validator("subjects")
+    @classmethod
+    def _some_subject(cls, value: list[int] | str) -> list[int] | str:
+        """An empty list would expand to no readout at all, so no column would be written."""
+        if value == []:
+            raise ValueError("list at least one subject, or leave the field out (or write all) "
+                             "for every subject of the model")
+        return value
+
+    @field_validator("rois", "selections")
+    @classmethod
+    def _some_selection(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        """An empty list would expand to no readout at all; leaving the field out is what
+        reads the model's whole output."""
+        if value is not None and not value:
+            raise ValueError(_empty_selection_advice(info.field_name or "rois", info.data.get("model")))
+        return value
+
     @model_validator(mode="after")
     def _one_selection_style(self) -> "ReadoutConfig":
         if self.rois is not None and self.selections is not None:
@@ -190,6 +209,17 @@ class ReadoutConfig(_Strict):
             for subject in self.subject_list()
             for selection in self.selection_list()
         ]
+
+
+def _empty_selection_advice(field: str, model: str | None) -> str:
+    """What to write instead of an empty `rois`/`selections` list, for this model if known."""
+    noun = "ROI" if field == "rois" else "selection"
+    if model is not None:
+        from berg_scale.models.registry import get_card
+
+        if get_card(model).selection_required:
+            return f"list at least one {noun} ({model} needs one)"
+    return f"list at least one {noun}, or leave the field out for the model's whole output"
 
 
 def resolve_exact_resize(precision: str, exact_resize: bool | None) -> bool:

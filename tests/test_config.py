@@ -69,6 +69,40 @@ def test_unknown_model_id_lists_the_known_ones():
     assert "fmri-nsd-fwrf" in message and "eeg-things_eeg_2-vit_b_32" in message
 
 
+def test_empty_outputs_are_refused_in_one_line():
+    message = _error(_base(readouts=[{"model": "fmri-nsd-fwrf", "rois": ["V1"], "outputs": []}]))
+    assert "readouts.0.outputs: list at least one of: responses, mean" in message
+
+
+@pytest.mark.parametrize(
+    ("readout", "expected"),
+    [
+        ({"model": "fmri-nsd-fwrf", "subjects": [], "rois": ["V1"]},
+         "readouts.0.subjects: list at least one subject, or leave the field out (or write all)"),
+        ({"model": "fmri-nsd_fsaverage-vit_b_32", "rois": []},
+         "readouts.0.rois: list at least one ROI, or leave the field out for the model's whole output"),
+        ({"model": "eeg-things_eeg_2-vit_b_32", "selections": []},
+         "readouts.0.selections: list at least one selection, or leave the field out"),
+        ({"model": "fmri-nsd-fwrf", "rois": []},
+         "readouts.0.rois: list at least one ROI (fmri-nsd-fwrf needs one)"),
+    ],
+)
+def test_empty_subject_and_selection_lists_are_refused_in_one_line(readout, expected):
+    """An empty list would expand to no readout: no column, and a run that fails only after Ray started."""
+    assert expected in _error(_base(readouts=[readout]))
+
+
+def test_an_empty_list_set_on_the_command_line_is_refused_too():
+    assert "readouts.0.subjects: list at least one subject" in _error(
+        _base(), overrides=["readouts.0.subjects=[]"])
+
+
+def test_leaving_subjects_and_selections_out_still_means_all():
+    config = load_config(_base(readouts=[{"model": "fmri-nsd_fsaverage-vit_b_32"}]))
+    specs = config.readout_specs()
+    assert [s.subject for s in specs] == list(range(1, 9)) and {s.selection for s in specs} == {None}
+
+
 def test_invalid_roi_fails_before_anything_runs():
     config = load_config(_base(readouts=[{"model": "fmri-nsd-fwrf", "subjects": [1], "rois": ["V9"]}]))
     with pytest.raises(ConfigError, match="readouts.0 .fmri-nsd-fwrf.: Invalid ROI: 'V9'"):

@@ -13,8 +13,14 @@ through Ray's object store, each as two objects:
   from shared memory without a copy and hands on by reference to the decode processes
   (they map it too), or slices into the tensors nvJPEG decodes.
 
+The last `ChunkRows` also carries the reader's notes about members of no row (hidden
+files, for instance), which are known only once the whole tar has been read; a shard
+without a single sample sends one pair of an empty `ChunkRows` with those notes and an
+empty blob.
+
 Either way the pipeline sees the same `ReadChunk`s: the same samples, in tar order,
-cut at the same places, with the reader's errors unchanged.
+cut at the same places, with the reader's errors and notes unchanged, and the same
+shard notes in the list it handed in.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ class ChunkRows:
     starts: np.ndarray
     lengths: np.ndarray
     headers: list[CheckedHeader] | None
+    shard_notes: tuple[str, ...] = ()  # on the shard's last chunk only
 
 
 def with_reasons(samples: Iterable[TarSample]) -> Iterator[TarSample]:
@@ -97,11 +104,13 @@ def with_reasons(samples: Iterable[TarSample]) -> Iterator[TarSample]:
         yield sample
 
 
-def iter_samples(url: str, storage: StorageOptions | None) -> Iterator[TarSample]:
-    """Samples of one tar in order, via the shared shard reader (which raises on a damaged tar)."""
+def iter_samples(url: str, storage: StorageOptions | None,
+                 shard_notes: list[str] | None = None) -> Iterator[TarSample]:
+    """Samples of one tar in order, via the shared shard reader (which raises on a damaged
+    tar); notes about members of no row go to `shard_notes` once the tar is read."""
     from berg_scale.io.shard_reader import iter_shard_samples
 
-    return with_reasons(iter_shard_samples(url, storage))
+    return with_reasons(iter_shard_samples(url, storage, shard_notes=shard_notes))
 
 
 def sample_chunks(samples: Iterable[TarSample], size: int) -> Iterator[list[TarSample]]:
@@ -111,6 +120,18 @@ def sample_chunks(samples: Iterable[TarSample], size: int) -> Iterator[list[TarS
         if not chunk:
             return
         yield chunk
+
+
+def chunks_and_end(samples: Iterable[TarSample], size: int) -> Iterator[tuple[list[TarSample], bool]]:
+    """The chunks of `sample_chunks`, each with whether it is the last. One sample is read
+    past a full chunk, so the reader has finished (and its shard notes are complete) by
+    the time the last chunk is given out, without holding a whole chunk back."""
+    iterator = iter(samples)
+    chunk = list(islice(iterator, size))
+    while chunk:
+        following = list(islice(iterator, 1)) if len(chunk) == size else []
+        yield chunk, not following
+        chunk = following + list(islice(iterator, size - 1)) if following else []
 
 
 def _payloads(chunk: list[TarSample]) -> list[bytes | None]:
@@ -125,14 +146,18 @@ def chunks_read_here(samples: Iterable[TarSample], size: int) -> Iterator[ReadCh
 
 def read_chunk_objects(url: str, storage: StorageOptions | None, batch_size: int,
                        check_headers_below: int | None = None) -> Iterator[ChunkRows | np.ndarray]:
-    """The body of a decode process's `read`: per chunk a `ChunkRows`, then its blob.
+    """The body of a decode process's `read`: per chunk a `ChunkRows`, then its blob; the
+    last `ChunkRows` carries the shard's notes.
 
     `check_headers_below` (the pixel limit) also checks every image's header, as the GPU
     decoder would before handing it to nvJPEG, so the worker does not have to.
     """
     from berg_scale.io.batch_decode_gpu import check_header
 
-    for chunk in sample_chunks(iter_samples(url, storage), batch_size):
+    shard_notes: list[str] = []
+    empty = True
+    for chunk, last in chunks_and_end(iter_samples(url, storage, shard_notes), batch_size):
+        empty = False
         payloads = _payloads(chunk)
         lengths = np.array([-1 if data is None else len(data) for data in payloads], dtype=np.int64)
         starts = np.zeros(len(chunk), dtype=np.int64)
@@ -143,17 +168,23 @@ def read_chunk_objects(url: str, storage: StorageOptions | None, batch_size: int
         if check_headers_below is not None:
             headers = [None if data is None else check_header(data, check_headers_below) for data in payloads]
         rows = [dataclasses.replace(sample, image=None) if sample.image is not None else sample for sample in chunk]
-        yield ChunkRows(rows, starts, lengths, headers)
+        yield ChunkRows(rows, starts, lengths, headers, tuple(shard_notes) if last else ())
         yield blob
+    if empty and shard_notes:  # no chunk to carry them
+        nothing = np.zeros(0, dtype=np.int64)
+        yield ChunkRows([], nothing, nothing, None, tuple(shard_notes))
+        yield np.zeros(0, dtype=np.uint8)
 
 
 def chunks_read_in_pool(pool: Any, url: str, storage: StorageOptions | None, batch_size: int,
-                        check_headers_below: int | None = None) -> Iterator[ReadChunk]:
+                        check_headers_below: int | None = None,
+                        shard_notes: list[str] | None = None) -> Iterator[ReadChunk]:
     """Chunks read by one of `pool`'s processes; the blobs stay in the object store.
 
     An error raised by the reader (a damaged tar, a storage error) is raised here as
     itself, so the worker rejects or retries the shard exactly as if it had read it.
-    Closing the iterator stops the remote reader.
+    The reader's notes about members of no row are added to `shard_notes`, as
+    `iter_samples` adds them in this process. Closing the iterator stops the remote reader.
     """
     import ray
     from ray.exceptions import RayTaskError
@@ -173,7 +204,10 @@ def chunks_read_in_pool(pool: Any, url: str, storage: StorageOptions | None, bat
                     raise cause from None
                 raise
             blob_ref = next(stream.objects)
-            yield ReadChunk(meta.rows, BlobPayloads(blob_ref, meta.starts, meta.lengths), meta.headers)
+            if shard_notes is not None:
+                shard_notes.extend(meta.shard_notes)
+            if meta.rows:
+                yield ReadChunk(meta.rows, BlobPayloads(blob_ref, meta.starts, meta.lengths), meta.headers)
     finally:
         stream.close()
 

@@ -34,6 +34,9 @@ from berg_scale.io.storage import StorageOptions
 from berg_scale.io.tar_sample import TarSample
 
 STAGES = ("read", "decode", "model", "write")
+# Notes a commit marker quotes with their keys; the rest are only counted, so a shard with
+# a note on every sample keeps a small marker.
+NOTE_EXAMPLES = 10
 
 
 class ShardRejected(BergScaleError):
@@ -88,6 +91,21 @@ class ShardStats:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     error_reasons: Counter = field(default_factory=Counter)
     decoded_on: Counter = field(default_factory=Counter)
+    notes: int = 0
+    note_examples: list[dict[str, str | None]] = field(default_factory=list)
+
+    def add_note(self, key: str | None, note: str) -> None:
+        """Count a note, and keep it with its key (None: the shard's) while there is room."""
+        self.notes += 1
+        if len(self.note_examples) < NOTE_EXAMPLES:
+            self.note_examples.append({"key": key, "note": note})
+
+    def marker_notes(self, shard_notes: list[str]) -> dict[str, Any]:
+        """The marker's `notes` and `note_examples`: the shard's own notes first (a few, each
+        summing up many members), then the samples' in row order."""
+        shard_level = [{"key": None, "note": note} for note in shard_notes]
+        return {"notes": self.notes + len(shard_notes),
+                "note_examples": (shard_level + self.note_examples)[:NOTE_EXAMPLES]}
 
 
 def process_shard(
@@ -132,17 +150,20 @@ def process_shard(
     reader: ReadAhead[Any]
     read_chunks: Iterator[ReadChunk]
     deepen_reader_to = 0  # the reader's depth once the first chunk is decoded (0: as it is)
+    shard_notes: list[str] = []  # the reader's notes about members of no row, complete once it is read
     if pool is not None and samples is None and settings.pool_reads and pool.reads(shard.url):
         check_headers_below = settings.options.max_pixels if use_gpu else None
         # One chunk ahead until the model has its first batch, then the full depth: the
         # reading process also decodes, and a full read-ahead at the shard's start would
         # take its CPU from the first chunk's decode, which the model is waiting for.
         read_chunks = reader = ReadAhead(
-            chunks_read_in_pool(pool, shard.url, settings.storage, settings.batch_size, check_headers_below),
+            chunks_read_in_pool(pool, shard.url, settings.storage, settings.batch_size, check_headers_below,
+                                shard_notes),
             depth=1, name=f"read-{shard.name}")
         deepen_reader_to = max(1, -(-settings.read_ahead // settings.batch_size))
     else:
-        source = with_reasons(samples) if samples is not None else iter_samples(shard.url, settings.storage)
+        source = (with_reasons(samples) if samples is not None
+                  else iter_samples(shard.url, settings.storage, shard_notes))
         reader = ReadAhead(source, depth=settings.read_ahead, name=f"read-{shard.name}")
         read_chunks = chunks_read_here(reader, settings.batch_size)
     if pool is not None and not use_gpu:
@@ -215,6 +236,7 @@ def process_shard(
         "ok": stats.ok,
         "errors": stats.errors,
         "error_reasons": dict(stats.error_reasons.most_common(20)),
+        **stats.marker_notes(shard_notes),
         "decoded_on": dict(stats.decoded_on),
         "attempt": attempt,
         "worker": worker or {},
@@ -255,11 +277,14 @@ class DecodedChunk:
 
 def account_rows(chunk: list[TarSample], errors: list[str | None], decoded_on: list[str | None],
                  stats: ShardStats) -> list[TarSample]:
-    """One row per sample, in order, with its error reason (tar-level or decode-level)."""
+    """One row per sample, in order, with its error reason (tar-level or decode-level); the
+    samples' notes are counted for the commit marker, which is where they reach the user."""
     rows: list[TarSample] = []
     for sample, error, where in zip(chunk, errors, decoded_on):
         row = sample.decoded(error)
         rows.append(row)
+        for note in row.notes:
+            stats.add_note(row.key, note)
         reason = row.error
         if reason is None:
             stats.decoded_on[where or "cpu"] += 1

@@ -25,12 +25,16 @@ the order of the members. The rules (also in docs/engine.md, "How tars are read"
 * **Member types.** Hard links resolve to the bytes of the member they link to.
   Symbolic links, devices and FIFOs are never followed: named like an image (or json)
   they give an error row (or note) naming the member. Folders are skipped.
+* **Members of no row.** Hidden members (a basename starting with `.`, such as macOS's
+  AppleDouble `._x.jpg`), members without an extension and members of a key whose row
+  was already given out belong to no sample. They are skipped, but never silently: each
+  kind becomes one shard note (`shard_notes`) with its count and its first member.
 
 Two kinds of trouble are kept apart:
 
 * **Sample problems** (no image member, an oversized member, an unreadable json) are
   reported on the sample itself (`TarSample.error` / `notes`), so they become error
-  rows and the rest of the shard still counts.
+  rows (or notes in the shard's commit marker) and the rest of the shard still counts.
 * **Archive problems** (cut short, a garbage header, not a tar at all, a damaged gzip
   stream) raise `ShardReadError`. Python's tarfile quietly stops at a damaged header
   after the first one; here the end of the archive is verified, so a truncated shard
@@ -141,6 +145,11 @@ def _split_normalised(name: str) -> tuple[str, str] | None:
         return None
     key = f"{directory}/{stem}" if directory else stem
     return key, ext.lower()
+
+
+def _unkeyed_kind(name: str) -> str:
+    """Why a normalised member name gives no key: hidden, or without an extension."""
+    return "hidden" if posixpath.basename(name).startswith(".") else "no extension"
 
 
 def image_field(extensions: list[str]) -> str | None:
@@ -512,6 +521,27 @@ def _member_kind(member: tarfile.TarInfo) -> str:
     return f"has tar member type {kind!r}, which holds no file data"
 
 
+class _SkippedMembers:
+    """Members that belong to no row, as a count and the first one's name: one note per
+    kind tells the user what was left out, however many members a shard holds."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template  # fields: count, members ("member"/"members"), first
+        self.count = 0
+        self.first = ""
+
+    def add(self, shown: str) -> None:
+        if not self.count:
+            self.first = shown
+        self.count += 1
+
+    def note(self) -> str | None:
+        if not self.count:
+            return None
+        members = "member" if self.count == 1 else "members"
+        return self.template.format(count=self.count, members=members, first=self.first)
+
+
 class _KeyedSamples:
     """One sample per key from the member stream of one tar (rules: module docstring)."""
 
@@ -534,6 +564,17 @@ class _KeyedSamples:
         # normalised member name -> (offset_data, size) of the bytes it names, so a hard
         # link can be read; a later member of the same name replaces it, as on extraction
         self.locations: dict[str, tuple[int, int]] = {}
+        self.skipped = {
+            "hidden": _SkippedMembers("{count} hidden {members} skipped (first: {first!r})"),
+            "no extension": _SkippedMembers("{count} {members} without an extension skipped (first: {first!r})"),
+            "late": _SkippedMembers(
+                "{count} {members} ignored after the key's row was given out (first: {first!r})"),
+        }
+
+    def shard_notes(self) -> list[str]:
+        """The notes about members of no row, once the whole archive has been read."""
+        notes = (skipped.note() for skipped in self.skipped.values())
+        return [note for note in notes if note is not None]
 
     def __iter__(self) -> Iterator[TarSample]:
         handle = self.stream.handle
@@ -559,6 +600,8 @@ class _KeyedSamples:
             self._locate(member, name)
             parsed = _split_normalised(name)
             if parsed is None:
+                if name:
+                    self.skipped[_unkeyed_kind(name)].add(escape_name(member.name))
                 continue
             key, ext = parsed
             wanted = _wanted(ext)
@@ -571,6 +614,8 @@ class _KeyedSamples:
                 current = self._builder_for(key)
             if not current.late:
                 self._add(current, member, name, ext, wanted)
+            elif wanted:
+                self.skipped["late"].add(escape_name(member.name))
         _verify_end_of_archive(self.url, handle, archive.offset)
         if self.stream.compressed:
             self.stream.drain()
@@ -687,6 +732,7 @@ def iter_shard_samples(
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
     link_cache_bytes: int = DEFAULT_LINK_CACHE_BYTES,
+    shard_notes: list[str] | None = None,
 ) -> Iterator[TarSample]:
     """Yield one sample per key of one shard; raises ShardReadError on a damaged tar.
 
@@ -696,10 +742,17 @@ def iter_shard_samples(
     `max_pending_bytes` in all; beyond that the shard is refused with advice to re-pack
     it, rather than memory growing with the shard. Compressed shards keep the bytes of
     recent members (`link_cache_bytes`) so that hard links to them need no second pass.
+
+    Members that belong to no sample (hidden, without an extension, late) are appended to
+    `shard_notes`, one note per kind, once the last sample has been yielded: they are known
+    only at the end of the archive, and no sample is theirs to carry the note.
     """
     stream = _ShardStream(url, storage, chunk_bytes, read_ahead_bytes, link_cache_bytes)
     try:
-        yield from _KeyedSamples(stream, max_member_bytes, max_json_bytes, max_pending_bytes)
+        samples = _KeyedSamples(stream, max_member_bytes, max_json_bytes, max_pending_bytes)
+        yield from samples
+        if shard_notes is not None:
+            shard_notes.extend(samples.shard_notes())
     except _DAMAGED_GZIP as exc:
         if not stream.compressed:
             raise

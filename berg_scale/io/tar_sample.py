@@ -21,8 +21,9 @@ class TarSample:
     Unpacks as `(key, index, image, image_ext, json)`. `index` is the key's rank by first
     appearance in the tar (unique within the shard). Fresh from the reader, `error` is set
     exactly when `image` is None and says why; `notes` records non-fatal oddities (an
-    unreadable json member, extra image members). `json` is the parsed sidecar, the source
-    of the `input.metadata` columns. After decoding (`decoded`) the bytes are released and
+    unreadable json member, extra image members), which the shard's commit marker counts
+    and quotes (a note never changes a row). `json` is the parsed sidecar, the source of
+    the `input.metadata` columns. After decoding (`decoded`) the bytes are released and
     `error` is the row's error: the reader's reason, else the decoder's, else None (ok).
     """
 

@@ -1,0 +1,139 @@
+"""Members that belong to no row (hidden files, names without an extension, members of a
+key whose row was already given out) are skipped, but each kind leaves one shard note
+with its count and its first member; a chunk stream read by a decode process carries
+those notes after its last chunk."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from berg_scale.io.shard_reader import iter_shard_samples, read_shard
+from berg_scale.synthetic.shards import encode, synthetic_image
+
+APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "  # what `._x.jpg` holds
+
+
+def _image(seed: int, ext: str = "jpg") -> bytes:
+    return encode(synthetic_image(np.random.default_rng(seed), 20, 16), ext)
+
+
+def _python_tar(path: Path, entries: list[tuple[str, bytes]]) -> str:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def _read(url: str) -> tuple[dict, list[str]]:
+    shard_notes: list[str] = []
+    samples = {sample.key: sample for sample in iter_shard_samples(url, shard_notes=shard_notes)}
+    return samples, shard_notes
+
+
+def test_hidden_members_are_skipped_with_one_note_naming_the_first(tmp_path):
+    url = _python_tar(tmp_path / "mac.tar", [
+        ("photos/._cat.jpg", APPLE_DOUBLE),
+        ("photos/cat.jpg", _image(1)),
+        (".hidden.jpg", _image(2)),
+        ("photos/._dog.jpg", APPLE_DOUBLE),
+        ("photos/dog.jpg", _image(3)),
+    ])
+    samples, shard_notes = _read(url)
+    assert sorted(samples) == ["photos/cat", "photos/dog"]
+    assert all(sample.ok and not sample.notes for sample in samples.values())
+    assert shard_notes == ["3 hidden members skipped (first: 'photos/._cat.jpg')"]
+
+
+def test_names_without_an_extension_and_late_members_are_noted_once_per_kind(tmp_path):
+    url = _python_tar(tmp_path / "odd.tar", [
+        ("a.jpg", _image(1)),
+        ("README", b"about these images"),
+        ("b.jpg", _image(2)),
+        ("a.png", _image(3, "png")),  # a's row is out: a second image adds no row
+        ("a.json", b"{}"),  # nor does a json that comes long after its image
+        ("LICENSE", b"CC-BY"),
+        ("a.txt", b"not read in any case"),
+    ])
+    samples, shard_notes = _read(url)
+    assert sorted(samples) == ["a", "b"] and samples["a"].json is None
+    assert shard_notes == [
+        "2 members without an extension skipped (first: 'README')",
+        "2 members ignored after the key's row was given out (first: 'a.png')",
+    ]
+
+
+def test_a_member_note_is_valid_text_whatever_the_name(tmp_path):
+    path = tmp_path / "latin.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as archive:
+        for name, data in (("._caf\xe9.jpg", APPLE_DOUBLE), ("cafe.jpg", _image(1))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    samples, shard_notes = _read(str(path))
+    assert list(samples) == ["cafe"]
+    assert shard_notes == ["1 hidden member skipped (first: '._caf%E9.jpg')"]
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
+def test_gnu_tar_of_a_folder_copied_from_a_mac(tmp_path):
+    src = tmp_path / "src"
+    (src / "photos").mkdir(parents=True)
+    (src / "photos" / "cat.jpg").write_bytes(_image(1))
+    (src / "photos" / "._cat.jpg").write_bytes(APPLE_DOUBLE)
+    (src / ".DS_Store").write_bytes(b"Bud1")
+    url = str(tmp_path / "mac.tar")
+    subprocess.run(["tar", "cf", url, "--sort=name", "-C", str(src), "."], check=True)
+    samples, shard_notes = _read(url)
+    assert list(samples) == ["photos/cat"]
+    assert shard_notes == ["2 hidden members skipped (first: './.DS_Store')"]
+
+
+def test_a_shard_without_skipped_members_has_no_shard_notes(tmp_path):
+    url = _python_tar(tmp_path / "plain.tar", [("a.jpg", _image(1)), ("a.json", b"{}")])
+    samples, shard_notes = _read(url)
+    assert list(samples) == ["a"] and shard_notes == []
+    assert [s.key for s in read_shard(url)] == ["a"]  # the list is optional
+
+
+def test_a_decode_process_sends_the_shard_notes_with_its_last_chunk(tmp_path):
+    """No Ray needed: the body of the process's read, as a plain generator."""
+    from berg_scale.engine.chunk_reading import ChunkRows, chunks_read_here, iter_samples, read_chunk_objects
+
+    for n_images in (3, 4):  # the last chunk part full, and full
+        entries = [(f"img-{i}.jpg", _image(i)) for i in range(n_images)]
+        url = _python_tar(tmp_path / f"x{n_images}.tar", [("._img-0.jpg", APPLE_DOUBLE), *entries])
+        here_notes: list[str] = []
+        here = list(chunks_read_here(iter_samples(url, None, here_notes), 2))
+        objects = list(read_chunk_objects(url, None, 2))
+        assert len(objects) == 2 * len(here) == 4
+        metas = objects[0::2]
+        assert all(isinstance(meta, ChunkRows) for meta in metas)
+        assert [meta.rows for meta in metas] == [[dataclasses.replace(r, image=None) for r in c.rows] for c in here]
+        assert [meta.shard_notes for meta in metas] == [(), tuple(here_notes)]
+        assert here_notes == ["1 hidden member skipped (first: '._img-0.jpg')"]
+    only_junk = _python_tar(tmp_path / "junk.tar", [("._a.jpg", APPLE_DOUBLE), ("notes", b"x")])
+    meta, blob = read_chunk_objects(only_junk, None, 2)
+    assert meta.rows == [] and len(blob) == 0 and meta.shard_notes == (
+        "1 hidden member skipped (first: '._a.jpg')",
+        "1 member without an extension skipped (first: 'notes')",
+    )
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_chunks_know_which_is_last_and_cut_as_before(size):
+    from berg_scale.engine.chunk_reading import chunks_and_end, sample_chunks
+
+    for n in range(7):
+        chunks = list(chunks_and_end(range(n), size))
+        assert [chunk for chunk, _ in chunks] == list(sample_chunks(range(n), size))
+        assert [last for _, last in chunks] == [i == len(chunks) - 1 for i in range(len(chunks))]
