@@ -47,7 +47,7 @@ def output_status(output: str, storage=None) -> dict:
     listed_done = done & inputs if inputs else done
     listed_failed = failed & inputs if inputs else failed
     pending = sorted(inputs - done - failed)
-    totals = {"rows": 0, "ok": 0, "errors": 0}
+    totals = {"rows": 0, "ok": 0, "errors": 0, "notes": 0}
     for marker in read_done_markers(store, done).values():
         for key in totals:
             totals[key] += int(marker.get(key, 0))
@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"shards:  {shards['done']} done, {shards['failed']} failed, {shards['pending']} pending, "
           f"of {shards['total']}")
     print(f"images:  {images['rows']} rows, {images['ok']} ok, {images['errors']} error rows")
+    if images["notes"]:
+        print(f"notes:   {images['notes']} reader note(s): members left out or sidecars not read "
+              f"(`note_examples` in _done/<shard>.json quotes them)")
     if shards["unlisted"]:
         print(f"unlisted: {shards['unlisted']} committed shard(s) not in run.json's input shards "
               f"(first: {summary['unlisted'][0]})")

@@ -259,14 +259,15 @@ def test_status_of_an_output(tmp_path, capsys):
     outputs = {"m/sub-02/eeg": np.zeros((1, 24), np.float32), "m/sub-02/eeg:mean": np.zeros(1, np.float32)}
     store, _ = _write_shard(tmp_path, rows, outputs, name="s0")
     json_marker = json.loads((tmp_path / "out" / "_done" / "s0.json").read_text())
-    json_marker.update(ok=1, errors=1)
+    json_marker.update(ok=1, errors=1, notes=2)
     (tmp_path / "out" / "_done" / "s0.json").write_text(json.dumps(json_marker))
     write_failed_marker(store, "s1", {"error": "truncated tar"})
     write_manifest(store, {"status": "incomplete", "input_shards": ["s0", "s1", "s2"]})
     summary = output_status(str(tmp_path / "out"))
     assert summary["shards"] == {"total": 3, "done": 1, "failed": 1, "pending": 1, "unlisted": 0,
                                  "unbacked": 0, "failed_not_listed": 0}
-    assert summary["images"] == {"rows": 2, "ok": 1, "errors": 1}
+    assert summary["images"] == {"rows": 2, "ok": 1, "errors": 1, "notes": 2}
     assert main(["status", str(tmp_path / "out")]) == 1  # s1 is quarantined
     out = capsys.readouterr().out
     assert "1 done, 1 failed, 1 pending, of 3" in out and "s1: truncated tar" in out
+    assert "notes:   2 reader note(s)" in out
