@@ -1,9 +1,9 @@
-"""Categorical selectivity: is univariate control stronger between areas that prefer the same category?
+"""Categorical selectivity: is RNC control stronger between areas that prefer the same category?
 
-Follow-up of univariate RNC (the RNC paper's categorical-selectivity analysis). Reads a
-cross-validated `berg-scale rnc univariate` study over EBA, FFA, PPA and RSC (all 6 pairs;
-FFA = FFA-1 + FFA-2 as in the study) and the responses it read, and groups the pairs by the
-category their areas prefer:
+Follow-up of univariate or multivariate RNC (the RNC paper's categorical-selectivity
+analysis). Over a cross-validated `berg-scale rnc univariate` study over EBA, FFA, PPA and
+RSC (all 6 pairs; FFA = FFA-1 + FFA-2 as in the study) it reads the study and the responses
+it read, and groups the pairs by the category their areas prefer:
 
   same category      = {EBA-FFA (bodies/faces), PPA-RSC (places)}
   different category = {EBA-PPA, EBA-RSC, FFA-PPA, FFA-RSC}

@@ -1,8 +1,9 @@
-"""Cortical distance: does univariate control weaken or strengthen with distance along V1-V2-V3-hV4?
+"""Cortical distance: does RNC control weaken or strengthen with distance along V1-V2-V3-hV4?
 
-Follow-up of univariate RNC (the RNC paper's cortical-distance analysis). Reads a
-cross-validated `berg-scale rnc univariate` study over V1, V2, V3 and hV4 (all 6 pairs) and
-the responses it read, and groups the pairs by how many steps apart the two areas are:
+Follow-up of univariate or multivariate RNC (the RNC paper's cortical-distance analysis).
+Over a cross-validated `berg-scale rnc univariate` study over V1, V2, V3 and hV4 (all 6
+pairs) it reads the study and the responses it read, and groups the pairs by how many steps
+apart the two areas are:
 
   d1 = {V1-V2, V2-V3, V3-hV4}    d2 = {V1-V3, V2-hV4}    d3 = {V1-hV4}
 

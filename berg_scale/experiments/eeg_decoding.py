@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from berg_scale.errors import BergScaleError
-from berg_scale.experiments.outputs import write_experiment_outputs
+from berg_scale.experiments.outputs import add_no_figures_option, output_names, write_experiment_outputs
 
 EEG_DIMS = ["repetition", "channel", "time"]
 DEFAULT_CHANNEL_SET = "occipitoparietal"
@@ -320,7 +320,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-folds", type=int, default=DEFAULT_LABEL_FOLDS, metavar="K",
                         help=f"stratified folds over images for the label (default {DEFAULT_LABEL_FOLDS})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-plots", action="store_true")
+    add_no_figures_option(parser, first="--no-plots")
     parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
 
 
@@ -334,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
             responses=args.responses, labels_path=args.labels, label_column=args.label_column, out=args.out, subjects=args.subjects,
             channels=args.channels, max_pairs=args.max_pairs, n_bootstrap=args.bootstrap,
             shrinkage=args.shrinkage, label_folds=args.label_folds, seed=args.seed,
-            plots=not args.no_plots, storage=storage,
+            plots=not args.no_figures, storage=storage,
         )
     print(f"labels: {summary['label_report']['description']}")
     print(f"{summary['n_exemplars']} exemplars ({', '.join(f'{n} {k}' for k, n in summary['label_counts'].items())}), "
@@ -342,13 +342,31 @@ def run(args: argparse.Namespace) -> int:
           f"{', '.join(str(s) for s in summary['subjects'])}")
     for analysis in ANALYSES:
         peak = summary["peaks"][analysis]
-        ci = ("" if peak["ci_low_ms"] is None else
-              f", {int(CI_LEVEL * 100)}% CI {peak['ci_low_ms']:g}-{peak['ci_high_ms']:g} ms")
-        print(f"{_analysis_title(analysis, summary)} peaks at {peak['peak_ms']:g} ms "
-              f"({peak['peak_accuracy']:.1f}% accuracy{ci})")
+        ci = format_peak_ci(peak, len(summary["subjects"]))
+        print(f"{_analysis_title(analysis, summary)} peaks at {format_ms(peak['peak_ms'])} ms "
+              f"({peak['peak_accuracy']:.1f}% accuracy{', ' + ci if ci else ''})")
     for path in summary["files"]:
         print(f"wrote {path}")
     return 0
+
+
+def format_ms(value: float) -> str:
+    """A latency in ms with a typographic minus, so that a negative bound never reads as a dash."""
+    return f"{value:g}".replace("-", "−")
+
+
+def format_peak_ci(peak: dict[str, Any], n_subjects: int) -> str:
+    """'95% CI 90 to 120 ms'; '' without a CI; for one subject, or when every resample peaks at
+    the same time, the interval has no width and says so instead of repeating one bound."""
+    low, high = peak.get("ci_low_ms"), peak.get("ci_high_ms")
+    if low is None or high is None:
+        return ""
+    level = f"{int(round(peak.get('ci_level', CI_LEVEL) * 100))}% CI"
+    if n_subjects < 2:
+        return f"no {level} with 1 subject"
+    if low == high:
+        return f"{level} {format_ms(low)} ms (every resample peaks there)"
+    return f"{level} {format_ms(low)} to {format_ms(high)} ms"
 
 
 def _analysis_title(analysis: str, summary: dict[str, Any]) -> str:
@@ -506,13 +524,15 @@ def decoding_table(curves: dict[str, np.ndarray], subjects: Sequence[int], times
                      "time_ms": pa.array(time_col, pa.float64()), "accuracy": pa.array(acc_col, pa.float64())})
 
 
+FIGURE = "eeg_decoding"
+
+
 def _write_outputs(out: str, storage: Any, curves: dict[str, np.ndarray], subjects: list[int],
                    times_ms: np.ndarray, summary: dict[str, Any], plots: bool) -> list[str]:
-
-
-    drawn = {"eeg_decoding": decoding_figure(curves, times_ms, summary)} if plots else {}
+    """decoding.parquet, summary.json and (with `plots`) the figure under `out`; returns the URLs."""
+    drawn = {FIGURE: decoding_figure(curves, times_ms, summary)} if plots else {}
     return write_experiment_outputs(out, storage, {"decoding": decoding_table(curves, subjects, times_ms)},
-                                    drawn, summary)
+                                    drawn, summary, known=output_names(("decoding",), (FIGURE,)))
 
 
 COLOURS = {"exemplar": "#1f4e9c", "label": "#c2410c"}
@@ -537,9 +557,9 @@ def decoding_figure(curves: dict[str, np.ndarray], times_ms: np.ndarray, summary
             sem = block.std(axis=0, ddof=1) / math.sqrt(n_subjects)
             ax.fill_between(times_ms, mean - sem, mean + sem, color=colour, alpha=0.25, lw=0)
         peak = summary["peaks"][analysis]
-        ci = ("" if peak["ci_low_ms"] is None or n_subjects < 2 else
-              f" ({int(CI_LEVEL * 100)}% CI {peak['ci_low_ms']:g}–{peak['ci_high_ms']:g})")
-        ax.axvline(peak["peak_ms"], color=colour, ls="--", lw=1.3, label=f"Peak {peak['peak_ms']:g} ms{ci}")
+        ci = format_peak_ci(peak, n_subjects) if n_subjects > 1 else ""
+        ax.axvline(peak["peak_ms"], color=colour, ls="--", lw=1.3,
+                   label=f"Peak {format_ms(peak['peak_ms'])} ms" + (f" ({ci})" if ci else ""))
     ax.axhline(summary["chance_accuracy"], color="0.35", lw=1, ls=":", label="Chance (50%)")
     ax.axvline(0, color="0.6", lw=0.8)
     ax.set_xlim(float(times_ms[0]), float(times_ms[-1]))

@@ -1,6 +1,7 @@
 """Label tables: which category each image belongs to, joined to committed responses.
 
-A label table is a CSV or Parquet file with a `label` column and either a `key` column
+A label table is a CSV or Parquet file with a label column (`label`, or the column that
+the experiment's --label-column names) and either a `key` column
 (image keys, unique across the output) or `shard` + `key` columns (when keys repeat
 across shards). Experiments never drop an image silently: keys in the table that the
 responses lack, and responses whose key has no label, are counted and reported, and
@@ -76,23 +77,24 @@ def read_label_table(path: str, storage: StorageOptions | None = None, label_col
     import pyarrow.parquet as pq
 
     fs, local = filesystem_for(path, storage)
+    if not fs.exists(local):
+        raise LabelError(f"label table {path} does not exist: check --labels")
     try:
-        with fs.open(local, "rb") as handle:
-            if posixpath.splitext(local)[1].lower() in (".parquet", ".pq"):
-                table = pq.read_table(handle)
-            else:
-                convert = pcsv.ConvertOptions(column_types={"key": pa.string(), "shard": pa.string(),
-                                                            label_column: pa.string()})
-                table = pcsv.read_csv(handle, convert_options=convert)
+        # Read by path (Parquet) or from bytes (CSV), never through a Python file object,
+        # whose reads from pyarrow's threads can abort the interpreter at exit.
+        if posixpath.splitext(local)[1].lower() in (".parquet", ".pq"):
+            table = pq.read_table(local, filesystem=fs)
+        else:
+            convert = pcsv.ConvertOptions(column_types={"key": pa.string(), "shard": pa.string(),
+                                                        label_column: pa.string()})
+            table = pcsv.read_csv(pa.BufferReader(fs.cat_file(local)), convert_options=convert)
     except FileNotFoundError:
         raise LabelError(f"label table {path} does not exist: check --labels") from None
     except (pa.ArrowInvalid, OSError) as exc:
         raise LabelError(f"cannot read label table {path} ({' '.join(str(exc).split())[:200]}): "
                          f"expected a CSV or Parquet file with columns key,{label_column}") from None
+    check_columns(path, table.column_names, label_column)
     names = set(table.column_names)
-    if "key" not in names or label_column not in names:
-        raise LabelError(f"label table {path} needs columns 'key' and {label_column!r} "
-                         f"(optionally 'shard'); it has {', '.join(sorted(names)) or 'none'}")
     keys = [str(k) for k in table.column("key").to_pylist()]
     labels = table.column(label_column).to_pylist()
     uses_shard = "shard" in names
@@ -110,6 +112,19 @@ def read_label_table(path: str, storage: StorageOptions | None = None, label_col
     if not by_key:
         raise LabelError(f"label table {path} has no rows")
     return LabelTable(source=path, by_key=by_key, uses_shard=uses_shard)
+
+
+def check_columns(path: str, columns: Sequence[str], label_column: str) -> None:
+    """One-line errors for a table without a key or label column, naming its columns and --label-column."""
+    have = ", ".join(columns) or "none"
+    if "key" not in columns:
+        raise LabelError(f"label table {path} needs a 'key' column of image keys (optionally with 'shard'); "
+                         f"it has {have}")
+    if label_column not in columns:
+        others = [c for c in columns if c not in ("key", "shard")]
+        hint = (f": name the column that holds the labels with --label-column, e.g. --label-column {others[0]}"
+                if others else ": add a column of labels")
+        raise LabelError(f"label table {path} has no column {label_column!r} (it has {have}){hint}")
 
 
 def match_labels(table: LabelTable, shards: Sequence[str], keys: Sequence[str], ok: Sequence[bool]) -> LabelMatch:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from berg_scale.errors import BergScaleError
-from berg_scale.experiments.outputs import write_experiment_outputs
+from berg_scale.experiments.outputs import add_no_figures_option, output_names, write_experiment_outputs
 from berg_scale.rnc.stats import (
     benjamini_hochberg,
     binomial_tail,
@@ -62,6 +62,7 @@ DEFAULT_CORRELATION_PERMUTATIONS = 1_000
 DEFAULT_BOOTSTRAP = 100_000
 CHUNK_ELEMENTS = 4_000_000  # responses per permuted block (x 8 bytes)
 TABLE_BYTES = 256 * 2**20  # most memory for the table of every permuted row of every image
+TABLES = ("pair_scores", "groups", "statistics", "correlations")
 CONDITION_COLOURS = {"high1-high2": "#d62728", "low1-low2": "#1f77b4", "high1-low2": "#ff7f0e",
                      "low1-high2": "#2ca02c"}
 
@@ -244,10 +245,11 @@ def _read_json(fs, path: str) -> dict:
 
 
 def _read_rows(fs, path: str) -> list[dict]:
+    """Rows of a Parquet table, read through the filesystem rather than a Python file object,
+    whose reads from pyarrow's threads can abort the interpreter at exit."""
     import pyarrow.parquet as pq
 
-    with fs.open(path, "rb") as handle:
-        return pq.read_table(handle).to_pylist()
+    return pq.read_table(path, filesystem=fs).to_pylist()
 
 
 def open_study(url: str, grouping: PairGrouping, kind: str, storage=None) -> tuple[Any, str, dict, str]:
@@ -343,6 +345,46 @@ def image_numbers(images: Any, shards: Sequence[str], positions: Sequence[int] |
     return numbers
 
 
+def check_shard_commits(study: Study, url: str, storage=None) -> None:
+    """Refuse responses whose shards were committed again after the study read them.
+
+    A regeneration with other weights keeps every key and position, so the key check alone
+    accepts it; the commit of each shard (its `_done` marker's run and time), as the study's
+    summary.json records it under `shard_commits`, tells the two outputs apart. Studies that
+    predate that record keep the key check only.
+    """
+    from berg_scale.io.output_store import OutputStore, read_done_markers
+
+    recorded = study.summary.get("shard_commits")
+    if not isinstance(recorded, Mapping) or not recorded:
+        return
+    markers = read_done_markers(OutputStore(url, storage), recorded)
+    fix = "rerun the RNC study on the new responses, or point --responses at the original output"
+    for shard in sorted(recorded):
+        expected = recorded[shard] if isinstance(recorded[shard], Mapping) else {}
+        marker = markers.get(shard)
+        if marker is None:
+            raise RoiGroupsError(f"responses {url} have no committed shard {shard}, which study {study.url} "
+                                 f"read: {fix}")
+        changed = [k for k in ("run_id", "committed_at") if k in expected and marker.get(k) != expected[k]]
+        if changed:
+            raise RoiGroupsError(
+                f"responses {url}: shard {shard} was committed again after study {study.url} read it "
+                f"({_commit_text(expected)} then, {_commit_text(marker)} now): {fix}")
+
+
+def _commit_text(commit: Mapping[str, Any]) -> str:
+    """'run R at 2026-12-02 03:11:33 UTC' of a shard commit, for the error that compares two."""
+    import datetime
+
+    parts = [f"run {commit['run_id']}"] if commit.get("run_id") else []
+    at = commit.get("committed_at")
+    if isinstance(at, (int, float)):
+        stamp = datetime.datetime.fromtimestamp(float(at), datetime.timezone.utc)
+        parts.append(f"at {stamp:%Y-%m-%d %H:%M:%S} UTC")
+    return " ".join(parts) or "unrecorded commit"
+
+
 # --------------------------------------------------------------------------- the analysis
 
 
@@ -379,6 +421,7 @@ def analyse(
     url = responses or study.responses
     if not url:
         raise RoiGroupsError(f"study {study.url} does not record its responses: pass --responses")
+    check_shard_commits(study, url, storage)
     store = ResponseStore(url, storage)
     data = store.read_univariate(study.model_id, study.heldout, grouping.rois, study.unions or {}, study.threshold)
     values = data.values  # (N, S, R) in grouping ROI order
@@ -586,7 +629,14 @@ def write_outputs(result: GroupResult, out: str, storage=None, figures: bool = T
               for name, rows in (("pair_scores", result.pair_rows), ("groups", result.group_rows),
                                  ("statistics", result.trend_rows), ("correlations", result.correlation_rows))}
     drawn = {result.grouping.name: group_figure(result)} if figures else {}
-    return write_experiment_outputs(out, storage, tables, drawn, dict(result.summary))
+    return write_experiment_outputs(out, storage, tables, drawn, dict(result.summary),
+                                    known=known_outputs(result.grouping))
+
+
+def known_outputs(grouping: PairGrouping) -> set[str]:
+    """Every file a follow-up of `grouping` writes, over univariate and multivariate studies alike:
+    a rerun of either kind into the same --out removes what the other left."""
+    return output_names(TABLES, (grouping.name, f"{grouping.name}-multivariate"))
 
 
 def _format_p(p: float) -> str:
@@ -689,7 +739,7 @@ def configure(parser: argparse.ArgumentParser, grouping: PairGrouping) -> None:
     parser.add_argument("--alpha", type=float, metavar="A", default=0.05, help="FDR level, and the correlation test's alpha")
     parser.add_argument("--chance", type=float, metavar="P", default=0.05, help="per-subject rate of the binomial test")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the nulls and bootstraps (default: the study's)")
-    parser.add_argument("--no-figures", action="store_true", help="write the tables and summary only")
+    add_no_figures_option(parser)
     parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
 
 

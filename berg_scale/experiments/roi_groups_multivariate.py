@@ -49,6 +49,7 @@ from berg_scale.experiments.roi_groups import (
     group_means,
     group_statistic,
     group_ticks,
+    known_outputs,
     open_study,
 )
 from berg_scale.rnc.stats import benjamini_hochberg, permutation_p_value
@@ -140,8 +141,7 @@ def read_multivariate_study(url: str, grouping: PairGrouping, storage=None) -> M
             a, b = grouping.pairs[int(np.flatnonzero(~found)[0])]
             raise RoiGroupsError(f"study {url} lacks the pair {a}-{b} ({condition}, sub-{s:02d}; {grouping.name} "
                                  f"needs every pair of {', '.join(grouping.rois)}): {rerun}")
-    with fs.open(nulls_path, "rb") as handle:
-        table = pq.read_table(handle)
+    table = pq.read_table(nulls_path, filesystem=fs)
     per_subject: dict[int, list[np.ndarray | None]] = {s: [None] * n_pairs for s in heldout}
     rois_1, rois_2 = table.column("roi_1").to_pylist(), table.column("roi_2").to_pylist()
     subjects = table.column("heldout_subject").to_pylist()
@@ -282,7 +282,8 @@ def write_multivariate_outputs(result: MultivariateGroupResult, out: str, storag
               for name, rows in (("pair_scores", result.pair_rows), ("groups", result.group_rows),
                                  ("statistics", result.trend_rows))}
     drawn = {f"{result.grouping.name}-multivariate": multivariate_group_figure(result)} if figures else {}
-    return write_experiment_outputs(out, storage, tables, drawn, dict(result.summary))
+    return write_experiment_outputs(out, storage, tables, drawn, dict(result.summary),
+                                    known=known_outputs(result.grouping))
 
 
 def multivariate_group_figure(result: MultivariateGroupResult) -> Any:

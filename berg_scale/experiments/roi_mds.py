@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from berg_scale.errors import BergScaleError
-from berg_scale.experiments.outputs import write_experiment_outputs
+from berg_scale.experiments.outputs import add_no_figures_option, output_names, write_experiment_outputs
 
 DEFAULT_ROIS = ("V1", "V2", "V3", "hV4", "EBA", "FFA", "PPA", "RSC")
 METRICS = ("euclidean", "correlation")
@@ -235,28 +235,135 @@ def _unit(metric: str) -> str:
     return "z (RMS difference over images)" if metric == "euclidean" else "1 - Pearson r"
 
 
-def _label_direction(points: np.ndarray, i: int) -> tuple[float, float]:
-    """Unit direction for point i's label: across the line to its nearest neighbour, away from the centre."""
-    others = np.delete(np.arange(len(points)), i)
-    offsets = points[others] - points[i]
-    nearest = offsets[np.argmin((offsets ** 2).sum(axis=1))]
-    across = np.array([-nearest[1], nearest[0]])
-    if not np.linalg.norm(across):
-        across = np.array([1.0, 1.0])
-    across = across / np.linalg.norm(across)
-    if across @ (points[i] - points.mean(axis=0)) < 0:
-        across = -across
-    return float(across[0]), float(across[1])
+LABEL_SIZE = 8.5  # pt, bold
+MARKER_RADIUS = 5.5  # pt, the subject-average marker (s=90) with its edge
+LABEL_DISTANCES = (6.0, 12.0, 19.0, 27.0, 36.0)  # pt from the point's centre; beyond 12 with a leader line
+LEADER_FROM = 12.0
+MIN_ASPECT = 0.55  # the shorter side of the map at least this fraction of the longer
+
+
+def map_limits(points: np.ndarray, margin: float = 0.14, min_aspect: float = MIN_ASPECT) -> tuple[tuple[float, float], ...]:
+    """(x limits, y limits) around every point with a margin for the labels.
+
+    Both axes share one unit (equal aspect, the box adapts), so a map that is much wider
+    than tall is padded to `min_aspect` of its width: the labels keep room, and the map
+    never becomes a thin strip.
+    """
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    centre = (lo + hi) / 2
+    span = np.maximum(hi - lo, 1e-9)
+    longest = float(span.max())
+    span = np.maximum(span, min_aspect * longest) + 2 * margin * longest
+    return tuple((float(c - w / 2), float(c + w / 2)) for c, w in zip(centre, span))
+
+
+def _boxes_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Overlap areas of box a (x0, y0, x1, y1) with each row of b."""
+    w = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
+    return w * h
+
+
+def _candidates(preferred: tuple[float, float]) -> list[tuple[float, float, float]]:
+    """(dx, dy, distance) unit directions in 8 compass steps, nearest first, then the preferred side first."""
+    angles = np.deg2rad(np.arange(0, 360, 45))
+    units = np.column_stack([np.cos(angles), np.sin(angles)])
+    order = np.argsort(-(units @ np.asarray(preferred)), kind="stable")
+    return [(float(units[i, 0]), float(units[i, 1]), d) for d in LABEL_DISTANCES for i in order]
+
+
+def _label_box(anchor: np.ndarray, unit: tuple[float, float], size: np.ndarray) -> tuple[np.ndarray, str, str]:
+    """The label's box (points) when its nearest edge sits at `anchor`, with the alignment that does it."""
+    ha = "left" if unit[0] > 0.38 else "right" if unit[0] < -0.38 else "center"
+    va = "bottom" if unit[1] > 0.38 else "top" if unit[1] < -0.38 else "center"
+    x0 = {"left": anchor[0], "right": anchor[0] - size[0], "center": anchor[0] - size[0] / 2}[ha]
+    y0 = {"bottom": anchor[1], "top": anchor[1] - size[1], "center": anchor[1] - size[1] / 2}[va]
+    return np.array([x0, y0, x0 + size[0], y0 + size[1]]), ha, va
+
+
+def place_labels(centres: np.ndarray, sizes: np.ndarray, others: np.ndarray, frame: np.ndarray,
+                 preferred: np.ndarray) -> list[tuple[float, float, str, str]]:
+    """(dx, dy, ha, va) offsets in points for labels of `sizes` (w, h) at `centres` (points).
+
+    Greedy and deterministic: the most crowded point picks first, each label takes the
+    nearest of 8 directions x 5 distances that overlaps no placed label, no marker (the
+    points and the small `others`) and stays inside `frame` (x0, y0, x1, y1), else the
+    candidate with the least overlap.
+    """
+    n = len(centres)
+    markers = np.column_stack([centres - MARKER_RADIUS, centres + MARKER_RADIUS])
+    small = np.column_stack([others - 2.5, others + 2.5]) if len(others) else np.empty((0, 4))
+    gaps = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(axis=-1)) + np.eye(n) * 1e9
+    order = np.argsort(gaps.min(axis=1), kind="stable")
+    placed = np.empty((0, 4))
+    result: list[tuple[float, float, str, str]] = [(0.0, 0.0, "center", "center")] * n
+    for i in order:
+        best, best_cost = None, math.inf
+        for rank, (ux, uy, distance) in enumerate(_candidates(tuple(preferred[i]))):
+            box, ha, va = _label_box(centres[i] + distance * np.array([ux, uy]), (ux, uy), sizes[i])
+            area = (box[2] - box[0]) * (box[3] - box[1])
+            inside = _boxes_overlap(box, frame[None])[0]
+            cost = (10 * _boxes_overlap(box, placed).sum() + 5 * _boxes_overlap(box, markers).sum()
+                    + _boxes_overlap(box, small).sum() + 10 * (area - inside))
+            cost += 1e-3 * rank  # ties: nearest, then the preferred side
+            if cost < best_cost:
+                best, best_cost = (distance * ux, distance * uy, ha, va, box), cost
+            if cost < 1e-2:
+                break
+        assert best is not None
+        result[i] = best[:4]
+        placed = np.vstack([placed, best[4]])
+    return result
+
+
+def _outward(points: np.ndarray) -> np.ndarray:
+    """Unit vector per point away from the centre of the map (the preferred label side)."""
+    away = points - points.mean(axis=0)
+    norm = np.linalg.norm(away, axis=1, keepdims=True)
+    return np.where(norm > 0, away / np.where(norm > 0, norm, 1), np.array([[0.0, 1.0]]))
+
+
+def _label_rois(fig: Any, ax: Any, result: MdsResult, mean: np.ndarray) -> None:
+    """Annotate every ROI of the average's map without labels running into each other or the points."""
+    renderer = fig.canvas.get_renderer()
+    ax.apply_aspect()
+    to_points = 72.0 / fig.dpi
+    centres = ax.transData.transform(mean) * to_points
+    subjects = [result.points[s] for s in result.subjects]
+    others = ax.transData.transform(np.vstack(subjects)) * to_points if subjects else np.empty((0, 2))
+    frame = np.asarray(ax.get_window_extent(renderer).extents) * to_points
+    sizes = []
+    for roi in result.rois:
+        probe = ax.text(0, 0, roi, fontsize=LABEL_SIZE, weight="bold")
+        extent = probe.get_window_extent(renderer)
+        sizes.append((extent.width * to_points, extent.height * to_points))
+        probe.remove()
+    offsets = place_labels(centres, np.array(sizes), others, frame, _outward(centres))
+    for i, (roi, (dx, dy, ha, va)) in enumerate(zip(result.rois, offsets)):
+        leader = math.hypot(dx, dy) > LEADER_FROM
+        ax.annotate(roi, mean[i], xytext=(dx, dy), textcoords="offset points", fontsize=LABEL_SIZE,
+                    weight="bold", color="0.1", zorder=4, ha=ha, va=va,
+                    arrowprops=dict(arrowstyle="-", color="0.45", lw=0.6, shrinkA=1, shrinkB=MARKER_RADIUS)
+                    if leader else None)
 
 
 def mds_figure(result: MdsResult) -> Any:
+    """The average's ROIs (labelled) with each subject's aligned points, one unit on both axes.
+
+    Sized for a 7-inch print width; the legend has its own column so that the map keeps
+    its width, and the limits follow the points, so the map fills its box.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(4.9, 4.4))  # with the legend about 7 inches: print width
+    fig = plt.figure(figsize=(7.0, 4.6))
+    grid = fig.add_gridspec(1, 2, width_ratios=(3.1, 1.2), left=0.1, right=0.99, top=0.87, bottom=0.12,
+                            wspace=0.04)
+    ax, key = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
+    key.axis("off")
     mean = result.points[MEAN]
     colours = [ROI_COLOURS[i % len(ROI_COLOURS)] for i in range(len(result.rois))]
     for s in result.subjects:
@@ -265,15 +372,11 @@ def mds_figure(result: MdsResult) -> Any:
             ax.plot([mean[i, 0], pts[i, 0]], [mean[i, 1], pts[i, 1]], color=colours[i], lw=0.6, alpha=0.5)
         ax.scatter(pts[:, 0], pts[:, 1], s=14, c=colours, alpha=0.6, linewidths=0)
     ax.scatter(mean[:, 0], mean[:, 1], s=90, c=colours, edgecolors="k", linewidths=0.8, zorder=3)
-    span = float(np.ptp(mean, axis=0).max()) or 1.0
-    for i, roi in enumerate(result.rois):
-        dx, dy = _label_direction(mean, i)
-        ax.annotate(roi, mean[i], xytext=(9 * dx, 9 * dy), textcoords="offset points", fontsize=8.5,
-                    weight="bold", color="0.1", zorder=4,
-                    ha="left" if dx > 0.3 else "right" if dx < -0.3 else "center",
-                    va="bottom" if dy > 0.3 else "top" if dy < -0.3 else "center")
-    ax.set_aspect("equal", adjustable="datalim")
-    ax.margins(0.15 if span else 0.5)
+    everything = np.vstack([mean, *(result.points[s] for s in result.subjects)])
+    xlim, ylim = map_limits(everything)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal", adjustable="box")
     unit = "z" if result.metric == "euclidean" else "1 − r"
     ax.set_xlabel(f"MDS dimension 1 ({unit})", fontsize=9)
     ax.set_ylabel(f"MDS dimension 2 ({unit})", fontsize=9)
@@ -281,25 +384,29 @@ def mds_figure(result: MdsResult) -> Any:
     what = "RMS response difference" if result.metric == "euclidean" else "1 − Pearson r of responses"
     ax.set_title(f"ROIs by {what} over {result.n_images:,} images\n"
                  f"subject average: stress-1 = {stress:.3f}", fontsize=9)
-    handles = [Line2D([], [], marker="o", ls="", ms=9, mfc="w", mec="k", label="subject-average responses")]
-    if result.subjects:
-        handles.append(Line2D([], [], marker="o", ls="-", lw=0.6, ms=4, color="0.5", alpha=0.7,
-                              label=f"{len(result.subjects)} single subjects (Procrustes-aligned)"))
-    handles += [Line2D([], [], marker="o", ls="", ms=7, color=c, label=r) for r, c in zip(result.rois, colours)]
-    ax.legend(handles=handles, fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.tick_params(labelsize=8)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    fig.tight_layout()
+    _label_rois(fig, ax, result, mean)
+    handles = [Line2D([], [], marker="o", ls="", ms=9, mfc="w", mec="k", label="subject-average responses")]
+    if result.subjects:
+        handles.append(Line2D([], [], marker="o", ls="-", lw=0.6, ms=4, color="0.5", alpha=0.7,
+                              label=f"{len(result.subjects)} single subjects\n(Procrustes-aligned)"))
+    handles += [Line2D([], [], marker="o", ls="", ms=7, color=c, label=r) for r, c in zip(result.rois, colours)]
+    key.legend(handles=handles, fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(0.0, 1.0),
+               borderaxespad=0.0)
     return fig
 
 
+TABLES = ("mds", "dissimilarities")
+FIGURE = "roi-mds"
+
+
 def write_outputs(result: MdsResult, out: str, parameters: dict, storage=None, figures: bool = True) -> list[str]:
-
-
-
-    drawn = {"roi-mds": mds_figure(result)} if figures else {}
-    return write_experiment_outputs(out, storage, tables(result), drawn, dict(summary(result, parameters)))
+    """mds and dissimilarities (.parquet), summary.json and the figure under `out`; returns the URLs."""
+    drawn = {FIGURE: mds_figure(result)} if figures else {}
+    return write_experiment_outputs(out, storage, tables(result), drawn, dict(summary(result, parameters)),
+                                    known=output_names(TABLES, (FIGURE,)))
 
 
 # --------------------------------------------------------------------------- command
@@ -317,7 +424,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ncsnr-threshold", type=float, default=0.5,
                         help="voxel threshold the :mean columns used (weights the parts of FFA)")
     parser.add_argument("--seed", type=int, default=0, help="random_state of scikit-learn's MDS")
-    parser.add_argument("--no-figures", action="store_true", help="write the tables and summary only")
+    add_no_figures_option(parser)
     parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
 
 

@@ -38,7 +38,7 @@ import json
 import math
 import posixpath
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,7 @@ from berg_scale.experiments.labels import (
     match_labels,
     read_label_table,
 )
+from berg_scale.experiments.outputs import add_no_figures_option
 from berg_scale.io.output_store import OutputStore, done_shards, read_readouts
 from berg_scale.io.storage import StorageOptions, filesystem_for
 from berg_scale.models.families import FSAVERAGE, family_name
@@ -207,10 +208,11 @@ def plan_reads(columns: Sequence[FsColumn]) -> _SubjectPlan:
 
 
 def _row_table(store: OutputStore, shard: str, columns: Sequence[str]) -> Any:
+    """Columns of one shard, read through the filesystem rather than a Python file object,
+    whose reads from pyarrow's threads can abort the interpreter at exit."""
     import pyarrow.parquet as pq
 
-    with store.fs.open(store.response_path(shard), "rb") as handle:
-        return pq.read_table(handle, columns=list(columns))
+    return pq.read_table(store.response_path(shard), columns=list(columns), filesystem=store.fs)
 
 
 @dataclass
@@ -226,6 +228,16 @@ class Accumulated:
     roi_ids: dict[int, np.ndarray]  # (W,) the kept vertex ids (sorted)
     match: LabelMatch
     label_counts: dict[str, int] = field(default_factory=dict)  # every label of the used rows
+
+
+def _too_few_categories(labels: LabelTable, categories: Sequence[str]) -> str:
+    """The error for fewer than 2 categories, saying whether the table or --categories left so few."""
+    kept = ", ".join(categories) or "none"
+    if len(labels.labels) >= 2:
+        return (f"the tripartite analysis needs at least 2 categories; --categories kept {kept} of the "
+                f"{len(labels.labels)} labels of {labels.source} ({', '.join(labels.labels)}): name at least two")
+    return (f"the tripartite analysis needs at least 2 categories; {labels.source} has only {kept}: "
+            "label the images with two or more categories")
 
 
 def accumulate(
@@ -266,8 +278,7 @@ def accumulate(
                                   f"(labels: {', '.join(labels.labels)})")
     categories = list(dict.fromkeys(categories))
     if len(categories) < 2:
-        raise TripartiteError(f"the tripartite analysis needs at least 2 categories; {labels.source} has "
-                              f"{', '.join(categories) or 'none'}")
+        raise TripartiteError(_too_few_categories(labels, categories))
     empty = [c for c in categories if label_counts.get(c, 0) == 0]
     if empty:
         raise TripartiteError(f"category {empty[0]!r} has no images in the committed responses "
@@ -584,16 +595,36 @@ def _write(fs: Any, path: str, data: bytes) -> None:
         handle.write(data)
 
 
+TABLE_FILES = ("tripartite.parquet", "preferences.parquet", "summary.json")
+
+
+def known_outputs() -> set[str]:
+    """Every file the tripartite experiment writes (tables, summary and both figures)."""
+    from berg_scale.experiments.tripartite_figures import FIGURE_FILES
+
+    return {*TABLE_FILES, *FIGURE_FILES}
+
+
 def write_outputs(result: TripartiteResult, out: str, args: Mapping[str, Any],
-                  storage: StorageOptions | None = None, figures: bool = True) -> dict[str, str]:
-    """Write the tables, summary and figures; returns name -> path."""
+                  storage: StorageOptions | None = None, figures: bool = True,
+                  log: Callable[[str], None] = print) -> dict[str, str]:
+    """Write the tables, summary and figures; returns name -> path.
+
+    Files of an earlier run that this one does not rewrite (its figures, under --no-figures)
+    are removed first, so that the folder's figures always show its tables.
+    """
     import io
 
     import pyarrow.parquet as pq
 
+    from berg_scale.experiments.outputs import remove_stale_outputs
+    from berg_scale.experiments.tripartite_figures import FIGURE_FILES
+
     fs, root = filesystem_for(out, storage)
     if not out.startswith(("s3://", "s3a://")):
         fs.makedirs(root, exist_ok=True)
+    writes = {*TABLE_FILES, *(FIGURE_FILES if figures else ())}
+    remove_stale_outputs(fs, root, known_outputs(), writes, "tripartite", log)
     paths = {}
     for name, table in (("tripartite.parquet", shares_table(result)), ("preferences.parquet", preference_table(result))):
         buffer = io.BytesIO()
@@ -619,8 +650,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--responses", required=True, metavar="OUTPUT",
                         help="generate output with fsaverage columns (local folder or s3://)")
     parser.add_argument("--labels", required=True, metavar="TABLE",
-                        help="CSV or Parquet with key (and optionally shard) and label columns")
-    parser.add_argument("--label-column", default="label", help="column of the label table holding the category")
+                        help="CSV or Parquet with key (and optionally shard) and label columns "
+                             "(the label column named by --label-column)")
+    parser.add_argument("--label-column", default="label", metavar="NAME",
+                        help="column of the label table holding the category (default: label)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for tables, summary and figures")
     parser.add_argument("--subjects", type=int, nargs="+", help="default: every subject in the responses")
     parser.add_argument("--rois", nargs="+", help=f"default: those of {', '.join(DEFAULT_ROIS)} present "
@@ -630,7 +663,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     parser.add_argument("--permutation-memory-gib", type=float, default=8.0,
                         help="most memory the permutation test may hold for ROI responses")
-    parser.add_argument("--no-figures", action="store_true", help="write the tables and summary only")
+    add_no_figures_option(parser)
     parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
 
 

@@ -16,6 +16,9 @@ import numpy as np
 if TYPE_CHECKING:
     from berg_scale.experiments.tripartite import TripartiteResult
 
+FIGURE_STEMS = ("tripartite_surface", "tripartite_shares")
+FIGURE_FILES = tuple(f"{stem}.{fmt}" for stem in FIGURE_STEMS for fmt in ("png", "svg"))
+
 
 def _colours(n: int) -> list[str]:
     from berg_scale.experiments.tripartite import PALETTE

@@ -84,7 +84,11 @@ def time_courses(epochs: Any, groups: Mapping[str, Sequence[str]] | None = None,
     ax.set_ylabel(f"{quantity} ({unit})")
     ax.set_xlim(times_ms[0], times_ms[-1])
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(frameon=False, fontsize=8, title="channel group (n)", title_fontsize=8)
+    # Above the axes, in rows of up to three groups: EEG curves fill the whole panel, so no
+    # place inside it is free for a legend.
+    ax.legend(frameon=False, fontsize=8, title="channel group (n)", title_fontsize=8, loc="lower left",
+              bbox_to_anchor=(0.0, 1.01), ncol=min(3, len(groups)), alignment="left", borderaxespad=0.0,
+              columnspacing=1.2, handlelength=1.6)
     return ax
 
 
@@ -129,10 +133,10 @@ def eeg_overview(epochs: Any, latency_s: float, groups: Mapping[str, Sequence[st
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.4), gridspec_kw={"width_ratios": [1.7, 1.0]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.8), gridspec_kw={"width_ratios": [1.7, 1.0]},
+                                      layout="constrained")
     time_courses(epochs, groups, ax=left, latency_s=latency_s)
     topomap(epochs, latency_s, ax=right)
     n = len(epochs)
     fig.suptitle(title or f"Predicted EEG, mean of {n} epoch{'s' if n != 1 else ''} (band: ±1 SEM)", fontsize=10)
-    fig.tight_layout()
     return fig

@@ -197,7 +197,13 @@ def _draw(part: Any, side: str, view: str, ax: Any, fig: Any, face_rgba: np.ndar
 
 
 def save_figure(fig: Any, stem: str, formats: Sequence[str] = ("png", "svg"), dpi: int = 200) -> list[str]:
-    """Write `stem.<format>` for each format; returns the paths."""
+    """Write `stem.<format>` for each format, creating the stem's folder first (as `figures/surface`
+    asks for `figures/`); returns the paths."""
+    import os
+
+    parent = os.path.dirname(os.fspath(stem))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
     paths = []
     for fmt in formats:
         path = f"{stem}.{fmt}"

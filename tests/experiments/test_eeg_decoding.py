@@ -268,3 +268,26 @@ def test_end_to_end_on_generated_demo_eeg(ray_session, tmp_path, capsys):
     assert summary["n_exemplars"] == 7 and summary["label_report"]["labelled_error_rows"] == 1
     assert "1 labelled images with an error row left out" in console
     assert (tmp_path / "dec" / "eeg_decoding.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_peak_ci_reads_with_negative_bounds_and_without_width():
+    from berg_scale.experiments.eeg_decoding import format_ms, format_peak_ci
+
+    peak = {"peak_ms": -65.0, "ci_low_ms": -80.0, "ci_high_ms": -50.0, "ci_level": 0.95}
+    assert format_peak_ci(peak, 3) == "95% CI −80 to −50 ms"
+    assert format_peak_ci({**peak, "ci_low_ms": -65.0, "ci_high_ms": -65.0}, 3) == \
+        "95% CI −65 ms (every resample peaks there)"
+    assert format_peak_ci({**peak, "ci_low_ms": -65.0, "ci_high_ms": -65.0}, 1) == "no 95% CI with 1 subject"
+    assert format_peak_ci({**peak, "ci_low_ms": None, "ci_high_ms": None}, 3) == ""
+    assert format_peak_ci({**peak, "ci_low_ms": -10.0, "ci_high_ms": 15.0}, 3) == "95% CI −10 to 15 ms"
+    assert format_ms(105.0) == "105" and format_ms(-2.5) == "−2.5"
+
+
+def test_one_subject_console_says_there_is_no_ci(planted, capsys):
+    out = planted["root"] / "one"
+    assert run_cli(planted, out, "--bootstrap", "20", "--subjects", "1", "--no-figures") == 0
+    console = capsys.readouterr().out
+    peaks = [line for line in console.splitlines() if " peaks at " in line]
+    assert len(peaks) == 2
+    assert all(line.endswith("accuracy, no 95% CI with 1 subject)") for line in peaks), peaks
+    assert not (out / "eeg_decoding.png").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -148,6 +149,68 @@ def test_outputs_and_figure_files(chain):
     assert any(f.endswith("cortical-distance.svg") for f in files)
 
 
+def _set_shard_commits(study, responses=None):
+    """Record in a study's summary.json each shard's commit (run and time) of `responses`,
+    as an RNC study records the responses it read; without `responses`, drop the record
+    (a study written before it existed)."""
+    summary_path = study / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary.pop("shard_commits", None)
+    if responses is not None:
+        commits = {}
+        for marker_path in sorted((responses / "_done").glob("*.json")):
+            marker = json.loads(marker_path.read_text())
+            commits[marker["shard"]] = {"run_id": marker.get("run_id"), "committed_at": marker["committed_at"]}
+        summary["shard_commits"] = commits
+    summary_path.write_text(json.dumps(summary))
+
+
+def quick_followup(name, study, out, *extra):
+    return main(["experiment", name, "--study", str(study), "--out", str(out), "--permutations", "50",
+                 "--correlation-permutations", "10", "--bootstrap", "50", *extra])
+
+
+def test_responses_committed_again_after_the_study_are_refused(chain, tmp_path, capsys):
+    root, _ = chain
+    study, older = tmp_path / "study", tmp_path / "older"
+    shutil.copytree(root / "study", study)
+    shutil.copytree(root / "study", older)
+    _set_shard_commits(study, root / "out")
+    _set_shard_commits(older)
+    regenerated = tmp_path / "regenerated"
+    shutil.copytree(root / "out", regenerated)
+    # the same images and keys, responses of other weights: only the commits tell them apart
+    write_responses(regenerated, DISTANCE.rois, chain_signal(N_IMAGES, seed=9), seed=4)
+    assert quick_followup("cortical-distance", study, tmp_path / "same", "--responses", str(root / "out"),
+                          "--no-figures") == 0
+    capsys.readouterr()
+    assert quick_followup("cortical-distance", study, tmp_path / "cd", "--responses", str(regenerated)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert "shard 000000 was committed again after study" in err
+    assert "rerun the RNC study on the new responses, or point --responses at the original output" in err
+    assert not (tmp_path / "cd").exists()
+    # a study without the record keeps the key check alone, which a regeneration passes
+    assert quick_followup("cortical-distance", older, tmp_path / "old", "--responses", str(regenerated),
+                          "--no-figures") == 0
+
+
+def test_a_rerun_without_figures_removes_the_earlier_figures(chain, tmp_path, capsys):
+    root, _ = chain
+    out = tmp_path / "cd"
+    shutil.copytree(root / "cd", out)
+    (out / "my-notes.txt").write_text("kept")
+    capsys.readouterr()
+    assert quick_followup("cortical-distance", root / "study", out, "--no-plots") == 0
+    console = capsys.readouterr().out
+    assert "removed 2 files of an earlier cortical-distance run that this run does not write: " \
+           "cortical-distance.png, cortical-distance.svg" in console
+    assert sorted(p.name for p in out.iterdir()) == ["correlations.parquet", "groups.parquet", "my-notes.txt",
+                                                     "pair_scores.parquet", "statistics.parquet", "summary.json"]
+    files = json.loads((out / "summary.json").read_text())["files"]
+    assert not any(f.endswith((".png", ".svg")) for f in files)
+
+
 def test_independent_rois_show_no_gradient(tmp_path):
     rng = np.random.default_rng(5)
     write_responses(tmp_path / "out", DISTANCE.rois, rng.standard_normal((N_IMAGES, 4)), seed=6)
@@ -238,6 +301,14 @@ def test_help_lists_the_follow_ups(capsys):
     listed = capsys.readouterr().out
     for name in ("cortical-distance", "categorical-selectivity", "roi-mds"):
         assert name in listed
+
+
+def test_follow_up_help_takes_univariate_and_multivariate_studies(capsys):
+    for name in ("cortical-distance", "categorical-selectivity"):
+        with pytest.raises(SystemExit):
+            main(["experiment", name, "--help"])
+        text = capsys.readouterr().out
+        assert "univariate or multivariate RNC" in text and "--no-figures, --no-plots" in text
 
 
 def test_a_pair_without_controlling_images_is_left_out_of_its_group():

@@ -101,3 +101,81 @@ def test_missing_roi_is_a_one_line_error(tmp_path, capsys):
     assert main(["experiment", "roi-mds", "--responses", str(tmp_path / "out"), "--out", str(tmp_path / "mds"),
                  "--rois", *ROIS[:4], "--no-figures"]) == 0
     assert not (tmp_path / "mds" / "roi-mds.png").exists()
+
+
+# The subject-average map of a small fwRF run: V1 and hV4, and FFA, PPA and RSC, lie within a
+# label's width of each other, and the map is four times wider than tall.
+CROWDED = np.array([[-0.303, 0.099], [-0.470, -0.114], [-0.158, -0.155], [-0.137, 0.100],
+                    [0.735, 0.001], [0.272, -0.135], [0.053, 0.206], [0.007, -0.002]])
+
+
+def crowded_result(metric="euclidean", subjects=(1, 2, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    points = {roi_mds.MEAN: CROWDED}
+    for s in subjects:
+        points[s] = CROWDED + rng.normal(0, 0.25, CROWDED.shape)
+    statistics = {who: {"stress1": 0.07, "shepard_r": 0.99} for who in points}
+    dissimilarity = {who: roi_mds.map_distances(p) for who, p in points.items()}
+    return roi_mds.MdsResult(ROIS, tuple(subjects), metric, dissimilarity, points, statistics, 99, 0)
+
+
+def _label_boxes(fig, ax):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in ax.texts if t.get_text() in ROIS]
+    assert sorted(t.get_text() for t in texts) == sorted(ROIS)
+    return {t.get_text(): t.get_window_extent(renderer) for t in texts}, renderer
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "correlation"])
+def test_map_labels_do_not_overlap_and_the_map_fills_its_box(metric):
+    import matplotlib.pyplot as plt
+
+    result = crowded_result(metric)
+    fig = roi_mds.mds_figure(result)
+    ax = fig.axes[0]
+    boxes, renderer = _label_boxes(fig, ax)
+    names = sorted(boxes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not boxes[a].overlaps(boxes[b]), (a, b)
+    markers = ax.transData.transform(CROWDED)
+    radius = roi_mds.MARKER_RADIUS * fig.dpi / 72
+    for name, box in boxes.items():
+        for x, y in markers:  # no label covers the centre region of a subject-average marker
+            assert not box.padded(-1).overlaps(type(box).from_extents(x - radius / 2, y - radius / 2,
+                                                                      x + radius / 2, y + radius / 2)), name
+    # one unit on both axes, the box adapting; limits follow the points, not the box
+    assert ax.get_aspect() == 1.0 and ax.get_adjustable() == "box"
+    everything = np.vstack(list(result.points.values()))
+    span = np.ptp(everything, axis=0)
+    y_low, y_high = ax.get_ylim()
+    x_low, x_high = ax.get_xlim()
+    assert x_low < everything[:, 0].min() and x_high > everything[:, 0].max()
+    assert y_low < everything[:, 1].min() and y_high > everything[:, 1].max()
+    assert (x_high - x_low) < 1.5 * span.max() and (y_high - y_low) < 1.5 * span.max()
+    # the legend has its own room: it does not cover the map, and the map keeps most of the width
+    legend = next(a.get_legend() for a in fig.axes if a.get_legend() is not None)
+    map_box = ax.get_window_extent(renderer)
+    assert not legend.get_window_extent(renderer).overlaps(map_box)
+    assert map_box.width > 0.5 * fig.bbox.width
+    plt.close(fig)
+
+
+def test_label_placement_is_deterministic_and_inside_the_frame():
+    centres = np.array([[100.0, 100.0], [104.0, 101.0], [108.0, 99.0], [300.0, 200.0]])
+    sizes = np.array([[14.0, 9.0], [20.0, 9.0], [18.0, 9.0], [14.0, 9.0]])
+    frame = np.array([0.0, 0.0, 320.0, 220.0])
+    outward = np.array([[-1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]) / np.sqrt([[1], [1], [1], [2]])
+    first = roi_mds.place_labels(centres, sizes, np.empty((0, 2)), frame, outward)
+    assert first == roi_mds.place_labels(centres, sizes, np.empty((0, 2)), frame, outward)
+    placed = []
+    for c, (dx, dy, ha, va), (w, h) in zip(centres, first, sizes):
+        x0 = {"left": c[0] + dx, "right": c[0] + dx - w, "center": c[0] + dx - w / 2}[ha]
+        y0 = {"bottom": c[1] + dy, "top": c[1] + dy - h, "center": c[1] + dy - h / 2}[va]
+        box = np.array([x0, y0, x0 + w, y0 + h])
+        assert frame[0] <= box[0] and box[2] <= frame[2] and frame[1] <= box[1] and box[3] <= frame[3]
+        placed.append(box)
+    for i in range(len(placed)):
+        for j in range(i + 1, len(placed)):
+            assert roi_mds._boxes_overlap(placed[i], placed[j][None])[0] == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -205,6 +206,34 @@ def test_figures_are_pngs(planted):
     assert (out / "tripartite_surface.svg").read_text().lstrip().startswith("<?xml")
 
 
+def test_a_rerun_without_figures_removes_the_earlier_figures(planted, tmp_path, capsys):
+    import shutil
+
+    output, labels, _, earlier = planted
+    out = tmp_path / "again"
+    shutil.copytree(earlier, out)
+    (out / "notes.txt").write_text("kept")
+    capsys.readouterr()
+    assert main(["experiment", "tripartite", "--responses", output, "--labels", labels, "--out", str(out),
+                 "--permutations", "0", "--rois", "PPA", "--no-figures"]) == 0
+    console = capsys.readouterr().out
+    assert "removed 4 files of an earlier tripartite run" in console
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "preferences.parquet", "summary.json",
+                                                     "tripartite.parquet"]
+
+
+def test_label_column_picks_the_category_column(tmp_path, capsys):
+    output, labels, _ = make_dataset(tmp_path, subjects=(1,), n_shards=1)
+    renamed = tmp_path / "categories.csv"
+    renamed.write_text(Path(labels).read_text().replace("key,label", "key,category", 1))
+    args = ["experiment", "tripartite", "--responses", output, "--labels", str(renamed), "--out",
+            str(tmp_path / "o"), "--permutations", "0", "--no-figures"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no column 'label' (it has key, category)" in err and "--label-column category" in err
+    assert main([*args, "--label-column", "category"]) == 0
+
+
 def test_streaming_equals_one_shard(tmp_path):
     """Per-shard accumulation gives the same table as one shard of everything."""
     a, labels_a, _ = make_dataset(tmp_path / "a", seed=4, subjects=(1,), n_shards=1)
@@ -222,6 +251,8 @@ def test_streaming_equals_one_shard(tmp_path):
     ([], "key,label\n{k0},animals\n{k1},animals\n", "at least 2 categories"),
     (["--categories", "animals", "plants"], "key,label\n{k0},animals\n{k1},big\nnope,plants\n",
      "category 'plants' has no images"),
+    (["--categories", "animals"], None,
+     "--categories kept animals of the 3 labels of"),
 ])
 def test_errors(tmp_path, capsys, extra, labels_text, message):
     output, labels, _ = make_dataset(tmp_path, subjects=(1,), n_shards=1)

@@ -145,8 +145,25 @@ def test_eeg_overview_draws_group_means_in_display_units(tmp_path):
         "occipital", "parietal", "central", "frontal"]
     assert right.get_title() == "100 ms"
     assert any("mV/m²" in a.get_ylabel() for a in fig.axes[2:])  # topomap colour bar
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend_box = left.get_legend().get_window_extent(renderer)
+    plot_box = left.get_window_extent(renderer)
+    assert legend_box.y0 >= plot_box.y1  # above the curves, never over them
+    assert not any(legend_box.overlaps(t.get_window_extent(renderer)) for t in fig.texts)  # nor the title
     paths = save_figure(fig, str(tmp_path / "eeg"))
     assert png_magic(paths[0])
     matplotlib.pyplot.close(fig)
     with pytest.raises(BergScaleError, match="outside the epoch"):
         eeg_overview(epochs, latency_s=0.9)
+
+
+def test_save_figure_creates_the_folder_of_its_stem(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fig, ax = matplotlib.pyplot.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    paths = save_figure(fig, "figures/surface")  # as docs/exports.md writes it, figures/ absent
+    assert paths == ["figures/surface.png", "figures/surface.svg"]
+    assert png_magic(str(tmp_path / "figures" / "surface.png"))
+    assert save_figure(fig, "plain", formats=("png",)) == ["plain.png"]  # no folder in the stem
+    matplotlib.pyplot.close(fig)
