@@ -1,10 +1,10 @@
 """Run one of the BERG paper's in silico experiments over committed responses.
 
 Each experiment reads committed responses (an output folder written by `generate`) and,
-depending on the experiment, a label table (CSV or Parquet with `key` and `label`
-columns: tripartite, eeg-decoding) or a cross-validated `rnc univariate` study
-(cortical-distance, categorical-selectivity), and writes Parquet tables, a JSON summary
-and figures under --out.
+depending on the experiment, a label table (CSV or Parquet with a `key` column and a
+label column, `label` or the one `--label-column` names: tripartite, eeg-decoding) or a
+cross-validated `rnc univariate` or `rnc multivariate` study (cortical-distance,
+categorical-selectivity), and writes Parquet tables, a JSON summary and figures under --out.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import importlib
 EXPERIMENTS: list[tuple[str, str, str]] = [
     ("tripartite", "tripartite", "category preference of every fsaverage vertex and its share per ROI (BERG Fig. 1C)"),
     ("eeg-decoding", "eeg_decoding", "time-resolved pairwise decoding of exemplars and a binary label (BERG Fig. 1D)"),
-    ("cortical-distance", "cortical_distance", "univariate RNC control vs cortical distance along V1-V2-V3-hV4 (RNC follow-up)"),
-    ("categorical-selectivity", "categorical_selectivity", "univariate RNC control for same- vs different-category areas EBA/FFA/PPA/RSC (RNC follow-up)"),
+    ("cortical-distance", "cortical_distance", "RNC control (univariate or multivariate study) vs cortical distance along V1-V2-V3-hV4 (RNC follow-up)"),
+    ("categorical-selectivity", "categorical_selectivity", "RNC control (univariate or multivariate study) for same- vs different-category areas EBA/FFA/PPA/RSC (RNC follow-up)"),
     ("roi-mds", "roi_mds", "multidimensional scaling of ROIs by their responses (RNC follow-up)"),
 ]
 
