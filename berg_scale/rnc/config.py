@@ -10,7 +10,7 @@ import itertools
 from pathlib import Path
 from typing import ClassVar, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from berg_scale.config import Bool, Float, Int, load_validated
 from berg_scale.errors import ConfigError
@@ -135,14 +135,32 @@ class StudyConfig(_Strict):
                 states[name] = f"off (no {name}: section in the study config; add one to run it)"
         return states
 
-    @model_validator(mode="after")
-    def _check(self) -> "StudyConfig":
-        if self.subjects is not None and len(set(self.subjects)) != len(self.subjects):
+    @field_validator("subjects")
+    @classmethod
+    def _distinct_subjects(cls, subjects: list[int] | None) -> list[int] | None:
+        if subjects is not None and len(set(subjects)) != len(subjects):
             raise ValueError("subjects must be distinct")
-        for pair in self.pairs or []:
-            if pair[0] == pair[1] or any(r not in self.rois for r in pair):
-                raise ValueError(f"pair {list(pair)} must name two different ROIs listed in rois")
-        return self
+        return subjects
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs_of_listed_rois(cls, pairs: list[tuple[str, str]] | None, info: ValidationInfo) -> object:
+        """A pair names two ROIs of `rois`; the error names the one that is not there.
+
+        A field validator, so that the message quotes the pair, not the whole study.
+        """
+        rois = info.data.get("rois")
+        for pair in pairs or []:
+            if pair[0] == pair[1]:
+                raise ValueError(f"pair {pair[0]} {pair[1]} names one ROI twice: a pair needs two different ROIs")
+            absent = [r for r in pair if rois is not None and r not in rois]
+            if absent:
+                raise ValueError(
+                    f"pair {pair[0]} {pair[1]} (--pair) names {' and '.join(absent)}, which rois (--rois "
+                    f"{' '.join(rois or [])}) does not list: add {'them' if len(absent) > 1 else 'it'} to rois, "
+                    "or choose a pair of the listed ROIs"
+                )
+        return pairs
 
     def roi_pairs(self) -> list[tuple[str, str]]:
         return [(p[0], p[1]) for p in self.pairs] if self.pairs else list(itertools.combinations(self.rois, 2))

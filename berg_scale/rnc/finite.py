@@ -108,17 +108,31 @@ class Exclusions:
             "and regenerate them"
         )
         if self.n_excluded > max_fraction * self.n_images:
+            fraction = self.n_excluded / max(self.n_images, 1)
             raise NonFiniteResponsesError(
-                f"{analysis}: {self.n_excluded:,} of {self.n_images:,} images "
-                f"({self.n_excluded / max(self.n_images, 1):.1%}) have NaN or infinite responses{where}, "
-                f"more than max_excluded_fraction={max_fraction:g}: {fix}, or raise max_excluded_fraction "
-                "to leave them out"
+                f"{analysis}: {self.n_excluded:,} of {self.n_images:,} images (a fraction of "
+                f"{distinct_from(fraction, max_fraction)}) have NaN or infinite responses{where}, more than "
+                f"max_excluded_fraction={max_fraction:g}: {fix}, or raise max_excluded_fraction in the study "
+                "config (`rnc run STUDY.yaml`, or --config STUDY.yaml) to leave them out"
             )
         if self.n_excluded and self.n_used < needed:
             raise NonFiniteResponsesError(
                 f"{analysis}: only {self.n_used:,} of {self.n_images:,} images have finite responses"
                 f"{where}, and the analysis needs at least {needed:,}: {fix}"
             )
+
+
+def distinct_from(value: float, limit: float) -> str:
+    """`value` with as many significant digits as it takes to print it apart from `limit`.
+
+    1 of 99 images is 0.0101, above a limit of 0.01; printed as "1.0%" it would read as
+    equal to the limit it is refused for.
+    """
+    for digits in range(2, 17):
+        text = f"{value:.{digits}g}"
+        if float(text) != float(f"{limit:.{digits}g}"):
+            return text
+    return f"{value:.17g}"
 
 
 def find_exclusions(n_images: int, labels: Sequence[str], bad_rows: Mapping[str, np.ndarray]) -> Exclusions:

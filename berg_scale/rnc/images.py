@@ -66,6 +66,22 @@ def input_urls_from_markers(
             if isinstance(marker, dict) and marker.get("input")}
 
 
+def images_folder_problem(images_url: str, storage: StorageOptions | None = None) -> str | None:
+    """Why a folder (or prefix) of input shards cannot serve the grids, or None.
+
+    Checked once, so that a mistyped `--images` is one line, not one reason per image.
+    """
+    from berg_scale.io.storage import filesystem_for
+
+    fs, root = filesystem_for(images_url, storage)
+    try:
+        if fs.exists(root):
+            return None
+    except (OSError, BergScaleError) as exc:
+        return f"{images_url} cannot be read ({' '.join(str(exc).split()) or type(exc).__name__})"
+    return f"{images_url} does not exist"
+
+
 def input_urls_from_folder(
     images_url: str, shards: Iterable[str], storage: StorageOptions | None = None
 ) -> dict[str, str]:

@@ -42,6 +42,55 @@ EXCLUDED_SCHEMA = pa.schema([
 ])
 
 
+def _schema(*fields: tuple[str, str]) -> pa.Schema:
+    types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
+    return pa.schema([(name, types[kind]) for name, kind in fields])
+
+
+_PAIR = (("roi_1", "str"), ("roi_2", "str"))
+_IMAGE = (("image", "int"), ("key", "str"), ("shard", "str"), ("index", "int"))
+_FOLD = (("fold", "str"), ("heldout_subject", "int"))  # heldout_subject: null for the all-subjects fold
+_USED = (("n_images_used", "int"), ("n_images_excluded", "int"))
+
+UNIVARIATE_CONTROLLING_SCHEMA = _schema(
+    *_PAIR, ("condition", "str"), *_FOLD, ("cv", "int"), ("rank", "int"), *_IMAGE, ("rank_score", "float"),
+    ("u1_train", "float"), ("u2_train", "float"), ("seed", "int"))
+UNIVARIATE_BASELINES_SCHEMA = _schema(
+    ("roi", "str"), *_FOLD, ("cv", "int"), ("rank", "int"), *_IMAGE, ("batch", "int"), ("baseline_train", "float"),
+    ("baseline_test", "float"), ("null_mean", "float"), *_USED, ("seed", "int"))
+UNIVARIATE_TESTS_SCHEMA = _schema(
+    *_PAIR, ("condition", "str"), ("roi", "str"), ("roi_position", "int"), ("direction", "str"), ("subject", "int"),
+    ("n_controlling", "int"), ("score", "float"), ("baseline_score", "float"), ("difference", "float"),
+    ("p_value", "float"), ("q_value", "float"), ("significant", "bool"), *_USED, ("seed", "int"))
+CORRELATIONS_SCHEMA = _schema(*_PAIR, ("subject", "int"), ("pearson_r", "float"), ("n_images", "int"))
+GENERATIONS_SCHEMA = _schema(
+    *_PAIR, ("condition", "str"), *_FOLD, ("generation", "int"), ("train_score", "float"), ("test_score", "float"),
+    ("seed", "int"))
+MULTIVARIATE_CONTROLLING_SCHEMA = _schema(
+    *_PAIR, ("condition", "str"), *_FOLD, ("cv", "int"), ("position", "int"), *_IMAGE, ("train_score", "float"),
+    ("test_score", "float"), ("seed", "int"))
+MULTIVARIATE_BASELINES_SCHEMA = _schema(
+    *_PAIR, *_FOLD, ("batch", "int"), ("train_score", "float"), ("test_score", "float"),
+    ("null_train_mean", "float"), ("n_null_defined", "int"), *_USED, ("position", "int"), *_IMAGE, ("seed", "int"))
+MULTIVARIATE_TESTS_SCHEMA = _schema(
+    *_PAIR, ("condition", "str"), ("subject", "int"), ("score", "float"), ("baseline_score", "float"),
+    ("difference", "float"), ("p_value", "float"), ("n_null", "int"), *_USED, ("q_value", "float"),
+    ("significant", "bool"), ("seed", "int"))
+
+
+def rows_table(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
+    """Rows as a table of a fixed schema: the same columns and types whatever the rows.
+
+    Inferred types would depend on the rows (no held-out fold makes `heldout_subject` a
+    column of nulls; no test at all makes a table without columns), so readers could
+    not rely on them.
+    """
+    unknown = sorted({k for row in rows for k in row} - set(schema.names))
+    if unknown:
+        raise ValueError(f"rows have columns the table schema lacks: {', '.join(unknown)}")
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
 def excluded_table(exclusions: Exclusions | None, keys: KeyResolver) -> pa.Table:
     """One row per image left out, with the columns where its responses were not finite."""
     rows = []
@@ -84,10 +133,10 @@ def univariate_tables(result: UnivariateResult, keys: KeyResolver) -> dict[str, 
             )
     tests = [dict(t, seed=seed) for t in result.tests]
     return {
-        "controlling": pa.Table.from_pylist(controlling),
-        "baselines": pa.Table.from_pylist(baselines),
-        "tests": pa.Table.from_pylist(tests),
-        "correlations": pa.Table.from_pylist(result.correlations),
+        "controlling": rows_table(controlling, UNIVARIATE_CONTROLLING_SCHEMA),
+        "baselines": rows_table(baselines, UNIVARIATE_BASELINES_SCHEMA),
+        "tests": rows_table(tests, UNIVARIATE_TESTS_SCHEMA),
+        "correlations": rows_table(result.correlations, CORRELATIONS_SCHEMA),
         "excluded": excluded_table(result.exclusions, keys),
     }
 
@@ -118,10 +167,10 @@ def multivariate_tables(result: MultivariateResult, keys: KeyResolver) -> dict[s
             row = {k: v for k, v in base.items() if k != "images"}
             baselines.append(dict(row, position=rank + 1, image=int(image), key=key, shard=shard, index=index, seed=seed))
     return {
-        "generations": pa.Table.from_pylist(generations),
-        "controlling": pa.Table.from_pylist(controlling),
-        "baselines": pa.Table.from_pylist(baselines),
-        "tests": pa.Table.from_pylist([dict(t, seed=seed) for t in result.tests]),
+        "generations": rows_table(generations, GENERATIONS_SCHEMA),
+        "controlling": rows_table(controlling, MULTIVARIATE_CONTROLLING_SCHEMA),
+        "baselines": rows_table(baselines, MULTIVARIATE_BASELINES_SCHEMA),
+        "tests": rows_table([dict(t, seed=seed) for t in result.tests], MULTIVARIATE_TESTS_SCHEMA),
         "excluded": excluded_table(result.exclusions, keys),
         "nulls": test_null_table(result.test_nulls),
     }

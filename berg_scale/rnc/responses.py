@@ -17,8 +17,9 @@ written as means only still form a union).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +27,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from berg_scale.errors import BergScaleError
-from berg_scale.io.output_store import OutputStore, done_shards, read_readouts
+from berg_scale.io.output_lease import holder_process_gone, read_lease
+from berg_scale.io.output_store import (
+    OutputStore, done_shards, read_done_markers, read_manifest, read_readouts, response_shards,
+)
 from berg_scale.io.storage import StorageOptions
 
 DEFAULT_UNIONS: dict[str, tuple[str, ...]] = {"FFA": ("FFA-1", "FFA-2")}
@@ -90,20 +94,80 @@ class ResponseStore:
         self.fs, self.root = self._store.fs, self._store.root
         self._readouts: dict | None = None
         self._shards: tuple[str, ...] | None = None
+        self._unbacked: tuple[str, ...] = ()
+        self._commits: dict[str, dict[str, Any]] | None = None
         self._columns: set[str] | None = None
 
     # -- layout -------------------------------------------------------------------
     def committed_shards(self) -> tuple[str, ...]:
-        """Shard names with a `_done` marker, sorted (the marker is written after the Parquet file)."""
+        """Shard names with a `_done` marker and a response file, sorted.
+
+        The marker is written after the Parquet file, so only marked shards are trusted; a
+        marker whose response file is gone vouches for nothing (`generate` redoes such a
+        shard), so it is left out here and named by `unfinished_warning`.
+        """
         if self._shards is None:
-            names = sorted(done_shards(self._store))
-            if not names:
-                raise ResponsesError(
-                    f"no committed shards under {self.url!r} (no _done/*.json): "
-                    "point the study at a finished or partly finished generate output"
-                )
-            self._shards = tuple(names)
+            marked = done_shards(self._store)
+            backed = marked & response_shards(self._store) if marked else set()
+            self._unbacked = tuple(sorted(marked - backed))
+            if not backed:
+                raise ResponsesError(self._no_committed_shards())
+            self._shards = tuple(sorted(backed))
         return self._shards
+
+    def _no_committed_shards(self) -> str:
+        if self._unbacked:
+            return (
+                f"{self.url!r} has {len(self._unbacked)} commit marker(s) but not one response file "
+                f"(responses/{self._unbacked[0]}.parquet is missing): rerun `berg-scale generate` on it to "
+                "regenerate them"
+            )
+        return (
+            f"no committed shards under {self.url!r} (no _done/*.json): "
+            "point the study at a finished or partly finished generate output"
+        )
+
+    def shard_commits(self) -> dict[str, dict[str, Any]]:
+        """Shard -> `run_id` and `committed_at` of its commit marker, for every committed shard.
+
+        Shard names come from the input images, so an output generated again from scratch
+        (other weights, same images) has the same names; its markers do not. Recorded in a
+        study's summary.json, they say which responses the study's images were chosen on.
+        """
+        if self._commits is None:
+            markers = read_done_markers(self._store, self.committed_shards())
+            self._commits = {
+                name: {"run_id": (markers.get(name) or {}).get("run_id"),
+                       "committed_at": (markers.get(name) or {}).get("committed_at")}
+                for name in self.committed_shards()
+            }
+        return self._commits
+
+    def unfinished_warning(self) -> str | None:
+        """One line when the output is still being written or only partly committed, else None.
+
+        Reading such an output is allowed (a study of the shards done so far is useful),
+        but its results cover only the committed shards, which the line says.
+        """
+        committed = set(self.committed_shards())
+        manifest = read_manifest(self._store) or {}
+        listed = {e["name"] if isinstance(e, dict) else str(e) for e in manifest.get("input_shards") or []}
+        total = len(listed) if listed else len(committed) + len(self._unbacked)
+        done = len(committed & listed) if listed else len(committed)
+        reasons = [r for r in (_writer_state(read_lease(self._store), manifest.get("status")),
+                               self._unbacked_note()) if r]
+        if done >= total and not reasons:
+            return None
+        why = "".join(f"; {r}" for r in reasons)
+        return (f"{self.url} is not finished ({done} of {total} shards committed{why}): results cover the "
+                "committed shards only")
+
+    def _unbacked_note(self) -> str:
+        if not self._unbacked:
+            return ""
+        names = ", ".join(self._unbacked[:3]) + (", ..." if len(self._unbacked) > 3 else "")
+        return (f"the response file of {len(self._unbacked)} marked shard(s) is missing ({names}; "
+                "rerunning `berg-scale generate` regenerates it)")
 
     def parquet_path(self, shard: str) -> str:
         return self._store.response_path(shard)
@@ -222,6 +286,17 @@ class ResponseStore:
                  if name.startswith("fmri-") and name.count("/") == 2}
         return sorted(found)
 
+    def subjects(self, model_id: str) -> list[int]:
+        """Subjects with at least one column of `model_id` (`<model>/sub-SS/...`), sorted."""
+        found = set()
+        prefix = f"{model_id}/sub-"
+        for name in self._existing_columns():
+            if name.startswith(prefix):
+                number = name[len(prefix):].split("/")[0]
+                if number.isdigit():
+                    found.add(int(number))
+        return sorted(found)
+
     def subjects_with(
         self, model_id: str, rois: Sequence[str], unions: Mapping[str, Sequence[str]], kind: str
     ) -> tuple[list[int], dict[int, list[str]]]:
@@ -231,15 +306,8 @@ class ResponseStore:
         """
         existing = self._existing_columns()
         column = mean_column if kind == "mean" else response_column
-        subjects = set()
-        prefix = f"{model_id}/sub-"
-        for name in existing:
-            if name.startswith(prefix):
-                number = name[len(prefix):].split("/")[0]
-                if number.isdigit():
-                    subjects.add(int(number))
         complete, lacking = [], {}
-        for subject in sorted(subjects):
+        for subject in self.subjects(model_id):
             missing = []
             for roi in rois:
                 if column(model_id, subject, roi) in existing:
@@ -424,3 +492,22 @@ def _scalar(table: pa.Table, column: str) -> np.ndarray:
     if values.dtype.kind != "f":
         values = values.astype(np.float32)
     return values
+
+
+def _writer_state(lease: dict[str, Any] | None, status: Any) -> str:
+    """Why the output may still change: a live `generate` lease, or a last run that did not finish."""
+    if lease and not _lease_gone(lease):
+        return f"a generate run holds it (run {lease.get('run_id')})"
+    if status is None or status in ("complete", "nothing-to-do"):
+        return ""
+    if status == "running":
+        return "its last generate run stopped before finishing; rerun `berg-scale generate` to resume"
+    if status == "incomplete":
+        return "its last generate run quarantined shards (see `berg-scale status`)"
+    return f"run.json says status {status!r}"
+
+
+def _lease_gone(lease: dict[str, Any]) -> bool:
+    """The lease's driver is known to be gone (its process, on this host) or stopped renewing."""
+    age = time.time() - float(lease.get("renewed_at") or 0)
+    return holder_process_gone(lease) or age > float(lease.get("ttl_s") or 120)

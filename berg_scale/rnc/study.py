@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from berg_scale import __version__
+from berg_scale.errors import ConfigError
 from berg_scale.io.storage import filesystem_for
 from berg_scale.rnc.config import StudyConfig, parse_config
 from berg_scale.rnc.multivariate import GAParams
@@ -20,6 +21,7 @@ from berg_scale.rnc.multivariate_study import MultivariateParams, MultivariateRe
 from berg_scale.rnc.outputs import (
     KeyResolver, excluded_images, multivariate_tables, univariate_tables, write_json, write_tables,
 )
+from berg_scale.rnc.rerun import PARTS, carried_parts, keep_parts, read_summary, remove_stale
 from berg_scale.rnc.responses import ResponsesError, ResponseStore
 from berg_scale.rnc.univariate import CONDITIONS, UnivariateParams, UnivariateResult, run_univariate, train_average
 
@@ -38,6 +40,11 @@ def run_study(
     responses (see `resolve_from_responses`). Distributed univariate selection attaches
     to the Ray named by RAY_ADDRESS (or, with `allow_auto_ray`, the cluster this process
     runs in), else starts a local one.
+
+    A responses output that is still being written, or only partly committed, is studied
+    as it is, after one warning line. summary.json records each shard's commit, so that
+    the study stays tied to the responses it read; an `out_dir` holding an earlier study
+    keeps the entry of the part not computed here while it still matches (`rerun`).
     """
     started = time.time()
     storage = config.storage.options()
@@ -48,6 +55,10 @@ def run_study(
             if state != "on":
                 log(f"{analysis}: {state}")
     config = resolve_from_responses(config, store, log)
+    _check_images_folder(config, storage)
+    unfinished = store.unfinished_warning()
+    if unfinished:
+        log(f"warning: {unfinished}")
     pairs = config.roi_pairs()
     rois = sorted({r for p in pairs for r in p}, key=config.rois.index)
     summary: dict = {
@@ -56,8 +67,12 @@ def run_study(
         "responses": config.responses,
         "config": config.model_dump(mode="json"),
         "shards": list(store.committed_shards()),
+        "shard_commits": store.shard_commits(),
         "outputs": [],
     }
+    previous = read_summary(fs, out_root)
+    parts_run = {part for part in PARTS if getattr(config, part).enabled}
+    kept = carried_parts(previous, summary, parts_run, fs, out_root, storage, log)
     if config.univariate.enabled:
         started_ray = False
         if config.univariate.distributed:
@@ -71,12 +86,30 @@ def run_study(
                 import ray
 
                 ray.shutdown()
+        remove_stale(fs, out_root, "univariate", summary["outputs"], previous, log)
     if config.multivariate.enabled:
         summary["multivariate"] = _multivariate(config, store, fs, out_root, rois, pairs, summary, log)
+        remove_stale(fs, out_root, "multivariate", summary["outputs"], previous, log)
+    if previous and kept:
+        keep_parts(summary, previous, kept, out_root)
     summary["elapsed_s"] = round(time.time() - started, 3)
     write_json(fs, posixpath.join(out_root, "summary.json"), summary)
     log(f"summary written to {posixpath.join(config.out_dir, 'summary.json')}")
     return summary
+
+
+def _check_images_folder(config: StudyConfig, storage) -> None:
+    """Refuse a `plots.images` folder that does not exist before the study runs, not per image after."""
+    if not (config.plots.enabled and config.plots.images):
+        return
+    from berg_scale.rnc.images import images_folder_problem
+
+    problem = images_folder_problem(config.plots.images, storage)
+    if problem:
+        raise ConfigError(
+            f"plots.images (--images): {problem}: give the folder (or s3:// prefix) of the input shards, or "
+            "leave it out to read the input tars the _done markers record"
+        )
 
 
 def resolve_from_responses(config: StudyConfig, store: ResponseStore, log: Callable[[str], None]) -> StudyConfig:
@@ -105,6 +138,8 @@ def resolve_from_responses(config: StudyConfig, store: ResponseStore, log: Calla
                 "responses of an fMRI model (generate with fmri-nsd-fwrf or fmri-nsd_fsaverage-vit_b_32)"
             )
         update["model_id"] = model_id
+    if config.subjects is not None:
+        _check_subjects(config, store, model_id)
     if config.subjects is None and (config.univariate.enabled or config.multivariate.enabled):
         pairs = config.roi_pairs()
         rois = sorted({r for p in pairs for r in p}, key=config.rois.index)
@@ -130,6 +165,25 @@ def resolve_from_responses(config: StudyConfig, store: ResponseStore, log: Calla
             f"responses{'; ' + left_out if left_out else ''}; set subjects (--subjects) to choose)")
         update["subjects"] = chosen
     return config.model_copy(update=update) if update else config
+
+
+def _check_subjects(config: StudyConfig, store: ResponseStore, model_id: str) -> None:
+    """Name the chosen subjects the output lacks, and those it has, before any column is read."""
+    present = store.subjects(model_id)
+    if not present:
+        models = ", ".join(store.fmri_models()) or "none"
+        raise ResponsesError(
+            f"{config.responses!r} has no columns of {model_id} (its fMRI models: {models}): choose model_id "
+            "(--model) among them"
+        )
+    absent = [s for s in config.subjects or [] if s not in present]
+    if absent:
+        which = f"subject{'s' if len(absent) > 1 else ''} {', '.join(map(str, absent))}"
+        raise ResponsesError(
+            f"{which} {'are' if len(absent) > 1 else 'is'} not in {config.responses!r} ({model_id} has subjects "
+            f"{', '.join(map(str, present))}): choose subjects (--subjects) among them, or leave subjects out "
+            "to use every subject there"
+        )
 
 
 def _univariate(config, store, storage, fs, out_root, rois, pairs, summary, log) -> dict:
@@ -366,22 +420,30 @@ def _multivariate_plots(config, result: MultivariateResult, keys, fs, directory,
         fig = generations_figure(curves, pair, caption=caption)
         written += save_figure(fig, fs, posixpath.join(directory, f"generations_{pair[0]}-{pair[1]}"),
                                config.plots.formats)
-        panels = []
-        for condition, (run, stat) in finals.items():
-            score = f"train r = {run.search.best_scores[-1]:+.3f}"
-            if stat is not None:
-                score = (f"held-out r = {stat['mean_score']:+.3f} vs baseline {stat['mean_baseline']:+.3f}, "
-                         f"significant in {stat['n_significant']}/{stat['n_subjects']}; {score}")
-            tiles = [(int(i), "") for i in run.search.best_batches[-1]]
-            panels.append((f"{condition_label(condition, pair, long=True)}: {score}", tiles, None, None))
-        grids.append((f"images_{pair[0]}-{pair[1]}", f"{pair[0]} vs {pair[1]}: controlling batches (all subjects)",
-                      panels, "Each panel is the final batch of the search on all subjects. " + units))
+        panels = [(f"{condition_label(condition, pair, long=True)}: {_batch_scores(run, stat)}",
+                   [(int(i), "") for i in run.search.best_batches[-1]], None, None)
+                  for condition, (run, stat) in finals.items()]
+        caption = ("Each panel is the final batch of the search on all subjects; its train r is this batch's score "
+                   "on all subjects' averaged RSMs. The held-out r is not this batch's: it is the mean over the "
+                   "held-out folds, each fold's own final batch (chosen without its left-out subject) scored on "
+                   "that subject. " + units)
+        grids.append((f"images_{pair[0]}-{pair[1]}",
+                      f"{pair[0]} vs {pair[1]}: final batches of the all-subjects search", panels, caption))
     missing: list = []
     if grids:
         written_grids, missing = _grids(config, grids, keys, fs, directory, store, log, columns=10, per_row=1,
                                         panel_type=GridPanel)
         written += written_grids
     return written, missing
+
+
+def _batch_scores(run, stat: dict | None) -> str:
+    """Panel title of an all-subjects batch: its own train score, then the folds' held-out mean, named as such."""
+    score = f"train r = {run.search.best_scores[-1]:+.3f} (this batch, all subjects)"
+    if stat is None:
+        return score
+    return (f"{score}; mean over held-out folds (their own batches) r = {stat['mean_score']:+.3f} vs baseline "
+            f"{stat['mean_baseline']:+.3f}, significant in {stat['n_significant']}/{stat['n_subjects']}")
 
 
 def run_demo_rnc(

@@ -89,7 +89,7 @@ def load_index(directory: str, expected: dict[str, Any], params: AnnParams,
     faiss = load_faiss()
     try:
         raw = fs.cat_file(posixpath.join(root, INDEX_FILE))
-        ids = pq.read_table(fs.open(posixpath.join(root, IDS_FILE), "rb"))
+        ids = pq.read_table(posixpath.join(root, IDS_FILE), filesystem=fs)
     except FileNotFoundError as exc:
         return None, f"the saved index in {directory} is incomplete ({exc})"
     try:

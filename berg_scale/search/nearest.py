@@ -6,6 +6,7 @@ the grid is `berg_scale.search.outputs`.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class SearchResult:
     seconds: dict[str, float] = field(default_factory=dict)
     ann: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. the output is still being written
 
     @property
     def width(self) -> int:
@@ -84,11 +86,22 @@ def check_request(request: SearchRequest) -> None:
     request.ann.check()
 
 
-def find_nearest(request: SearchRequest, on_shard: Callable[[str, int, int], None] | None = None) -> SearchResult:
-    """The k committed images whose vectors over `request.columns` are nearest the target."""
+def find_nearest(
+    request: SearchRequest, on_shard: Callable[[str, int, int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> SearchResult:
+    """The k committed images whose vectors over `request.columns` are nearest the target.
+
+    A responses output that is still being written or only partly committed is searched
+    as it is; `warn` (default: a `warning:` line on stderr) is told so before the search,
+    and the result records it.
+    """
     check_request(request)
     started = time.monotonic()
     store = ResponseStore(request.responses, request.storage)
+    warnings = [w for w in (store.unfinished_warning(),) if w]
+    for line in warnings:
+        (warn or _warn_stderr)(line)
     columns = resolve_columns(store, request.columns)
     width = sum(c.width for c in columns)
     check_metric(request.metric, width)
@@ -114,7 +127,12 @@ def find_nearest(request: SearchRequest, on_shard: Callable[[str, int, int], Non
     if len(hits) < request.k:
         notes.append(f"only {len(hits)} images could be ranked, fewer than k = {request.k}")
     seconds["total"] = time.monotonic() - started
-    return SearchResult(hits, counts, method, columns, target, request.metric, request.k, seconds, ann_info, notes)
+    return SearchResult(hits, counts, method, columns, target, request.metric, request.k, seconds, ann_info, notes,
+                        warnings)
+
+
+def _warn_stderr(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def _method(request: SearchRequest, store: ResponseStore, columns: Sequence[ColumnSpec], notes: list[str]) -> str:

@@ -2,7 +2,8 @@
 
     results.parquet  rank, shard, key, index, distance (nearest first)
     summary.json     the request, the method, counts of images read / skipped / ranked,
-                     timings, the ANN index (if any) and the same hits as the table
+                     timings, the ANN index (if any), the same hits as the table, and
+                     warnings (an output still being written or only partly committed)
     grid.png         the target image (for --like) and the k images with keys and distances
 """
 
@@ -45,6 +46,7 @@ def summary(result: SearchResult, responses: str, files: dict[str, Any]) -> dict
         "results": [{"rank": h.rank, "shard": h.shard, "key": h.key, "index": h.index, "distance": h.distance}
                     for h in result.hits],
         "notes": result.notes,
+        "warnings": result.warnings,
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "files": files,
     }
@@ -70,7 +72,7 @@ def write_results(result: SearchResult, out: str, responses: str, storage: Stora
 
 
 def _write_grid(result, fs, root, responses, storage, images_url, tile) -> tuple[str | None, str]:
-    from berg_scale.rnc.images import fetch_thumbnails, locate_sources
+    from berg_scale.rnc.images import fetch_thumbnails, images_folder_problem, locate_sources
     from berg_scale.rnc.plots import save_figure
     from berg_scale.search.grid import grid_figure
 
@@ -78,6 +80,9 @@ def _write_grid(result, fs, root, responses, storage, images_url, tile) -> tuple
     wanted = [(h.shard, h.key) for h in result.hits] + ([target] if target else [])
     if not wanted:
         return None, "no image grid: no image was ranked"
+    problem = images_folder_problem(images_url, storage) if images_url else None
+    if problem:
+        return None, f"no image grid: --images {problem}; give the folder of the input tars"
     sources = locate_sources({s for s, _ in wanted}, responses, images_url, storage)
     if not any(sources.values()):
         return None, ("no image grid: the commit markers record no input tar for these shards; "

@@ -38,8 +38,7 @@ def test_study_reads_and_writes_s3(s3_server, s3_bucket):
     assert summary["n_images"] == 200
     fs = ResponseStore(f"{s3_bucket}/rnc", storage).fs
     bucket = s3_bucket.removeprefix("s3://")
-    with fs.open(f"{bucket}/rnc/univariate/controlling.parquet", "rb") as handle:
-        assert pq.read_table(handle).num_rows > 0
+    assert pq.read_table(f"{bucket}/rnc/univariate/controlling.parquet", filesystem=fs).num_rows > 0
     assert fs.exists(f"{bucket}/rnc/univariate/scatter_V1-hV4.png")
     assert json.loads(fs.cat(f"{bucket}/rnc/summary.json"))["seed"] == 20200220
 

@@ -33,7 +33,11 @@ def test_config_errors_are_one_line_and_name_the_field(tmp_path):
         load_config(path)
     assert "\n" not in str(info.value)
     path.write_text("responses: x\nout_dir: y\nrois: [V1, hV4]\npairs: [[V1, PPA]]\n")
-    with pytest.raises(ConfigError, match="must name two different ROIs"):
+    with pytest.raises(ConfigError, match="pair V1 PPA .* names PPA, which rois .* does not list") as info:
+        load_config(path)
+    assert "responses" not in str(info.value)  # the pair, not a dump of the whole study
+    path.write_text("responses: x\nout_dir: y\nrois: [V1, hV4]\npairs: [[V1, V1]]\n")
+    with pytest.raises(ConfigError, match="names one ROI twice"):
         load_config(path)
     path.write_text("responses: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

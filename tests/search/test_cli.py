@@ -59,7 +59,9 @@ def test_grid_reads_tars_from_images_when_given(data, tmp_path, capsys):
                         "--images", tmp_path / "nowhere", "-k", "3")
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert any("3 of 3 grid images were not found" in note for note in summary["notes"])
+    notes = [note for note in summary["notes"] if "nowhere" in note]
+    assert len(notes) == 1 and "does not exist" in notes[0]  # the folder once, not one reason per image
+    assert not (out / "grid.png").exists()
     code, _, err = _run(capsys, "--responses", data.output, "--out", out, "--columns", *MEANS, "--target", target,
                         "--images", data.images, "-k", "3")
     assert code == 0, err

@@ -29,8 +29,7 @@ def test_search_reads_and_writes_s3(s3_server, s3_bucket, capsys):
     assert summary["ann"]["reused"] is True  # the second run loaded the index saved in the bucket
     assert fs.exists(f"{root}/index/index.faiss") and fs.exists(f"{root}/grid.png")
     assert not summary["notes"]  # every grid image was read from the tars in the bucket
-    with fs.open(f"{root}/results.parquet", "rb") as handle:
-        keys = pq.read_table(handle).column("key").to_pylist()
+    keys = pq.read_table(f"{root}/results.parquet", filesystem=fs).column("key").to_pylist()
     matrix = data.matrix(MEANS)
     usable = data.committed_ok() & np.isfinite(matrix).all(axis=1)
     usable[20] = False
