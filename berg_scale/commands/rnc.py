@@ -32,7 +32,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cv", action="store_true", help="only the all-subjects run (no held-out folds)")
     parser.add_argument("--images", metavar="URL",
                         help="input shards for the image grids (default: the input URLs in the _done markers)")
-    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-plots", "--no-figures", dest="no_plots", action="store_true",
+                        help="write tables and summary.json only")
+    parser.add_argument("--max-excluded-fraction", type=float, metavar="F",
+                        help="largest fraction of images with NaN/infinite responses left out before the "
+                             "study stops (default 0.01)")
     parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
     parser.add_argument("--bootstrap", dest="n_bootstrap", type=int, metavar="N")
     parser.add_argument("--permutations", dest="n_permutations", type=int, metavar="N")
@@ -66,7 +70,8 @@ def build_config(args: argparse.Namespace) -> Any:
     if args.rnc_command == "run":
         return load_config(args.study)
     data: dict[str, Any] = load_config(args.config).model_dump(mode="json") if args.config else {}
-    for name in ("responses", "out_dir", "model_id", "subjects", "rois", "pairs", "seed", "ncsnr_threshold"):
+    for name in ("responses", "out_dir", "model_id", "subjects", "rois", "pairs", "seed", "ncsnr_threshold",
+                 "max_excluded_fraction"):
         if getattr(args, name, None) is not None:
             data[name] = getattr(args, name)
     for name in ("responses", "out_dir"):

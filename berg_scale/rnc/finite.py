@@ -112,8 +112,8 @@ class Exclusions:
             raise NonFiniteResponsesError(
                 f"{analysis}: {self.n_excluded:,} of {self.n_images:,} images (a fraction of "
                 f"{distinct_from(fraction, max_fraction)}) have NaN or infinite responses{where}, more than "
-                f"max_excluded_fraction={max_fraction:g}: {fix}, or raise max_excluded_fraction in the study "
-                "config (`rnc run STUDY.yaml`, or --config STUDY.yaml) to leave them out"
+                f"max_excluded_fraction={max_fraction:g}: {fix}, or raise max_excluded_fraction (--max-excluded-fraction, "
+                "or in the study config) to leave them out"
             )
         if self.n_excluded and self.n_used < needed:
             raise NonFiniteResponsesError(

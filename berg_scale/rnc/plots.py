@@ -204,8 +204,23 @@ class GridPanel:
     note: str | None = None  # e.g. why the set is empty
 
 
-def _short_key(key: str, limit: int = 11) -> str:
-    return key if len(key) <= limit else "…" + key[-(limit - 1):]
+def tile_key(key: str, width: int) -> str:
+    """A key in at most two lines of `width` characters, broken after a separator if one is
+    near: its start names the shard and its end the image, so neither may be cut off. A
+    key longer than two lines loses its middle."""
+    if len(key) <= width:
+        return key
+    if len(key) > 2 * width:
+        return key[:width - 1] + "…\n" + key[-width:]
+    cut = max(key.rfind(sep, 0, width) + 1 for sep in "-_/.")
+    if cut < len(key) - width or cut < width // 2:
+        cut = width  # no separator leaves both lines short enough
+    return key[:cut] + "\n" + key[cut:]
+
+
+def _key_width(tile_in: float, pad_w: float) -> int:
+    """How many characters of TILE_PT text fit under one tile."""
+    return max(8, int((tile_in + pad_w) * 72 / (TILE_PT * 0.68)))
 
 
 def image_grid_figure(
@@ -227,7 +242,10 @@ def image_grid_figure(
     margin_in = 0.2
     tile_in = tile_in or min(0.8, (PRINT_WIDTH_IN - 2 * margin_in - gap_in * (panels_per_row - 1))
                              / panels_per_row / columns - 0.09)
-    pad_w, pad_h = 0.09, 0.3  # inches between tiles; the vertical pad holds two lines of label
+    pad_w = 0.09  # inches between tiles
+    key_width = _key_width(tile_in, pad_w)
+    key_lines = max((tile_key(key, key_width).count("\n") + 1 for p in panels for key, _, _ in p.tiles), default=1)
+    pad_h = 0.3 + 0.1 * (key_lines - 1)  # the vertical pad holds the key's lines and the score
     panel_w = columns * tile_in + (columns - 1) * pad_w
     titles = [_panel_title(p, panel_w) for p in panels]
     title_lines = [t.count("\n") + 1 for t in titles]
@@ -253,7 +271,7 @@ def image_grid_figure(
             grid_h = n_rows * (tile_in + pad_h) - pad_h
             rect = (left / width, (top - row_title_in[r] - grid_h) / height, panel_w / width, grid_h / height)
             _draw_panel(fig, rect, panel, titles[r * panels_per_row + c], n_rows, columns, (pad_w, pad_h),
-                        (left, top), (width, height))
+                        (left, top), (width, height), key_width)
         top -= row_heights[r]
     if title:
         fig.suptitle(title, fontsize=TITLE_PT, y=1 - 0.12 / height, va="top")
@@ -269,7 +287,8 @@ def _panel_title(panel: GridPanel, width_in: float) -> str:
     return textwrap.fill(title, max(20, int(width_in * 72 / (PANEL_PT * 0.62))))
 
 
-def _draw_panel(fig, rect, panel: GridPanel, title: str, n_rows, columns, pads, corner, size) -> None:
+def _draw_panel(fig, rect, panel: GridPanel, title: str, n_rows, columns, pads, corner, size,
+                key_width: int) -> None:
     fig.text(corner[0] / size[0], (corner[1] - 0.06) / size[1], title, fontsize=PANEL_PT,
              fontweight="bold", va="top", ha="left", linespacing=1.3)
     grid = ImageGrid(fig, rect, nrows_ncols=(n_rows, columns), axes_pad=pads, share_all=True, label_mode="all")
@@ -292,7 +311,7 @@ def _draw_panel(fig, rect, panel: GridPanel, title: str, n_rows, columns, pads, 
             ax.text(0.5, 0.5, "not found", ha="center", va="center", fontsize=TILE_PT, transform=ax.transAxes)
         else:
             ax.imshow(_square(np.asarray(image)))
-        label = _short_key(key) + (f"\n{score}" if score else "")
+        label = tile_key(key, key_width) + (f"\n{score}" if score else "")
         ax.set_xlabel(label, fontsize=TILE_PT, labelpad=1.5, linespacing=1.0)
 
 

@@ -196,3 +196,14 @@ def test_console_univariate_lines_name_directions(cv, planted, tmp_path):
         assert any("V1↓ hV4↑" in x and "held-out" in x and "significant in 4/4" in x for x in lines)
     else:
         assert lines[0].startswith("univariate: no held-out test")
+
+
+def test_tile_keys_keep_the_shard_and_the_image_apart():
+    from berg_scale.rnc.plots import tile_key
+
+    assert tile_key("short", 12) == "short"
+    assert tile_key("shard000005-000007", 12) == "shard000005-\n000007"
+    for key in ("shard000005-000007", "photos_of_cats/cat_000123", "x" * 50):
+        lines = tile_key(key, 12).split("\n")
+        assert len(lines) <= 2 and all(len(line) <= 12 for line in lines), lines
+        assert key.startswith(lines[0].rstrip("…")) and key.endswith(lines[-1])

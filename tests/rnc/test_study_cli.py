@@ -181,3 +181,16 @@ def test_cli_multivariate_options_reach_the_search(tmp_path, capsys):
     assert "univariate" not in summary
     generations = pq.read_table(tmp_path / "rnc" / "multivariate" / "generations.parquet")
     assert generations.num_rows == 3
+
+
+def test_cli_names_every_setting_its_messages_advise(tmp_path):
+    from berg_scale.cli import build_parser
+    from berg_scale.commands.rnc import build_config
+
+    args = build_parser().parse_args([
+        "rnc", "univariate", "--responses", str(tmp_path / "out"), "--out", str(tmp_path / "rnc"),
+        "--max-excluded-fraction", "0.05", "--no-figures",
+    ])
+    config = build_config(args)
+    assert config.max_excluded_fraction == 0.05
+    assert config.plots.enabled is False

@@ -288,7 +288,7 @@ def test_too_many_non_finite_images_prints_a_fraction_apart_from_the_limit():
     message = str(info.value)
     assert "1 of 99 images (a fraction of 0.0101)" in message and "max_excluded_fraction=0.01" in message
     assert "1.0%" not in message
-    assert "in the study config (`rnc run STUDY.yaml`, or --config STUDY.yaml)" in message
+    assert "raise max_excluded_fraction (--max-excluded-fraction, or in the study config)" in message
     assert distinct_from(0.0667, 0.05) == "0.067" and distinct_from(0.0500001, 0.05) == "0.0500001"
 
 
