@@ -49,7 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
         command_parser = sub.add_parser(name, help=help_text, description=module.__doc__)
         module.configure(command_parser)
         command_parser.set_defaults(_run=module.run)
+    _record_flags(parser)
     return parser
+
+
+def _record_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command's namespace the set of its own option strings (`_flags`), so
+    error messages can leave out advice about flags the running command does not have."""
+    flags = frozenset(option for action in parser._actions for option in action.option_strings)
+    parser.set_defaults(_flags=flags)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _record_flags(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    from berg_scale.io.storage_errors import set_command_flags
+
+    set_command_flags(getattr(args, "_flags", None))
     try:
         return int(args._run(args) or 0)
     except BergScaleError as exc:
@@ -84,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if translated is None:
             raise
         return _report(args.command, translated)
+    finally:
+        set_command_flags(None)  # a library caller after us gets the full advice again
 
 
 def _report(command: str, exc: BaseException) -> int:

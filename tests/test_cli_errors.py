@@ -8,6 +8,7 @@ line without a traceback, and that the line names the problem and the fix.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -75,7 +76,27 @@ def assert_one_line_error(code: int, err: str, command: str, *needles: str) -> s
     assert line.startswith(f"berg-scale {command}: error: "), line
     for needle in needles:
         assert needle in line, f"{needle!r} not in {line!r}"
+    unknown = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", line)) - _flags_of(command)
+    assert not unknown, f"{line!r} advises options berg-scale {command} does not have: {sorted(unknown)}"
     return line
+
+
+def _flags_of(command: str) -> set[str]:
+    """Every option of a command and of its sub-commands."""
+    import argparse
+
+    from berg_scale.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser) -> set[str]:
+        found = {option for action in parser._actions for option in action.option_strings}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    found |= walk(child)
+        return found
+
+    top = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return walk(top.choices[command])
 
 
 def _images(folder: Path, n: int = 2) -> Path:
@@ -107,7 +128,7 @@ def test_status_with_wrong_credentials(s3_bucket, wrong_credentials, capsys):
 
 def test_status_without_credentials(s3_bucket, no_credentials, capsys):
     code, err = run_cli(capsys, "status", f"{s3_bucket}/out")
-    assert_one_line_error(code, err, "status", "no S3 credentials", CREDENTIAL_FIX, "--anon")
+    assert_one_line_error(code, err, "status", "no S3 credentials", CREDENTIAL_FIX, "storage.anon")
 
 
 def test_status_with_a_down_endpoint_fails_fast(down_endpoint, capsys):
@@ -178,7 +199,7 @@ def test_plan_with_a_down_endpoint_fails_fast(down_endpoint, tmp_path, capsys):
     started = time.monotonic()
     code, err = run_cli(capsys, "plan", str(config))
     elapsed = time.monotonic() - started
-    assert_one_line_error(code, err, "plan", "cannot reach the S3 endpoint", down_endpoint, ENDPOINT_FIX)
+    assert_one_line_error(code, err, "plan", "cannot reach the S3 endpoint", down_endpoint, "storage.endpoint_url")
     assert elapsed < DOWN_ENDPOINT_BUDGET_S
 
 

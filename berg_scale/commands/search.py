@@ -91,9 +91,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {hit.rank:>3}  {hit.distance:.6g}  {hit.shard}/{hit.key}")
     for note in result.notes:
         print(f"note: {note}")
-    written = [files["results"], files.get("grid"), files["summary"]]
-    print(f"wrote {', '.join(p for p in written if p)} ({result.seconds['total']:.1f} s)")
+    written = [_as_url(path, args.out) for path in (files["results"], files.get("grid"), files["summary"]) if path]
+    print(f"wrote {', '.join(written)} ({result.seconds['total']:.1f} s)")
     return 0
+
+
+def _as_url(path: str, out: str) -> str:
+    """A written path as the user names it: object-store paths keep their scheme."""
+    scheme = out.split("://", 1)[0] + "://" if "://" in out else ""
+    return path if not scheme or path.startswith(scheme) else scheme + path
 
 
 class _Progress:

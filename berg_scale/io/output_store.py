@@ -28,7 +28,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterable, TypeVar
 
-from berg_scale.errors import StorageError
+from berg_scale.errors import BergScaleError, StorageError
 from berg_scale.io.storage import StorageOptions, filesystem_for, to_url
 
 RESPONSES_DIR = "responses"
@@ -246,6 +246,8 @@ def with_storage_retries(action: Callable[[], T], what: str, attempts: int = 5, 
     for attempt in range(1, attempts + 1):
         try:
             return action()
+        except BergScaleError:
+            raise  # a refusal (a busy output, a mismatch) is an answer, not an outage
         except Exception as exc:  # noqa: BLE001 - botocore errors are not OSErrors; re-raised below
             if isinstance(exc, (FileNotFoundError, PermissionError)) or attempt == attempts:
                 raise StorageError(f"{what} failed: {' '.join(str(exc).split()) or type(exc).__name__}") from exc

@@ -337,6 +337,11 @@ def _prepare_destination(
             )
         return existing, manifest, bool(manifest and manifest.get("labels") == LABELS_NAME)
     if existing and not overwrite:
+        if MANIFEST_NAME not in existing:
+            raise BergScaleError(
+                f"{dest} holds {len(existing)} shard(s) such as {existing[0]!r} but no {MANIFEST_NAME} "
+                "(an interrupted make-shards?): start again with --overwrite, or choose an empty destination"
+            )
         raise BergScaleError(
             f"{dest} already holds {len(existing)} shard/manifest file(s) such as "
             f"{existing[0]!r}; choose an empty destination, pass --add to append new "

@@ -25,6 +25,24 @@ from berg_scale.errors import BergScaleError, StorageError
 CREDENTIAL_VARIABLES = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or storage.key/storage.secret"
 ANONYMOUS_HINT = "a public bucket needs anonymous access (--anon, storage.anon: true)"
 
+# The options of the command being run (set by the CLI): advice names a flag only where the
+# command has it, so every fix a message gives can be typed as written. None: not known.
+_command_flags: frozenset[str] | None = None
+
+
+def set_command_flags(flags: frozenset[str] | None) -> None:
+    global _command_flags
+    _command_flags = flags
+
+
+def _lacks(flag: str) -> bool:
+    return _command_flags is not None and flag not in _command_flags
+
+
+def _with_flag(flag: str, rest: str, separator: str = ", ") -> str:
+    """`flag` + `rest`, or only `rest` when the running command has no such option."""
+    return rest if _lacks(flag) else f"{flag}{separator}{rest}"
+
 _MISSING_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
 _REJECTED_CREDENTIAL_CODES = {
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
@@ -138,7 +156,7 @@ def translate_storage_error(
     options: Any = None,
     what: str = "access",
     endpoint: str | None = None,
-    anonymous_hint: str = ANONYMOUS_HINT,
+    anonymous_hint: str | None = None,
 ) -> StorageError | None:
     """A `StorageError` naming the problem and the fix, or None when `exc` is not one.
 
@@ -147,6 +165,8 @@ def translate_storage_error(
     the generic case ("read", "write", ...); `anonymous_hint` ends credential messages
     (commands with their own anonymous-access rules say them there).
     """
+    if anonymous_hint is None:
+        anonymous_hint = f"a public bucket needs anonymous access ({_with_flag('--anon', 'storage.anon: true')})"
     if isinstance(exc, BergScaleError):
         return exc if isinstance(exc, StorageError) else None
     if not _names(exc) & _STORAGE_ROOTS:
@@ -196,11 +216,14 @@ def translate_storage_error(
         target = f"the S3 endpoint {endpoint}" if endpoint else "the S3 endpoint"
         return StorageError(
             f"cannot reach {target}{where} ({_detail(_deepest(chain, _UNREACHABLE) or exc)}): check "
-            "--endpoint-url / storage.endpoint_url / AWS_ENDPOINT_URL and that the server is running"
+            f"{_with_flag('--endpoint-url', 'storage.endpoint_url / AWS_ENDPOINT_URL', ' / ')} and that "
+            "the server is running"
         )
     if "NoRegionError" in names:
         return StorageError(
-            f"no S3 region is set{where}: pass --region, set storage.region or AWS_DEFAULT_REGION"
+            f"no S3 region is set{where}: "
+            + ("set storage.region or AWS_DEFAULT_REGION" if _lacks("--region")
+               else "pass --region, set storage.region or AWS_DEFAULT_REGION")
         )
     os_error = next((item for item in chain if isinstance(item, OSError)), None)
     if os_error is not None:

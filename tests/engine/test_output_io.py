@@ -271,3 +271,18 @@ def test_status_of_an_output(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 done, 1 failed, 1 pending, of 3" in out and "s1: truncated tar" in out
     assert "notes:   2 reader note(s)" in out
+
+
+def test_storage_retries_pass_a_refusal_on_at_once():
+    from berg_scale.io.output_lease import OutputBusyError
+    from berg_scale.io.output_store import with_storage_retries
+
+    calls = []
+
+    def busy():
+        calls.append(1)
+        raise OutputBusyError("out is in use by run r1")
+
+    with pytest.raises(OutputBusyError):
+        with_storage_retries(busy, "taking the output's lease", delay_s=5.0)
+    assert len(calls) == 1, "a busy output is an answer, not an outage to wait out"

@@ -355,6 +355,10 @@ def test_add_refuses_a_destination_without_manifest_and_excludes_overwrite(tmp_p
     (dest / "shard-000000.tar").write_bytes(b"")
     assert main(["make-shards", str(src), str(dest), "--add", "--quiet"]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+    # Without --add the first answer already names the case and the way that works.
+    assert main(["make-shards", str(src), str(dest), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no manifest.json (an interrupted make-shards?)" in err and "--overwrite" in err and "--add" not in err
     with pytest.raises(SystemExit):
         main(["make-shards", str(src), str(dest), "--add", "--overwrite"])
     empty = tmp_path / "fresh"
