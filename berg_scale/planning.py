@@ -441,7 +441,8 @@ def decode_sizing(resources: Any) -> str:
     per = resources
     if per.decode_workers == "auto":
         how = (f"decode_workers auto: on a GPU worker, its node's CPUs per GPU x {per.gpus_per_worker:g} - "
-               f"cpus_per_worker {per.cpus_per_worker:g} decode processes (15 on a 16-vCPU node per GPU); "
+               f"cpus_per_worker {per.cpus_per_worker:g} decode processes "
+               f"({_pool_size(8, per):g} on an 8-vCPU node per GPU, {_pool_size(16, per):g} on a 16-vCPU one); "
                f"a CPU worker decodes in its {per.decode_threads} threads")
     elif per.decode_workers == 0:
         how = f"decode_workers 0: each worker decodes in its own {per.decode_threads} threads"
@@ -492,3 +493,10 @@ __all__ = [
     "make_plan",
     "plan_hints",
 ]
+
+
+def _pool_size(node_cpus_per_gpu: int, resources: Any) -> int:
+    from berg_scale.engine.decode_pool import resolve_decode_workers
+
+    return resolve_decode_workers("auto", uses_gpus=True, cpus_per_worker=resources.cpus_per_worker,
+                                  gpus_per_worker=resources.gpus_per_worker, node_cpus_per_gpu=node_cpus_per_gpu)

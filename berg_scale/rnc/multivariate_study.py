@@ -19,7 +19,14 @@ from berg_scale.rnc.multivariate import (
     genetic_search, multivariate_null, mutation_sizes,
 )
 from berg_scale.rnc.patterns import PatternSet
-from berg_scale.rnc.stats import benjamini_hochberg, binomial_tail, bootstrap_ci, permutation_p_value
+from berg_scale.rnc.stats import (
+    benjamini_hochberg,
+    binomial_tail,
+    bootstrap_ci,
+    mean_or_nan,
+    permutation_p_value,
+    same_folds,
+)
 from berg_scale.rnc.streams import stream
 from berg_scale.rnc.univariate import Fold, make_folds
 
@@ -172,13 +179,14 @@ def run_multivariate(
         if cv_folds:
             for condition in params.conditions:
                 rows = [t for t in pair_tests if t["condition"] == condition]
-                table = np.array([[t["score"], t["baseline_score"], t["difference"]] for t in rows])
+                table = same_folds(np.array([[t["score"], t["baseline_score"], t["difference"]] for t in rows]))
                 rng = stream(seed, "multivariate bootstrap", pair[0], pair[1], condition)
                 low, high = bootstrap_ci(table, params.n_bootstrap, rng)
                 k = int(sum(bool(t["significant"]) for t in rows))
                 summary.append(
                     {"roi_1": pair[0], "roi_2": pair[1], "condition": condition,
-                     "mean_score": float(np.nanmean(table[:, 0])), "mean_baseline": float(np.nanmean(table[:, 1])),
+                     "mean_score": mean_or_nan(table[:, 0]), "mean_baseline": mean_or_nan(table[:, 1]),
+                     "n_scored": int(np.isfinite(table[:, 0]).sum()),
                      "score_ci": [float(low[0]), float(high[0])], "baseline_ci": [float(low[1]), float(high[1])],
                      "difference_ci": [float(low[2]), float(high[2])], "n_subjects": len(rows),
                      "n_significant": k, "binomial_p": binomial_tail(k, len(rows), params.chance)}

@@ -130,3 +130,19 @@ def pearson_r(x: np.ndarray, y: np.ndarray) -> float:
     y = y - y.mean()
     denom = math.sqrt(float(x @ x) * float(y @ y))
     return float(x @ y / denom) if denom > 0 else float("nan")
+
+
+def same_folds(table: np.ndarray) -> np.ndarray:
+    """Per-fold (score, baseline, difference) rows with a fold that has no score (no eligible
+    controlling image) left out of the baseline too, so that the mean score, the mean
+    baseline and their difference all average the same held-out subjects."""
+    table = np.array(table, dtype=np.float64).reshape(-1, 3)
+    table[~np.isfinite(table[:, 0]), 1] = np.nan
+    return table
+
+
+def mean_or_nan(values: np.ndarray) -> float:
+    """The mean of the finite values; NaN (without a warning) when there are none."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")

@@ -21,7 +21,15 @@ import numpy as np
 from berg_scale.errors import ConfigError
 from berg_scale.rnc.finite import DEFAULT_MAX_EXCLUDED_FRACTION, Exclusions, univariate_exclusions
 from berg_scale.rnc.sampling import sample_injection, sample_subsets
-from berg_scale.rnc.stats import benjamini_hochberg, binomial_tail, bootstrap_ci, pearson_r, permutation_p_value
+from berg_scale.rnc.stats import (
+    benjamini_hochberg,
+    binomial_tail,
+    bootstrap_ci,
+    mean_or_nan,
+    pearson_r,
+    permutation_p_value,
+    same_folds,
+)
 from berg_scale.rnc.streams import stream
 
 # condition name -> (sign for ROI 1, sign for ROI 2); +1 = "high", -1 = "low".
@@ -510,15 +518,16 @@ def _statistics(
             for roi in pair:
                 rows = [t for t in tests if t["roi_1"] == pair[0] and t["roi_2"] == pair[1]
                         and t["condition"] == condition and t["roi"] == roi]
-                table = np.array([[t["score"], t["baseline_score"], t["difference"]] for t in rows])
+                table = same_folds(np.array([[t["score"], t["baseline_score"], t["difference"]] for t in rows]))
                 ci_rng = stream(params.seed, "univariate bootstrap", pair[0], pair[1], condition, roi)
                 low, high = bootstrap_ci(table, params.n_bootstrap, ci_rng)
                 k = sum(bool(t["significant"]) for t in rows)
                 summary.append(
                     {
                         "roi_1": pair[0], "roi_2": pair[1], "condition": condition, "roi": roi,
-                        "mean_score": float(np.nanmean(table[:, 0])) if np.isfinite(table[:, 0]).any() else float("nan"),
-                        "mean_baseline": float(np.nanmean(table[:, 1])),
+                        "mean_score": mean_or_nan(table[:, 0]),
+                        "mean_baseline": mean_or_nan(table[:, 1]),
+                        "n_scored": int(np.isfinite(table[:, 0]).sum()),
                         "score_ci": [float(low[0]), float(high[0])],
                         "baseline_ci": [float(low[1]), float(high[1])],
                         "difference_ci": [float(low[2]), float(high[2])],

@@ -84,3 +84,16 @@ def test_pearson_r():
     assert pearson_r(x, -x) == pytest.approx(-1.0)
     assert pearson_r(x, np.array([1.0, -1.0, -1.0, 1.0])) == pytest.approx(0.0)
     assert math.isnan(pearson_r(x, np.ones(4)))
+
+
+def test_a_fold_without_a_score_leaves_the_baseline_too():
+    from berg_scale.rnc.stats import bootstrap_ci, mean_or_nan, same_folds
+
+    folds = np.array([[np.nan, 1.0, np.nan], [1.9, 1.0, 0.9], [1.7, 0.9, 0.8]])
+    table = same_folds(folds)
+    score, baseline = mean_or_nan(table[:, 0]), mean_or_nan(table[:, 1])
+    assert score == pytest.approx(1.8) and baseline == pytest.approx(0.95)
+    low, high = bootstrap_ci(table, 500, np.random.default_rng(0))
+    assert low[2] <= score - baseline <= high[2], "the printed difference lies inside its own CI"
+    assert np.isnan(mean_or_nan(np.array([np.nan, np.nan])))
+    assert np.isnan(folds[0, 0]) and folds[0, 1] == 1.0, "the input is not changed"
