@@ -159,4 +159,6 @@ def run(args: argparse.Namespace) -> int:
         f"{args.dest}{added}; skipped {len(report.skipped)} unreadable, ignored "
         f"{report.ignored_files} non-image file(s){resized}; manifest: {report.manifest_url}{labels}"
     )
+    if report.labels_note:
+        print(f"note: {report.labels_note}", file=sys.stderr)
     return 0

@@ -86,6 +86,7 @@ class PackReport:
     resized: int = 0
     manifest_url: str | None = None
     labels_url: str | None = None
+    labels_note: str | None = None  # why no labels.csv was written, when a class layout was near
 
     @property
     def n_images(self) -> int:
@@ -519,7 +520,15 @@ def _write_labels(report: PackReport, ours: bool, storage: StorageOptions | None
     """
     rows = [(key, label_of(src)) for shard in _all_shard_entries(report)
             for key, src in zip(shard.get("keys", []), shard.get("sources", []))]
-    if not rows or any(label is None for _, label in rows):
+    if not rows:
+        return None
+    outside = [key for key, label in rows if label is None]
+    if outside:
+        if len(outside) < len(rows):
+            report.labels_note = (
+                f"no {LABELS_NAME}: {len(outside)} of {len(rows)} image(s) sit outside any class folder "
+                f"(first: {outside[0]!r}); move them into a sub-folder for a label table"
+            )
         return None
     url = join(report.dest, LABELS_NAME)
     if not ours and LABELS_NAME in _listing(report.dest, storage):

@@ -368,7 +368,7 @@ def test_add_refuses_a_destination_without_manifest_and_excludes_overwrite(tmp_p
 # --- labels -----------------------------------------------------------------------------
 
 
-def test_class_folders_give_a_label_table_the_experiments_read(tmp_path):
+def test_class_folders_give_a_label_table_the_experiments_read(tmp_path, capsys):
     from berg_scale.experiments.labels import read_label_table
 
     src = tmp_path / "src"
@@ -391,8 +391,10 @@ def test_class_folders_give_a_label_table_the_experiments_read(tmp_path):
     # images at the top level too: no partial table
     _write(src, {"loose.png": image_bytes("png", 9, 9, 5)})
     mixed = tmp_path / "mixed"
+    capsys.readouterr()
     assert main(["make-shards", str(src), str(mixed), "--quiet"]) == 0
     assert not (mixed / "labels.csv").exists()
+    assert "no labels.csv: 1 of 5 image(s) sit outside any class folder (first: 'loose')" in capsys.readouterr().err
 
 
 # --- other tar tools read our shards ------------------------------------------------------
