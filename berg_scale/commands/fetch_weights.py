@@ -76,12 +76,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def backbone_instructions() -> str:
+def backbone_instructions(path: str | None = None, url: str | None = None) -> str:
+    """How to put the backbone in place by hand, for the path and URL this run asked for."""
     from berg_scale.models.families import VIT_B_32
 
-    path = str(VIT_B_32.default_path())
+    path = path or str(VIT_B_32.default_path())
+    url = url or VIT_B_32.url
     state = "present" if os.path.isfile(path) else "missing"
-    return BACKBONE_HELP.format(path=path, state=state, name=VIT_B_32.file, url=VIT_B_32.url)
+    return BACKBONE_HELP.format(path=path, state=state, name=url.rsplit("/", 1)[-1], url=url)
 
 
 def _requests(args: argparse.Namespace) -> list:
@@ -158,7 +160,7 @@ def _fetch_backbone(args: argparse.Namespace) -> int:
         if not str(exc).startswith("cannot download"):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        print(backbone_instructions(), file=sys.stderr)
+        print(backbone_instructions(path, url), file=sys.stderr)
         return 1
     print(f"backbone: {result.path} ({result.state}, sha256 checked against {hash_prefix_of(url)})")
     if args.backbone_to:

@@ -92,3 +92,12 @@ def test_a_url_without_a_hash_in_its_name_is_refused(tmp_path, capsys):
     assert main(["fetch-weights", "--backbone", "--dry-run", "--backbone-url",
                  "http://127.0.0.1:9/vit.pth", "--backbone-to", str(tmp_path / "v.pth")]) == 2
     assert "carries no sha256 prefix" in capsys.readouterr().err
+
+
+def test_manual_steps_name_the_path_and_url_asked_for(tmp_path):
+    from berg_scale.commands.fetch_weights import backbone_instructions
+
+    target = tmp_path / "weights" / "vit.pth"
+    text = backbone_instructions(str(target), "http://127.0.0.1:9/mirror/vit_b_32-d86f8d99.pth")
+    assert f"expected at: {target}  (missing)" in text
+    assert "curl -L -o vit_b_32-d86f8d99.pth http://127.0.0.1:9/mirror/vit_b_32-d86f8d99.pth" in text
