@@ -19,6 +19,8 @@ import posixpath
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from berg_scale.io.folder_files import file_names, remove_files
+
 FIGURE_FORMATS = ("png", "svg")
 SUMMARY_FILE = "summary.json"
 
@@ -39,16 +41,6 @@ def output_names(tables: Iterable[str] = (), figures: Iterable[str] = ()) -> set
     return names | {SUMMARY_FILE}
 
 
-def _present_names(fs: Any, root: str) -> set[str]:
-    """Names of the plain files directly under `root` (none when it does not exist yet)."""
-    try:
-        fs.invalidate_cache(root)
-        entries = fs.ls(root, detail=True)
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
-    return {posixpath.basename(str(e["name"]).rstrip("/")) for e in entries if e.get("type") == "file"}
-
-
 def remove_stale_outputs(
     fs: Any,
     root: str,
@@ -62,12 +54,8 @@ def remove_stale_outputs(
     Only names in `known` (those the experiment itself writes) are candidates, so unknown
     files stay. Logs one line when anything was removed.
     """
-    stale = sorted((set(known) - set(written)) & _present_names(fs, root))
-    for name in stale:
-        try:
-            fs.rm(posixpath.join(root, name))
-        except FileNotFoundError:
-            pass
+    stale = sorted((set(known) - set(written)) & file_names(fs, root))
+    remove_files(fs, root, stale)
     if stale:
         log(f"removed {len(stale)} file{'s' if len(stale) != 1 else ''} of an earlier {experiment} run that "
             f"this run does not write: {', '.join(stale)}")

@@ -22,6 +22,7 @@ import posixpath
 import re
 from typing import Any, Callable
 
+from berg_scale.io.folder_files import file_names, remove_files
 from berg_scale.io.storage import filesystem_for
 
 PARTS = ("univariate", "multivariate")
@@ -110,19 +111,10 @@ def _same_location(a: Any, b: Any, storage: Any) -> bool:
 
 def _missing_files(previous: dict, part: str, fs: Any, out_root: str) -> list[str]:
     folder = posixpath.join(out_root, part)
-    present = set(_file_names(fs, folder))
+    present = file_names(fs, folder)
     listed = [posixpath.basename(p) for p in previous.get("outputs", []) if posixpath.dirname(p) == folder]
     wanted = listed or ["controlling.parquet"]
     return [name for name in wanted if name not in present]
-
-
-def _file_names(fs: Any, folder: str) -> list[str]:
-    fs.invalidate_cache(folder)
-    try:
-        entries = fs.ls(folder, detail=True)
-    except FileNotFoundError:
-        return []
-    return [posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "file"]
 
 
 def is_own_name(part: str, name: str) -> bool:
@@ -140,13 +132,9 @@ def remove_stale(
     folder = posixpath.join(out_root, part)
     now = {posixpath.basename(p) for p in written if posixpath.dirname(p) == folder}
     listed = {posixpath.basename(p) for p in (previous or {}).get("outputs", []) if posixpath.dirname(p) == folder}
-    stale = sorted(name for name in _file_names(fs, folder)
+    stale = sorted(name for name in file_names(fs, folder)
                    if name not in now and (name in listed or is_own_name(part, name)))
-    for name in stale:
-        try:
-            fs.rm(posixpath.join(folder, name))
-        except FileNotFoundError:
-            pass
+    remove_files(fs, folder, stale)
     if stale:
         shown = ", ".join(stale[:4]) + (", ..." if len(stale) > 4 else "")
         log(f"{part}: removed {len(stale)} stale file(s) of an earlier run that this run did not rewrite ({shown})")
