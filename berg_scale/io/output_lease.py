@@ -120,6 +120,7 @@ class OutputLease:
         self.lost: str | None = None  # why the lease was lost while running, if it was
         self.taken_over: dict[str, Any] | None = None  # the previous holder, when taken over
         self._etag: str | None = None
+        self._unseen_renewals = 0  # refused renewals in a row that found no lease object at all
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -317,10 +318,11 @@ class OutputLease:
                 try:
                     response = self.store.fs.call_s3("put_object", **kwargs)
                 except Exception as exc:  # noqa: BLE001
-                    if _is_precondition_failure(exc) or _is_missing(exc):
+                    if (_is_precondition_failure(exc) or _is_missing(exc)) and self._taken_from_us():
                         self._mark_lost()
                     return  # a transient outage: try again at the next tick
                 self._etag = response.get("ETag")
+                self._unseen_renewals = 0
                 return
             state = self._read()
             if state is None or state.holder.get("run_id") != self.run_id:
@@ -330,6 +332,26 @@ class OutputLease:
             with open(temp, "wb") as handle:
                 handle.write(data)
             os.replace(temp, self.path)
+
+    def _taken_from_us(self) -> bool:
+        """Whether a refused renewal means another run holds the lease now.
+
+        An object store that has just restarted can answer 404, or a new ETag, for a lease
+        object that still names this run: then this run keeps it (and the server's ETag).
+        Only another run's lease object, or none at all at three renewals in a row, is final.
+        """
+        try:
+            state = self._read()
+        except Exception:  # noqa: BLE001 - still unreachable: decide at the next tick
+            return False
+        if state is not None and state.holder.get("run_id") == self.run_id:
+            self._etag = state.etag
+            self._unseen_renewals = 0
+            return False
+        if state is None:
+            self._unseen_renewals += 1
+            return self._unseen_renewals >= 3
+        return True
 
     def _mark_lost(self) -> None:
         self.held = False

@@ -246,8 +246,10 @@ def with_storage_retries(action: Callable[[], T], what: str, attempts: int = 5, 
     for attempt in range(1, attempts + 1):
         try:
             return action()
-        except BergScaleError:
-            raise  # a refusal (a busy output, a mismatch) is an answer, not an outage
+        except BergScaleError as exc:
+            if not isinstance(exc, StorageError) or attempt == attempts:
+                raise  # a refusal (a busy output, a mismatch) is an answer, not an outage
+            time.sleep(delay_s * attempt)
         except Exception as exc:  # noqa: BLE001 - botocore errors are not OSErrors; re-raised below
             if isinstance(exc, (FileNotFoundError, PermissionError)) or attempt == attempts:
                 raise StorageError(f"{what} failed: {' '.join(str(exc).split()) or type(exc).__name__}") from exc

@@ -105,6 +105,35 @@ def test_lease_on_s3_is_a_conditional_create_renewed_and_released(s3_server, s3_
     second.release()
 
 
+@pytest.mark.s3
+def test_a_refused_s3_renewal_is_final_only_when_another_run_holds_the_lease(s3_server, s3_bucket):
+    """After an object-store restart a renewal can be refused (a new ETag, a brief 404) while
+    the lease object still names this run: the run keeps going."""
+    from berg_scale.io.output_lease import OutputBusyError, OutputLease
+    from berg_scale.io.output_store import OutputStore
+
+    output = f"{s3_bucket}/out"
+    lease = OutputLease(OutputStore(output, s3_server.storage_options()), "run-a", renew_s=3600)
+    lease.acquire()
+    client = s3_server.client()
+    bucket, key = s3_bucket.removeprefix("s3://"), "out/_lease.json"
+    ours = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(ours, indent=2).encode())  # same run, new ETag
+    lease._renew_once()
+    lease._renew_once()  # with the server's ETag adopted, the renewal goes through again
+    assert lease.lost is None and lease.held
+    client.delete_object(Bucket=bucket, Key=key)
+    for _ in range(2):
+        lease._renew_once()  # a lease object missing for a moment is not yet a take-over
+    assert lease.lost is None
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps({**ours, "run_id": "run-b"}).encode())
+    lease._renew_once()
+    with pytest.raises(OutputBusyError, match="taken over by another run"):
+        lease.check()
+    lease.release()
+    assert json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())["run_id"] == "run-b"
+
+
 def test_a_run_that_lost_its_lease_stops(tmp_path):
     from berg_scale.io.output_lease import OutputBusyError, OutputLease
     from berg_scale.io.output_store import OutputStore
