@@ -274,23 +274,27 @@ def _run_holding_lease(
                 ray.shutdown()
             if interrupted and described:
                 stats.finished = time.monotonic()
-                done_then = with_storage_retries(lambda: done_shards(store), "listing _done/")
                 _write_manifest(store, manifest_args, "interrupted", stats,
-                                shards_done=len(done_then & {s.name for s in shards}))
+                                shards_done=_committed_count(store, shards))
     stats.finished = time.monotonic()
     status = "complete" if not report.failed else "incomplete"
     workers = [{"worker": slot.index, "shards_done": slot.shards_done, "losses": slot.losses,
                 "state": slot.state, **{k: v for k, v in slot.info.items() if k != "worker"}}
                for slot in slots]
-    done_now = with_storage_retries(lambda: done_shards(store), "listing _done/")
     _write_manifest(
         store, manifest_args, status, stats,
-        shards_done=len(done_now & {s.name for s in shards}),
+        shards_done=_committed_count(store, shards),
         workers=workers,
         scheduler=_scheduler_summary(report),
         failed={name: info.get("error", "") for name, info in report.failed.items()},
     )
     return RunResult(config.output, status, stats, dict(report.failed), workers, report)
+
+
+def _committed_count(store: OutputStore, shards: list[InputShard]) -> int:
+    """How many of this run's input shards have a commit marker now (for run.json)."""
+    done = with_storage_retries(lambda: done_shards(store), "listing _done/")
+    return len(done & {shard.name for shard in shards})
 
 
 def _plan_resume(store: OutputStore, shards: list[InputShard], binding: RunBinding,
@@ -301,19 +305,22 @@ def _plan_resume(store: OutputStore, shards: list[InputShard], binding: RunBindi
     if plan.unbacked:
         log(f"{len(plan.unbacked)} shard marker(s) have no response file (first: {plan.unbacked[0]}); "
             f"those shards are generated again")
-        for name in plan.unbacked:
-            with_storage_retries(partial(store.remove, store.done_path(name)), f"removing _done/{name}.json")
+        _remove_records(store, [store.done_path(name) for name in plan.unbacked])
     stale = sorted(with_storage_retries(lambda: failed_shards(store), "listing _failed/")
                    - {shard.name for shard in shards})
     if stale:
         log(f"removing {len(stale)} quarantine record(s) of shards that are no longer inputs "
             f"(first: {stale[0]})")
-        for name in stale:
-            with_storage_retries(partial(store.remove, store.failed_path(name)), f"removing _failed/{name}.json")
+        _remove_records(store, [store.failed_path(name) for name in stale])
     if plan.relocated:
         log(f"{len(plan.relocated)} committed shard(s) are now read from a new location with the "
             f"same size and stamp (first: {plan.relocated[0]}); kept")
     return plan.todo
+
+
+def _remove_records(store: OutputStore, paths: list[str]) -> None:
+    for path in paths:
+        with_storage_retries(partial(store.remove, path), f"removing {path}")
 
 
 # --------------------------------------------------------------------------- manifest
