@@ -57,7 +57,9 @@ from berg_scale.io.output_store import (
     write_readouts,
 )
 from berg_scale.io.shard_listing import InputShard
+from berg_scale.io.storage import join
 from berg_scale.models.encoder import EncoderFactory
+from berg_scale.weights.digest_cache import forget_remembered_digest
 
 
 @dataclass
@@ -219,7 +221,7 @@ def _run_holding_lease(
                 phases.record("model_load", float(first["model_load_seconds"]))
                 log(f"start-up: the first of {len(slots)} workers loaded its models in "
                     f"{first['model_load_seconds']:.1f} s on {first.get('info', {}).get('device', '?')}")
-            _check_same_model(previous, first, weights, config.output)
+            _check_same_model(previous, first, weights, config)
             if overwrite:
                 with phases.phase("clear_output", "discarding the existing responses (--overwrite)"):
                     with_storage_retries(lambda: clear_output(store), "clearing the output")
@@ -318,6 +320,13 @@ def _plan_resume(store: OutputStore, shards: list[InputShard], binding: RunBindi
     return plan.todo
 
 
+def _hashed_url(config: RunConfig, relative: str) -> str:
+    """The URL behind a weight_hashes entry (BERG files are relative, the backbone is named)."""
+    if relative.startswith("backbone:") and config.backbone:
+        return config.backbone
+    return join(config.berg_root, relative)
+
+
 def _remove_records(store: OutputStore, paths: list[str]) -> None:
     for path in paths:
         with_storage_retries(partial(store.remove, path), f"removing {path}")
@@ -327,15 +336,19 @@ def _remove_records(store: OutputStore, paths: list[str]) -> None:
 
 
 def _check_same_model(
-    previous: dict[str, Any] | None, first: dict[str, Any], weights: dict[str, str], output: str
+    previous: dict[str, Any] | None, first: dict[str, Any], weights: dict[str, str], config: RunConfig
 ) -> None:
     """The worker's view must agree with the driver's (files can change in between)."""
+    output = config.output
     for relative, digest in (first.get("weight_hashes") or {}).items():
         expected = weights.get(relative)
         if expected is not None and expected != digest:
+            forget_remembered_digest(_hashed_url(config, relative))
             raise LedgerMismatch(
-                f"{relative} under berg_root changed while the run started (sha256 {expected[:12]} "
-                f"on the driver, {digest[:12]} on a worker): wait until the copy is complete and run again"
+                f"{relative} under berg_root changed while the run started, or was rewritten "
+                f"keeping its size and modification time (sha256 {expected[:12]} on the driver, "
+                f"{digest[:12]} on a worker): run again once the copy is complete; the driver "
+                "will hash it afresh"
             )
     old = (previous or {}).get("fingerprints", {}).get("model")
     fingerprint = first["fingerprint"]

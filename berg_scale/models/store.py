@@ -14,6 +14,7 @@ from typing import Any
 from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import StorageOptions, filesystem_for, join
 from berg_scale.models import safe_load
+from berg_scale.weights.digest_cache import DigestCache, change_stamp, stamp_key
 
 _HASH_CACHE: dict[tuple[str, int, str], str] = {}
 _HASH_LOCK = threading.Lock()
@@ -58,21 +59,30 @@ class WeightStore:
             lambda: self.fs.open(self.path(relative), "rb"), self.url(relative), kind
         )
 
-    def sha256(self, relative: str) -> str:
+    def sha256(self, relative: str, digests: DigestCache | None = None) -> str:
+        """The file's sha256; `digests` (the driver's) may answer from an earlier process."""
         info = self.require(relative, "hashing")
-        stamp = str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")
-        key = (self.url(relative), int(info.get("size") or 0), stamp)
+        stamp = change_stamp(info)
+        size = int(info.get("size") or 0)
+        key = (self.url(relative), size, stamp)
         with _HASH_LOCK:
             if key in _HASH_CACHE:
                 return _HASH_CACHE[key]
+        if digests is not None:
+            value = digests.digest(stamp_key(*key), lambda: self._hash_bytes(relative))
+        else:
+            value = self._hash_bytes(relative)
+        with _HASH_LOCK:
+            _HASH_CACHE[key] = value
+        return value
+
+    def _hash_bytes(self, relative: str) -> str:
         digest = hashlib.sha256()
         with self.fs.open(self.path(relative), "rb") as handle:
             while chunk := handle.read(HASH_CHUNK):
                 digest.update(chunk)
-        value = digest.hexdigest()
         global hash_computations
         with _HASH_LOCK:
-            _HASH_CACHE[key] = value
             hash_computations += 1
-        return value
+        return digest.hexdigest()
 

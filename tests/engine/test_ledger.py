@@ -247,3 +247,48 @@ def test_a_changed_setting_is_named_in_the_refusal(ray_session, tmp_path, capsys
     code, err = _generate(capsys, config)
     assert code == 0 and "nothing to do" in err
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "nothing-to-do"
+
+
+def test_weights_rewritten_keeping_size_and_time_are_caught_by_the_workers(
+    ray_session, tmp_path, capsys, fwrf_roots
+):
+    """The driver reuses digests of files it hashed before (same URL, size, mtime); a file
+    rewritten behind that stamp is still refused, by the workers' own hashes, and the
+    next run hashes it afresh and refuses it as changed weights."""
+    from berg_scale.models import store as weight_store
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    root_a, root_b, relative = fwrf_roots
+    root = tmp_path / "root"
+    shutil.copytree(root_a, root)
+    write_synthetic_shards(str(tmp_path / "in"), 1, 3, seed=2)
+    output = str(tmp_path / "out")
+    config = _write_config(tmp_path / "a.yaml", str(tmp_path / "in"), output, str(root))
+    assert _generate(capsys, config)[0] == 0
+    weight_store._HASH_CACHE.clear()  # as a new driver process would start
+    before = weight_store.hash_computations
+    code, err = _generate(capsys, config)
+    assert code == 0 and "nothing to do" in err
+    assert weight_store.hash_computations == before, "an unchanged root is not read again"
+
+    target = root / relative
+    stat = target.stat()
+    replacement = (Path(root_b) / relative).read_bytes()
+    assert len(replacement) == stat.st_size and replacement != target.read_bytes()
+    target.write_bytes(replacement)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    weight_store._HASH_CACHE.clear()
+    run_json = (tmp_path / "out" / "run.json").read_bytes()
+    write_synthetic_shards(str(tmp_path / "more"), 2, 3, seed=2)
+    shutil.copy(tmp_path / "more" / "shard-000001.tar", tmp_path / "in")  # one more shard: work to do
+
+    code, err = _generate(capsys, config)
+    line = _error_line(err)
+    assert code == 2 and relative in line and "keeping its size and modification time" in line, line
+    assert (tmp_path / "out" / "run.json").read_bytes() == run_json
+    assert not (tmp_path / "out" / "_done" / "shard-000001.json").exists()
+
+    weight_store._HASH_CACHE.clear()
+    code, err = _generate(capsys, config)
+    line = _error_line(err)
+    assert code == 2 and relative in line and "--overwrite" in line, line
