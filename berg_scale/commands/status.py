@@ -21,6 +21,7 @@ def output_status(output: str, storage=None) -> dict:
     """Counts and totals of an output, from its markers and run.json."""
     from berg_scale.errors import BergScaleError
     from berg_scale.io.output_lease import read_lease
+    from berg_scale.io.storage import absence_note
     from berg_scale.io.output_store import (
         OutputStore,
         done_shards,
@@ -38,7 +39,9 @@ def output_status(output: str, storage=None) -> dict:
     done = marked - set(unbacked)
     failed = failed_shards(store) - done
     if manifest is None and not done and not failed:
-        raise BergScaleError(f"{output} is not a berg-scale output (no run.json, no markers)")
+        raise BergScaleError(
+            f"{output} is not a berg-scale output (no run.json, no markers){absence_note(output, storage)}"
+        )
     inputs = {entry["name"] if isinstance(entry, dict) else str(entry)
               for entry in (manifest or {}).get("input_shards", [])}
     # Counts are of the shards run.json lists; committed shards it does not list are reported

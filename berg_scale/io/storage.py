@@ -155,6 +155,26 @@ def filesystem_for(
     return fs, url.split("://", 1)[1]
 
 
+def absence_note(url: str, options: StorageOptions | None = None) -> str:
+    """Why nothing was found at `url`, when the reason is a typo one level up.
+
+    "not a berg-scale output" is the right answer for a folder of other files; for a
+    bucket or folder that does not exist at all, the user needs to hear that instead.
+    Returns "" when the location exists or cannot be checked.
+    """
+    try:
+        fs, path = filesystem_for(url, options)
+        if fs.exists(path):
+            return ""
+        if protocol_of(url) in ("s3", "s3a"):
+            bucket = path.split("/", 1)[0]
+            if not fs.exists(bucket):
+                return f"; bucket {bucket!r} does not exist: check the bucket name and the endpoint"
+        return f"; {url} does not exist: check the path"
+    except Exception:  # the note is a courtesy: an error here must not hide the real one
+        return ""
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts with '/', for URLs and local paths alike."""
     out = base.rstrip("/")

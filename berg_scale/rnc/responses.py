@@ -31,7 +31,7 @@ from berg_scale.io.output_lease import holder_process_gone, read_lease
 from berg_scale.io.output_store import (
     OutputStore, done_shards, read_done_markers, read_manifest, read_readouts, response_shards,
 )
-from berg_scale.io.storage import StorageOptions
+from berg_scale.io.storage import StorageOptions, absence_note
 
 DEFAULT_UNIONS: dict[str, tuple[str, ...]] = {"FFA": ("FFA-1", "FFA-2")}
 
@@ -122,6 +122,9 @@ class ResponseStore:
                 f"(responses/{self._unbacked[0]}.parquet is missing): rerun `berg-scale generate` on it to "
                 "regenerate them"
             )
+        absent = absence_note(self.url, self._store.storage)
+        if absent:
+            return f"no responses under {self.url!r}{absent}"
         return (
             f"no committed shards under {self.url!r} (no _done/*.json): "
             "point the study at a finished or partly finished generate output"
