@@ -5,19 +5,16 @@ tars writes the same marker."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import subprocess
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from berg_scale.synthetic.shards import encode, synthetic_image
+from berg_scale.testing.tars import APPLE_DOUBLE, gnu_tar, python_tar
 
-APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
 # Marker fields that differ between two executions of the same shard by nature.
 VOLATILE = ("committed_at", "output", "seconds", "worker", "decoded_on")
 
@@ -44,14 +41,6 @@ def _members() -> list[tuple[str, bytes]]:
 ROWS = ["bad", "dup", "img-0", "img-1", "img-2", "img-3", "img-4", "photos/cat"]
 
 
-def _python_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture(scope="module")
 def noted_tars(tmp_path_factory) -> Path:
     """The folder as Python's tarfile writes it (plus a duplicated member) and as GNU tar
@@ -60,14 +49,14 @@ def noted_tars(tmp_path_factory) -> Path:
     members = _members()
     shards = base / "in"
     shards.mkdir()
-    _python_tar(shards / "python.tar", [*members[:8], members[6], *members[-2:]])  # img-0.jpg twice
-    _python_tar(shards / "junk-only.tar", [("._a.jpg", APPLE_DOUBLE), ("._b.jpg", APPLE_DOUBLE)])
+    python_tar(shards / "python.tar", [*members[:8], members[6], *members[-2:]])  # img-0.jpg twice
+    python_tar(shards / "junk-only.tar", [("._a.jpg", APPLE_DOUBLE), ("._b.jpg", APPLE_DOUBLE)])
     if shutil.which("tar"):
         src = base / "src"
         for name, data in members:
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             (src / name).write_bytes(data)
-        subprocess.run(["tar", "-cf", str(shards / "gnu.tar"), "--sort=name", "-C", str(src), "."], check=True)
+        gnu_tar(src, shards / "gnu.tar")
     return shards
 
 
@@ -141,7 +130,7 @@ def test_gnu_tar_in_directory_order_notes_the_second_image_either_way(tmp_path):
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(data)
     (tmp_path / "in").mkdir()
-    subprocess.run(["tar", "-cf", str(tmp_path / "in" / "plain.tar"), "-C", str(src), "."], check=True)
+    gnu_tar(src, tmp_path / "in" / "plain.tar", sort_by_name=False)
     marker = _markers(tmp_path / "in", tmp_path / "out")["plain"]
     assert marker["rows"] == marker["ok"] == len(ROWS) and marker["notes"] == 4
     notes = {(e["key"], e["note"]) for e in marker["note_examples"]}
@@ -167,7 +156,7 @@ def test_a_marker_quotes_the_first_notes_and_counts_them_all(tmp_path):
     for i in range(NOTE_EXAMPLES + 5):
         members += [(f"k{i:02d}.jpg", encode(synthetic_image(rng, 12, 12), "jpg")), (f"k{i:02d}.json", b"[1]")]
     (tmp_path / "in").mkdir()
-    _python_tar(tmp_path / "in" / "many.tar", members)
+    python_tar(tmp_path / "in" / "many.tar", members)
     marker = _markers(tmp_path / "in", tmp_path / "out")["many"]
     assert marker["notes"] == NOTE_EXAMPLES + 6
     examples = marker["note_examples"]

@@ -8,30 +8,19 @@ from __future__ import annotations
 import dataclasses
 import io
 import shutil
-import subprocess
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from berg_scale.io.shard_reader import iter_shard_samples, read_shard
 from berg_scale.synthetic.shards import encode, synthetic_image
+from berg_scale.testing.tars import APPLE_DOUBLE, gnu_tar, python_tar
 
-APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "  # what `._x.jpg` holds
 
 
 def _image(seed: int, ext: str = "jpg") -> bytes:
     return encode(synthetic_image(np.random.default_rng(seed), 20, 16), ext)
-
-
-def _python_tar(path: Path, entries: list[tuple[str, bytes]]) -> str:
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data in entries:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return str(path)
 
 
 def _read(url: str) -> tuple[dict, list[str]]:
@@ -41,7 +30,7 @@ def _read(url: str) -> tuple[dict, list[str]]:
 
 
 def test_hidden_members_are_skipped_with_one_note_naming_the_first(tmp_path):
-    url = _python_tar(tmp_path / "mac.tar", [
+    url = python_tar(tmp_path / "mac.tar", [
         ("photos/._cat.jpg", APPLE_DOUBLE),
         ("photos/cat.jpg", _image(1)),
         (".hidden.jpg", _image(2)),
@@ -55,7 +44,7 @@ def test_hidden_members_are_skipped_with_one_note_naming_the_first(tmp_path):
 
 
 def test_names_without_an_extension_and_late_members_are_noted_once_per_kind(tmp_path):
-    url = _python_tar(tmp_path / "odd.tar", [
+    url = python_tar(tmp_path / "odd.tar", [
         ("a.jpg", _image(1)),
         ("README", b"about these images"),
         ("b.jpg", _image(2)),
@@ -92,14 +81,14 @@ def test_gnu_tar_of_a_folder_copied_from_a_mac(tmp_path):
     (src / "photos" / "._cat.jpg").write_bytes(APPLE_DOUBLE)
     (src / ".DS_Store").write_bytes(b"Bud1")
     url = str(tmp_path / "mac.tar")
-    subprocess.run(["tar", "cf", url, "--sort=name", "-C", str(src), "."], check=True)
+    gnu_tar(src, url)
     samples, shard_notes = _read(url)
     assert list(samples) == ["photos/cat"]
     assert shard_notes == ["2 hidden members skipped (first: './.DS_Store')"]
 
 
 def test_a_shard_without_skipped_members_has_no_shard_notes(tmp_path):
-    url = _python_tar(tmp_path / "plain.tar", [("a.jpg", _image(1)), ("a.json", b"{}")])
+    url = python_tar(tmp_path / "plain.tar", [("a.jpg", _image(1)), ("a.json", b"{}")])
     samples, shard_notes = _read(url)
     assert list(samples) == ["a"] and shard_notes == []
     assert [s.key for s in read_shard(url)] == ["a"]  # the list is optional
@@ -111,7 +100,7 @@ def test_a_decode_process_sends_the_shard_notes_with_its_last_chunk(tmp_path):
 
     for n_images in (3, 4):  # the last chunk part full, and full
         entries = [(f"img-{i}.jpg", _image(i)) for i in range(n_images)]
-        url = _python_tar(tmp_path / f"x{n_images}.tar", [("._img-0.jpg", APPLE_DOUBLE), *entries])
+        url = python_tar(tmp_path / f"x{n_images}.tar", [("._img-0.jpg", APPLE_DOUBLE), *entries])
         here_notes: list[str] = []
         here = list(chunks_read_here(iter_samples(url, None, here_notes), 2))
         objects = list(read_chunk_objects(url, None, 2))
@@ -121,7 +110,7 @@ def test_a_decode_process_sends_the_shard_notes_with_its_last_chunk(tmp_path):
         assert [meta.rows for meta in metas] == [[dataclasses.replace(r, image=None) for r in c.rows] for c in here]
         assert [meta.shard_notes for meta in metas] == [(), tuple(here_notes)]
         assert here_notes == ["1 hidden member skipped (first: '._img-0.jpg')"]
-    only_junk = _python_tar(tmp_path / "junk.tar", [("._a.jpg", APPLE_DOUBLE), ("notes", b"x")])
+    only_junk = python_tar(tmp_path / "junk.tar", [("._a.jpg", APPLE_DOUBLE), ("notes", b"x")])
     meta, blob = read_chunk_objects(only_junk, None, 2)
     assert meta.rows == [] and len(blob) == 0 and meta.shard_notes == (
         "1 hidden member skipped (first: '._a.jpg')",
