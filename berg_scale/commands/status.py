@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"stale:   {shards['failed_not_listed']} quarantine record(s) in _failed/ of shards that are "
               f"no longer inputs (the next run removes them)")
     if summary["pending"]:
-        more = shards["pending"] - len(summary["pending"])
-        print(f"pending: {', '.join(summary['pending'][:10])}" + (f" (+{more} more)" if more > 0 else ""))
+        shown = summary["pending"][:10]
+        more = shards["pending"] - len(shown)
+        print(f"pending: {', '.join(shown)}" + (f" (+{more} more)" if more > 0 else ""))
     return exit_code

@@ -286,3 +286,20 @@ def test_storage_retries_pass_a_refusal_on_at_once():
     with pytest.raises(OutputBusyError):
         with_storage_retries(busy, "taking the output's lease", delay_s=5.0)
     assert len(calls) == 1, "a busy output is an answer, not an outage to wait out"
+
+
+@pytest.mark.parametrize(("pending", "shown_more"), [(10, None), (12, 2), (60, 50)])
+def test_status_counts_the_pending_shards_it_does_not_name(tmp_path, capsys, pending, shown_more):
+    from berg_scale.cli import main
+    from berg_scale.io.output_store import OutputStore, write_manifest
+
+    write_manifest(OutputStore(str(tmp_path / "out")),
+                   {"status": "running", "input_shards": [f"s{i:02d}" for i in range(pending)]})
+    capsys.readouterr()
+    main(["status", str(tmp_path / "out")])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pending:"))
+    assert line.count(",") == 9, line
+    if shown_more is None:
+        assert "more" not in line, line
+    else:
+        assert line.endswith(f"(+{shown_more} more)"), line
