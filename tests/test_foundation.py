@@ -61,3 +61,17 @@ def test_ray_simulates_gpus_on_loopback(ray_session):
     assert all(dev is not None for dev, _ in devices)
     node_ip = ray.util.get_node_ip_address()
     assert node_ip == "127.0.0.1"
+
+
+def test_a_test_server_refuses_a_port_another_server_holds(tmp_path):
+    """Otherwise the other server would answer the readiness probe in its place."""
+    import socket
+
+    from berg_scale.testing.s3_server import LOOPBACK, S3Server
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind((LOOPBACK, 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"port {port} .* in use"):
+            S3Server(str(tmp_path), port).start()

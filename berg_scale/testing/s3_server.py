@@ -124,6 +124,14 @@ class S3Server:
 
     # ---- lifecycle ---------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> "S3Server":
+        # Another server on the port would answer the readiness probe in this one's place.
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart's TIME_WAIT is fine
+                sock.bind((LOOPBACK, self.port))
+        except OSError:
+            raise RuntimeError(f"port {self.port} on {LOOPBACK} is in use by another process: "
+                               "choose another --port, or leave it out for a free one") from None
         self._log = open(self.workdir / "server.log", "ab")
         self._process = subprocess.Popen(
             self._command(),
@@ -149,10 +157,14 @@ class S3Server:
                 client.put_object(Bucket=probe, Key="probe", Body=b"ok")
                 client.delete_object(Bucket=probe, Key="probe")
                 client.delete_bucket(Bucket=probe)
-                return
             except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
                 last_error = exc
                 time.sleep(0.5)
+                continue
+            if self._process is not None and self._process.poll() is not None:
+                raise RuntimeError(f"S3 server exited while another answered on port {self.port}; "
+                                   f"see {self.workdir / 'server.log'}")
+            return
         self.stop()
         raise RuntimeError(f"S3 server not ready after {timeout:.0f}s: {last_error}")
 
