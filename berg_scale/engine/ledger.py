@@ -35,7 +35,7 @@ from berg_scale.io.output_store import (
 )
 from berg_scale.io.shard_listing import InputShard
 from berg_scale.io.storage import StorageOptions, filesystem_for
-from berg_scale.weights.digest_cache import DigestCache, change_stamp, default_cache_path, stamp_key
+from berg_scale.weights.digest_cache import DigestCache, default_cache_path
 
 WAY_OUT = "use --overwrite to discard the existing responses, or a new output"
 
@@ -76,7 +76,7 @@ def hash_weights(
     """
     from berg_scale.engine.preflight import required_weight_files
     from berg_scale.models.families import backbones_of
-    from berg_scale.models.store import WeightStore
+    from berg_scale.models.store import WeightStore, backbone_hash_key, sha256_of_url
 
     store = WeightStore(berg_root, storage)
     digests = DigestCache(default_cache_path())
@@ -84,27 +84,10 @@ def hash_weights(
     try:
         hashes = {relative: store.sha256(relative, digests) for relative in files}
         if backbone and backbones_of(spec.model_id for spec in specs):
-            hashes[f"backbone:{backbone.rsplit('/', 1)[-1]}"] = _sha256_of(backbone, storage, digests)
+            hashes[backbone_hash_key(backbone)] = sha256_of_url(backbone, storage, digests)
     finally:
         digests.save()  # what was hashed before a failure need not be hashed again
     return hashes
-
-
-def _sha256_of(url: str, storage: StorageOptions | None, digests: DigestCache) -> str:
-    import hashlib
-
-    fs, path = filesystem_for(url, storage)
-    info = fs.info(path)
-    stamp = change_stamp(info)
-
-    def compute() -> str:
-        digest = hashlib.sha256()
-        with fs.open(path, "rb") as handle:
-            while chunk := handle.read(8 * 2**20):
-                digest.update(chunk)
-        return digest.hexdigest()
-
-    return digests.digest(stamp_key(url, int(info.get("size") or 0), stamp), compute)
 
 
 def reconcile(

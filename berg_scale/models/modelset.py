@@ -30,7 +30,8 @@ from berg_scale.models.preprocess import (
 )
 from berg_scale.models.registry import get_implementation
 from berg_scale.models.spec import ReadoutSpec
-from berg_scale.models.store import WeightStore
+from berg_scale.models.families import backbones_of
+from berg_scale.models.store import WeightStore, backbone_hash_key, sha256_of_url
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_PRECISION: str = default_of(ResourcesConfig, "precision")
@@ -131,6 +132,8 @@ class ModelSet:
         if self.device.type == "cuda" and precision == "fp32":
             _exact_fp32_on_cuda()
         self.store = WeightStore(berg_root, storage)
+        self.storage = storage
+        self.backbone_path = str(backbone_path) if backbone_path else None
         self.compile = bool(compile)
         self.context = BuildContext(self.store, self.device, precision, backbone_path, compile=self.compile)
         by_group: dict[tuple[str, Any], list[ReadoutSpec]] = {}
@@ -155,11 +158,22 @@ class ModelSet:
 
     @property
     def weight_hashes(self) -> dict[str, str]:
-        """sha256 of every weight file in use, by path relative to the BERG root."""
+        """sha256 of every file the readouts read: weights, metadata, a named backbone.
+
+        The driver hashes the same files; a worker that finds other bytes behind the same
+        names stops the run, so no response is made from files the ledger did not see.
+        """
         if self._hashes is None:
-            files = sorted({rel for g in self.groups for rel in g.weight_files})
-            self._hashes = {rel: self.store.sha256(rel) for rel in files}
+            files = sorted({rel for g in self.groups for rel in g.weight_files} | set(self.store.loaded))
+            hashes = {rel: self.store.sha256(rel) for rel in files}
+            if self.backbone_path and backbones_of(spec.model_id for spec in self.readouts):
+                hashes[backbone_hash_key(self.backbone_path)] = sha256_of_url(self.backbone_path, self.storage)
+            self._hashes = hashes
         return dict(self._hashes)
+
+    def _weight_file_hashes(self) -> dict[str, str]:
+        files = {rel for g in self.groups for rel in g.weight_files}
+        return {rel: digest for rel, digest in self.weight_hashes.items() if rel in files}
 
     @property
     def fingerprint(self) -> str:
@@ -170,7 +184,9 @@ class ModelSet:
             "exact_resize": self.exact_resize,
             **({"compile": True} if self.compile else {}),  # compiled kernels round differently
             "readouts": [json.loads(spec.key) for spec in self.readouts],
-            "weights": self.weight_hashes,
+            # Weight files only: the ledger guards metadata and the backbone, and a fingerprint
+            # that changed with them would refuse to resume outputs that were written before.
+            "weights": self._weight_file_hashes(),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

@@ -33,6 +33,7 @@ class WeightStore:
         self.root = str(root)
         self.storage = storage
         self.fs, self.base = filesystem_for(self.root, storage)
+        self.loaded: list[str] = []  # every file load() read, so a model can vouch for each
 
     def path(self, relative: str) -> str:
         return join(self.base, relative)
@@ -54,6 +55,8 @@ class WeightStore:
     def load(self, relative: str, what: str) -> Any:
         """Load an `.npy` or `.pt` file with the restricted loaders."""
         self.require(relative, what)
+        if relative not in self.loaded:
+            self.loaded.append(relative)
         kind = "pt" if relative.endswith(".pt") else "npy"
         return safe_load.read_bytes_loader(
             lambda: self.fs.open(self.path(relative), "rb"), self.url(relative), kind
@@ -86,3 +89,25 @@ class WeightStore:
             hash_computations += 1
         return digest.hexdigest()
 
+
+
+def sha256_of_url(url: str, storage: StorageOptions | None = None, digests: DigestCache | None = None) -> str:
+    """sha256 of a file named by URL or path (the backbone, which lives outside the root)."""
+    fs, path = filesystem_for(url, storage)
+    info = fs.info(path)
+
+    def compute() -> str:
+        digest = hashlib.sha256()
+        with fs.open(path, "rb") as handle:
+            while chunk := handle.read(HASH_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    if digests is None:
+        return compute()
+    return digests.digest(stamp_key(url, int(info.get("size") or 0), change_stamp(info)), compute)
+
+
+def backbone_hash_key(url: str) -> str:
+    """How the backbone appears among weight hashes: by file name, wherever it is kept."""
+    return f"backbone:{url.rstrip('/').rsplit('/', 1)[-1]}"

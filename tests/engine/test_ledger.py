@@ -249,16 +249,21 @@ def test_a_changed_setting_is_named_in_the_refusal(ray_session, tmp_path, capsys
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "nothing-to-do"
 
 
-def test_weights_rewritten_keeping_size_and_time_are_caught_by_the_workers(
-    ray_session, tmp_path, capsys, fwrf_roots
+@pytest.mark.parametrize("changed", ["weights", "metadata"])
+def test_files_rewritten_keeping_size_and_time_are_caught_by_the_workers(
+    ray_session, tmp_path, capsys, fwrf_roots, changed
 ):
-    """The driver reuses digests of files it hashed before (same URL, size, mtime); a file
-    rewritten behind that stamp is still refused, by the workers' own hashes, and the
-    next run hashes it afresh and refuses it as changed weights."""
+    """The driver reuses digests of files it hashed before (same URL, size, mtime); a
+    weight or metadata file (ncsnr picks the voxels of `:mean`) rewritten behind that
+    stamp is still refused, by the workers' own hashes, and the next run hashes it
+    afresh and refuses it as changed weights."""
     from berg_scale.models import store as weight_store
+    from berg_scale.models.families import metadata_file
     from berg_scale.synthetic.shards import write_synthetic_shards
 
     root_a, root_b, relative = fwrf_roots
+    if changed == "metadata":
+        relative = metadata_file(FWRF, 1, "V1")
     root = tmp_path / "root"
     shutil.copytree(root_a, root)
     write_synthetic_shards(str(tmp_path / "in"), 1, 3, seed=2)

@@ -23,7 +23,7 @@ def test_root_and_backbone_on_s3(berg_root, backbone, s3_server, s3_bucket, tmp_
     for rel in files:
         fs.put(str(berg_root / rel), f"{bucket}/root/{rel}")
     # A half-size copy of the backbone keeps the upload small; both runs use it.
-    half = tmp_path / "vit_b_32-half.pth"
+    half = tmp_path / "vit.pth"  # the name the S3 copy has: hashes are keyed by file name
     torch.save({k: v.half() for k, v in torch.load(backbone, weights_only=True).items()}, half)
     fs.put(str(half), f"{bucket}/vit.pth")
 
@@ -36,6 +36,8 @@ def test_root_and_backbone_on_s3(berg_root, backbone, s3_server, s3_bucket, tmp_
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
     assert remote.weight_hashes == local.weight_hashes
+    assert {families.metadata_file(fwrf.model_id, 1, "lateral"), "backbone:vit.pth"} <= set(local.weight_hashes), \
+        "metadata and the named backbone are vouched for too"
     with pytest.raises(BackboneMissingError, match="vit-missing.pth"):
         ModelSet(f"{s3_bucket}/root", [fsav], device="cpu", backbone_path=f"{s3_bucket}/vit-missing.pth",
                  storage=storage)
