@@ -17,6 +17,7 @@ the driver would cost a GPU node's worth of memory for a list of indices.
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -82,8 +83,9 @@ class RunResult:
             f"shards: {s.shards_done} done now, {s.shards_skipped} already done, "
             f"{s.shards_failed} quarantined, of {s.shards_total}",
             f"images: {s.images} ({s.images_ok} ok, {s.images_error} error rows)",
-            f"rate: {s.rate_line()}",
         ]
+        if s.images:  # a run with nothing to do has no rate to report
+            lines.append(f"rate: {s.rate_line()}")
         for name, info in sorted(self.failed.items())[:10]:
             lines.append(f"quarantined {name}: {info.get('error')}")
         if len(self.failed) > 10:
@@ -129,8 +131,12 @@ def run_generation(
     try:
         if lease.taken_over:
             previous_run = lease.taken_over.get("run_id")
-            log(f"took over the lease of run {previous_run} (host {lease.taken_over.get('host')}, "
-                f"pid {lease.taken_over.get('pid')}), which is no longer running")
+            holder = lease.taken_over
+            age = time.time() - float(holder.get("renewed_at") or 0)
+            why = ("which is no longer running" if holder.get("host") == socket.gethostname()
+                   else f"whose lease was not renewed for {age:.0f} s")
+            log(f"took over the lease of run {previous_run} (host {holder.get('host')}, "
+                f"pid {holder.get('pid')}), {why}")
             if previous_run:
                 with_storage_retries(lambda: store.remove_tree(f"{TMP_DIR}/{previous_run}"),
                                      "cleaning the stopped run's staging files")

@@ -216,6 +216,17 @@ def test_stale_lease_from_another_host_needs_take_over(ray_session, tmp_path, ca
 
     code, err = _generate(capsys, config, "--take-over")
     assert code == 0 and "took over the lease" in err
+    assert "not renewed for 3600 s" in err and "no longer running" not in err, err
+
+
+def test_a_live_lease_from_another_host_says_when_it_goes_stale(tmp_path):
+    from berg_scale.io.output_lease import OutputBusyError, OutputLease
+    from berg_scale.io.output_store import OutputStore
+
+    output = str(tmp_path / "out")
+    _write_lease(output, host="gpu-node-7", pid=4242, renewed_at=time.time() - 20)
+    with pytest.raises(OutputBusyError, match=r"renewed 2[01] s ago.*goes stale in (99|100) s; then rerun with --take-over"):
+        OutputLease(OutputStore(output), "new-run", ttl_s=120).acquire()
 
 
 @pytest.mark.ray
