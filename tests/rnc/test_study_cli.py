@@ -78,7 +78,7 @@ def test_cli_reports_problems_as_one_line(tmp_path, capsys):
     code = cli_main(["rnc", "univariate", "--responses", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("berg-scale rnc: error:") and "no committed shards" in err and "\n" not in err
+    assert err.startswith("berg-scale rnc: error:") and "none does not exist: check the path" in err and "\n" not in err
 
 
 def _write_image_shards(root: Path, keys_per_shard: dict[str, list[str]], skip: set[str], corrupt: set[str]):
