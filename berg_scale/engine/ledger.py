@@ -34,7 +34,7 @@ from berg_scale.io.output_store import (
     with_storage_retries,
 )
 from berg_scale.io.shard_listing import InputShard
-from berg_scale.io.storage import StorageOptions, filesystem_for
+from berg_scale.io.storage import StorageOptions
 from berg_scale.weights.digest_cache import DigestCache, default_cache_path
 
 WAY_OUT = "use --overwrite to discard the existing responses, or a new output"

@@ -80,32 +80,29 @@ class WeightStore:
         return value
 
     def _hash_bytes(self, relative: str) -> str:
-        digest = hashlib.sha256()
-        with self.fs.open(self.path(relative), "rb") as handle:
-            while chunk := handle.read(HASH_CHUNK):
-                digest.update(chunk)
+        value = _file_sha256(self.fs, self.path(relative))
         global hash_computations
         with _HASH_LOCK:
             hash_computations += 1
-        return digest.hexdigest()
+        return value
 
+
+def _file_sha256(fs: Any, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def sha256_of_url(url: str, storage: StorageOptions | None = None, digests: DigestCache | None = None) -> str:
     """sha256 of a file named by URL or path (the backbone, which lives outside the root)."""
     fs, path = filesystem_for(url, storage)
-    info = fs.info(path)
-
-    def compute() -> str:
-        digest = hashlib.sha256()
-        with fs.open(path, "rb") as handle:
-            while chunk := handle.read(HASH_CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
-
     if digests is None:
-        return compute()
-    return digests.digest(stamp_key(url, int(info.get("size") or 0), change_stamp(info)), compute)
+        return _file_sha256(fs, path)
+    info = fs.info(path)
+    key = stamp_key(url, int(info.get("size") or 0), change_stamp(info))
+    return digests.digest(key, lambda: _file_sha256(fs, path))
 
 
 def backbone_hash_key(url: str) -> str:
