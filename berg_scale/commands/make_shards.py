@@ -89,6 +89,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-labels", action="store_true",
         help="do not write labels.csv (key,label from each image's top-level sub-folder)",
     )
+    parser.add_argument(
+        "--follow-links", action="store_true",
+        help="pack the files symbolic links point to and search linked folders (default: links "
+        "are listed as ignored, so nothing from outside SRC_DIR is packed)",
+    )
     parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint URL")
     parser.add_argument("--region", default=None, help="S3 region")
     parser.add_argument(
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     per_shard = args.per_shard if args.per_shard is not None else (None if args.shard_size else 1000)
     # Counting first gives the bar a total; the walk is cheap next to reading images.
     show_total = not args.quiet and os.path.isdir(args.src_dir)
-    total = len(walk_images(args.src_dir)[0]) if show_total else None
+    total = len(walk_images(args.src_dir, args.follow_links)[0]) if show_total else None
     with storage_errors(args.dest, storage, what="write"), tqdm(
         total=total, unit="img", desc="packing", disable=args.quiet or None, file=sys.stderr
     ) as bar:
@@ -135,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             add=args.add,
             labels=not args.no_labels,
+            follow_links=args.follow_links,
             progress=bar.update,
         )
     if not args.quiet:

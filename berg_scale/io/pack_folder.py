@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -107,6 +108,7 @@ class PackOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_side: int | None = None
     jpeg_quality: int | None = None
+    follow_links: bool = False
 
     @property
     def reencodes(self) -> bool:
@@ -151,30 +153,57 @@ class _Checked:
     original: tuple[int, int] | None = None  # size before resizing, when resized
 
 
-def walk_images(src_dir: str) -> tuple[list[_Candidate], int]:
+def walk_images(src_dir: str, follow_links: bool = False) -> tuple[list[_Candidate], int]:
     """Image files under `src_dir` in sorted order, and how many other files were seen."""
-    found, ignored = walk_folder(src_dir)
+    found, ignored = walk_folder(src_dir, follow_links)
     return found, len(ignored)
 
 
-def walk_folder(src_dir: str) -> tuple[list[_Candidate], list[SkippedFile]]:
-    """Image files under `src_dir` in sorted order, and the other files with the reason."""
+_LINK_HINT = "not followed; --follow-links packs what it points to"
+
+
+def walk_folder(src_dir: str, follow_links: bool = False) -> tuple[list[_Candidate], list[SkippedFile]]:
+    """Image files under `src_dir` in sorted order, and the other files with the reason.
+
+    Symbolic links are left out unless `follow_links`: by default nothing from outside
+    `src_dir` can end up in a shard. Followed folder links are entered once each, so a
+    link loop cannot make the walk endless.
+    """
     found: list[_Candidate] = []
     ignored: list[SkippedFile] = []
-    for root, dirs, files in os.walk(src_dir, followlinks=False):
-        hidden = sorted(d for d in dirs if d.startswith("."))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in hidden:
-            rel = os.path.relpath(os.path.join(root, name), src_dir).replace(os.sep, "/")
-            ignored.append(SkippedFile(rel + "/", "hidden folder (not searched)"))
+    entered = {os.path.realpath(src_dir)}
+
+    def rel_of(path: str) -> str:
+        return os.path.relpath(path, src_dir).replace(os.sep, "/")
+
+    for root, dirs, files in os.walk(src_dir, followlinks=follow_links):
+        kept = []
+        for name in sorted(dirs):
+            path = os.path.join(root, name)
+            if name.startswith("."):
+                ignored.append(SkippedFile(rel_of(path) + "/", "hidden folder (not searched)"))
+            elif os.path.islink(path) and not follow_links:
+                ignored.append(SkippedFile(rel_of(path) + "/", f"symbolic link to a folder ({_LINK_HINT})"))
+            elif os.path.realpath(path) in entered:
+                ignored.append(SkippedFile(
+                    rel_of(path) + "/", "folder already searched through another path (link loop)"
+                ))
+            else:
+                entered.add(os.path.realpath(path))
+                kept.append(name)
+        dirs[:] = kept
         for name in sorted(files):
             path = os.path.join(root, name)
-            rel = os.path.relpath(path, src_dir).replace(os.sep, "/")
+            rel = rel_of(path)
             ext = os.path.splitext(name)[1].lower()
             if name.startswith("."):
                 ignored.append(SkippedFile(rel, "hidden file"))
+            elif os.path.islink(path) and not follow_links:
+                ignored.append(SkippedFile(rel, f"symbolic link ({_LINK_HINT})"))
+            elif os.path.islink(path) and not os.path.exists(path):
+                ignored.append(SkippedFile(rel, "broken symbolic link (its target does not exist)"))
             elif not os.path.isfile(path):
-                ignored.append(SkippedFile(rel, "not a regular file (link, device or FIFO)"))
+                ignored.append(SkippedFile(rel, "not a regular file (device, FIFO or socket)"))
             elif ext in SOURCE_EXTENSIONS:
                 found.append(_Candidate(rel, path))
             else:
@@ -183,6 +212,19 @@ def walk_folder(src_dir: str) -> tuple[list[_Candidate], list[SkippedFile]]:
                     f"packed: {', '.join(SOURCE_EXTENSIONS)})"
                 ))
     return found, ignored
+
+
+def _read_regular_file(path: str, follow_links: bool) -> bytes:
+    """The file's bytes, refusing what became a link or a FIFO after the walk listed it
+    (a FIFO would block the read forever)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not follow_links:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(0, "no longer a regular file")
+        return handle.read()
 
 
 def key_for(relpath: str) -> str:
@@ -220,8 +262,7 @@ def _upright(width: int, height: int, orientation: int) -> tuple[int, int]:
 
 def _check(candidate: _Candidate, options: PackOptions) -> _Checked:
     try:
-        with open(candidate.abspath, "rb") as handle:
-            data = handle.read()
+        data = _read_regular_file(candidate.abspath, options.follow_links)
     except OSError as exc:
         return _Checked(candidate, None, None, reason=f"cannot read file: {exc.strerror or exc}")
     try:
@@ -376,6 +417,7 @@ def pack_folder(
     overwrite: bool = False,
     add: bool = False,
     labels: bool = True,
+    follow_links: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> PackReport:
     """Pack every readable image under `src_dir` into `dest/<prefix>{000000..}.tar`.
@@ -385,7 +427,7 @@ def pack_folder(
     number of files handled since the last call. Raises BergScaleError for unusable
     arguments or a destination that does not fit the mode.
     """
-    options = PackOptions(per_shard, shard_bytes, check, max_pixels, max_side, jpeg_quality)
+    options = PackOptions(per_shard, shard_bytes, check, max_pixels, max_side, jpeg_quality, follow_links)
     options.validate()
     if add and overwrite:
         raise ConfigError("--add and --overwrite exclude each other: --add keeps every existing shard")
@@ -402,7 +444,7 @@ def pack_folder(
         raise ConfigError("the destination may not be inside the source folder")
     existing, previous, labels_ours = _prepare_destination(dest, prefix, storage, overwrite, add)
 
-    candidates, ignored = walk_folder(src_dir)
+    candidates, ignored = walk_folder(src_dir, follow_links)
     report = PackReport(dest=dest, ignored=ignored)
     old_keys: list[str] = []
     first_index = 0

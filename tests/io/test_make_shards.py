@@ -218,6 +218,64 @@ def test_gif_is_packed_and_every_left_out_file_is_named(tmp_path, capsys):
         assert f"  {path}: " in err  # every one named on the console with its reason
 
 
+def _linked_folder(tmp_path):
+    """SRC with an image of its own, a link to an image outside it, a link to an outside
+    folder, a broken link, a FIFO and a link loop back to SRC."""
+    outside = tmp_path / "outside"
+    _write(outside, {"secret.png": image_bytes("png", 8, 8, 7), "more/inner.png": image_bytes("png", 8, 8, 8)})
+    src = tmp_path / "src"
+    _write(src, {"own.png": image_bytes("png", 8, 8, 1)})
+    (src / "link.png").symlink_to(outside / "secret.png")
+    (src / "linked_dir").symlink_to(outside / "more", target_is_directory=True)
+    (src / "gone.png").symlink_to(tmp_path / "missing.png")
+    (src / "loop").symlink_to(src, target_is_directory=True)
+    os.mkfifo(src / "pipe.png")
+    return src
+
+
+def test_symbolic_links_are_not_followed_unless_asked(tmp_path, capsys):
+    src = _linked_folder(tmp_path)
+    dest = tmp_path / "out"
+    assert main(["make-shards", str(src), str(dest)]) == 0
+    manifest, samples = _all_samples(dest)
+    assert [s.json["source"] for s in samples] == ["own.png"]  # nothing from outside SRC
+    ignored = {i["path"]: i["reason"] for i in manifest["ignored"]}
+    assert set(ignored) == {"link.png", "gone.png", "linked_dir/", "loop/", "pipe.png"}
+    assert ignored["link.png"].startswith("symbolic link (not followed; --follow-links")
+    assert ignored["linked_dir/"].startswith("symbolic link to a folder")
+    assert "FIFO" in ignored["pipe.png"]
+    err = capsys.readouterr().err
+    assert "  link.png: symbolic link" in err and "  linked_dir/: symbolic link to a folder" in err
+    assert manifest["follow_links"] is False
+
+
+def test_follow_links_packs_link_targets_once_and_survives_a_loop(tmp_path):
+    src = _linked_folder(tmp_path)
+    dest = tmp_path / "out"
+    assert main(["make-shards", str(src), str(dest), "--follow-links", "--quiet"]) == 0
+    manifest, samples = _all_samples(dest)
+    assert sorted(s.json["source"] for s in samples) == ["link.png", "linked_dir/inner.png", "own.png"]
+    ignored = {i["path"]: i["reason"] for i in manifest["ignored"]}
+    assert ignored["gone.png"].startswith("broken symbolic link")
+    assert "link loop" in ignored["loop/"]
+    assert "FIFO" in ignored["pipe.png"] and manifest["follow_links"] is True
+
+
+def test_a_file_swapped_for_a_link_or_fifo_after_the_walk_is_not_read(tmp_path):
+    from berg_scale.io.pack_folder import PackOptions, _Candidate, _check
+
+    target = tmp_path / "secret.png"
+    target.write_bytes(image_bytes("png", 8, 8, 3))
+    link = tmp_path / "a.png"
+    link.symlink_to(target)
+    checked = _check(_Candidate("a.png", str(link)), PackOptions())
+    assert checked.data is None and checked.reason.startswith("cannot read file")
+    fifo = tmp_path / "b.png"
+    os.mkfifo(fifo)
+    checked = _check(_Candidate("b.png", str(fifo)), PackOptions(follow_links=True))
+    assert checked.data is None and "no longer a regular file" in checked.reason  # no hang
+
+
 # --- re-encoding ------------------------------------------------------------------------
 
 
