@@ -24,7 +24,7 @@ from berg_scale.models.base import (
 from berg_scale.models.gnet import GNetEncoder, FwrfReadout
 from berg_scale.models.registry import get_card, register_model
 from berg_scale.models.spec import ReadoutError, ReadoutSpec
-from berg_scale.models.weights_check import WeightFormatError, get_array, get_key
+from berg_scale.models.weights_check import WeightFormatError, get_array, get_key, require_finite_state
 
 FWRF_ID = "fmri-nsd-fwrf"
 
@@ -74,8 +74,7 @@ def _load_part(ctx: BuildContext, rel: str, subject: int, first: bool) -> _Part:
             raise WeightFormatError(f"{source}: {what} does not match the GNet/fwRF layout: {detail}") from None
     for module in (encoder, readout):
         module.eval().to(ctx.device)
-        if any(not torch.isfinite(p).all() for p in module.parameters()):
-            raise WeightFormatError(f"{source}: {type(module).__name__} has NaN or infinite weights")
+        require_finite_state(module, source, type(module).__name__)
     if any((encoder.state_dict()[k] <= 0).any() for k in encoder.state_dict() if k.endswith("running_var")):
         raise WeightFormatError(f"{source}: BatchNorm running_var must be positive")
     return _Part(encoder, readout)

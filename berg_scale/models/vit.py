@@ -19,6 +19,7 @@ from berg_scale.errors import BergScaleError
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote
 from berg_scale.models.families import VIT_B_32
 from berg_scale.models.safe_load import load_checkpoint
+from berg_scale.models.weights_check import require_finite_state
 
 N_LAYERS = 12
 N_TOKENS = 50
@@ -120,6 +121,7 @@ def load_vit_b_32(
             f"{path}: not a torchvision ViT-B/32 state dict ({str(exc).splitlines()[0]}); "
             f"use torchvision's {BACKBONE_FILE}"
         ) from None
+    require_finite_state(model, str(path), "ViT-B/32")
     model = model.float().eval().to(device)
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from berg_scale.errors import BergScaleError
 
@@ -58,3 +59,14 @@ def get_array(
     if finite and value.dtype.kind == "f" and not np.all(np.isfinite(value)):
         raise WeightFormatError(f"{source}: {name} contains NaN or infinite values")
     return value
+
+
+def require_finite_state(module: torch.nn.Module, source: str, what: str) -> None:
+    """Refuse NaN or infinite values anywhere in a module's state: parameters and buffers.
+
+    Buffers count too: a NaN BatchNorm running mean gives all-NaN responses that would
+    otherwise be written as ordinary rows.
+    """
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightFormatError(f"{source}: {what} {name} contains NaN or infinite values")

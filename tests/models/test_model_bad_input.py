@@ -119,6 +119,42 @@ def test_damaged_weight_files_give_clear_errors(berg_root, tmp_path):
         ModelSet(str(tmp_path), [ReadoutSpec(FWRF, 1, {"roi": "V1"})], device="cpu")
 
 
+@pytest.mark.parametrize("key, value", [
+    ("enc.bn1.running_mean", float("nan")),  # a buffer, not a parameter
+    ("enc.bn1.running_var", float("nan")),
+    ("enc.bn1.running_var", float("inf")),
+    ("enc.bn1.running_var", -1.0),
+    ("enc.conv6b.conv1.bias", float("nan")),
+])
+def test_non_finite_or_negative_encoder_state_is_refused(berg_root, tmp_path, key, value):
+    rel = families.weight_files(FWRF, 1, "V1")[0]
+    checkpoint = torch.load(berg_root / rel, weights_only=False)
+    enc = checkpoint["best_params"]["enc"]
+    assert key in enc, sorted(enc)[:8]
+    enc[key] = enc[key].clone()
+    enc[key].view(-1)[0] = value
+    (tmp_path / rel).parent.mkdir(parents=True)
+    torch.save(checkpoint, tmp_path / rel)
+    with pytest.raises(BergScaleError) as info:
+        ModelSet(str(tmp_path), [ReadoutSpec(FWRF, 1, {"roi": "V1"})], device="cpu")
+    message = str(info.value)
+    assert rel in message
+    assert (key.split("enc.", 1)[1] in message and "NaN or infinite" in message) if value != -1.0 \
+        else "running_var must be positive" in message
+
+
+def test_non_finite_backbone_is_refused(backbone, tmp_path):
+    from berg_scale.models.vit import load_vit_b_32
+
+    state = torch.load(backbone, weights_only=True)
+    name = next(k for k in state if k.endswith("ln.weight"))
+    state[name] = state[name].clone()
+    state[name][0] = float("nan")
+    torch.save(state, tmp_path / "vit.pth")
+    with pytest.raises(BergScaleError, match=f"{name} contains NaN or infinite"):
+        load_vit_b_32(tmp_path / "vit.pth", torch.device("cpu"))
+
+
 def test_mean_without_ncsnr_is_a_clear_error(berg_root, tmp_path):
     rel = families.weight_files(FWRF, 1, "V1")[0]
     (tmp_path / rel).parent.mkdir(parents=True)
