@@ -33,6 +33,7 @@ from pydantic import (
 from berg_scale.config_paths import override_keys, resolve_config_paths
 from berg_scale.errors import ConfigError
 from berg_scale.io.storage import StorageOptions
+from berg_scale.yaml_load import load_yaml
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -431,10 +432,7 @@ def load_validated(
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read config {origin}: {exc.strerror or exc}") from exc
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{origin} is not valid YAML: {_one_line(str(exc))}") from exc
+        raw = load_yaml(text, origin)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

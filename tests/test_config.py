@@ -165,6 +165,44 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
     assert "top level must be a mapping" in _error(path)
 
 
+def _laughs(levels: int) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_aliases_that_expand_to_a_huge_document_are_refused_fast(tmp_path):
+    import time
+
+    path = tmp_path / "laughs.yaml"
+    path.write_text(yaml.safe_dump(_base()) + _laughs(9))  # 10**9 values once expanded
+    started = time.monotonic()
+    message = _error(path)
+    assert time.monotonic() - started < 5
+    assert message.startswith(f"{path}: its aliases expand to more than 200,000 values")
+    path.write_text(yaml.safe_dump(_base()) + "extra: &e [*e]\n")
+    assert "an alias refers to the node that contains it" in _error(path)
+
+
+def test_ordinary_anchors_and_merge_keys_still_work(tmp_path):
+    path = tmp_path / "anchors.yaml"
+    path.write_text(
+        "input: {shards: 's3://bucket/shards/{000000..000009}.tar'}\nberg_root: /data/berg\n"
+        "output: s3://bucket/out\n"
+        "readouts:\n  - &fwrf {model: fmri-nsd-fwrf, subjects: [1], rois: [V1]}\n"
+        "  - {<<: *fwrf, subjects: [2]}\n"
+    )
+    specs = load_config(path).readout_specs()
+    assert [(s.subject, s.selection["roi"]) for s in specs] == [(1, "V1"), (2, "V1")]
+
+
+def test_a_key_given_twice_names_both_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text(yaml.safe_dump(_base()) + "output: s3://bucket/other\n")
+    message = _error(path)
+    assert f"{path}: line " in message and "key 'output' is given twice (first on line" in message
+
+
 # --------------------------------------------------------------------------- strict edges
 
 

@@ -39,14 +39,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _refuse_study_config(path: str) -> None:
     """An RNC study config fails generation validation on every key; say what it is instead."""
-    import yaml
-
     from berg_scale.errors import BergScaleError
+    from berg_scale.yaml_load import load_yaml
 
     try:
         with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError):
+            raw = load_yaml(handle.read(), path)
+    except (OSError, BergScaleError):
         return  # load_config reports these with its own wording
     if isinstance(raw, dict) and "responses" in raw and "readouts" not in raw:
         raise BergScaleError(

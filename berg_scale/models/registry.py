@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Callable, TypeVar
 
-import yaml
-
 from berg_scale.errors import BergScaleError
+from berg_scale.yaml_load import load_yaml
 
 
 class UnknownModelError(BergScaleError, KeyError):
@@ -104,9 +103,10 @@ def load_card(path: str | os.PathLike[str]) -> ModelCard:
     """A model card from a YAML file (a new model's card sits next to its module)."""
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError) as exc:
-        raise BergScaleError(f"cannot read model card {path}: {exc}") from None
+            text = handle.read()
+    except OSError as exc:
+        raise BergScaleError(f"cannot read model card {path}: {exc.strerror or exc}") from None
+    data = load_yaml(text, f"model card {path}")
     if not isinstance(data, dict):
         raise BergScaleError(f"model card {path} must be a mapping of keys")
     return ModelCard.from_mapping(data)
@@ -131,7 +131,7 @@ def _load_builtin_cards() -> None:
         key=lambda p: (order.index(p.name[:-5]) if p.name[:-5] in order else len(order), p.name),
     )
     for entry in entries:
-        card = ModelCard.from_mapping(yaml.safe_load(entry.read_text(encoding="utf-8")))
+        card = ModelCard.from_mapping(load_yaml(entry.read_text(encoding="utf-8"), entry.name))
         _CARDS.setdefault(card.model_id, card)
 
 
