@@ -761,6 +761,9 @@ def iter_shard_samples(
         stream.close()
 
 
+_TRAILER_CHUNK = 1 << 20
+
+
 def _verify_end_of_archive(url: str, handle: ReadAheadFile, offset: int) -> None:
     """A complete tar ends with zero blocks; anything else means data was lost."""
     handle.seek(offset)
@@ -773,6 +776,20 @@ def _verify_end_of_archive(url: str, handle: ReadAheadFile, offset: int) -> None
         raise ShardReadError(url, f"truncated inside a member header at byte {offset}")
     if block.count(0) != _BLOCK:
         raise ShardReadError(url, f"invalid member header at byte {offset} (corrupt data)")
+    # Tar readers stop at the first zero block, so a second archive appended with `cat`
+    # would be dropped without a word; the rest of the file must be zeros (padding).
+    position = offset + _BLOCK
+    while chunk := handle.read(_TRAILER_CHUNK):
+        stripped = chunk.lstrip(b"\0")
+        if stripped:
+            first = position + len(chunk) - len(stripped)
+            raise ShardReadError(
+                url,
+                f"holds data after its end-of-archive marker (at byte {offset}; data from byte "
+                f"{first}), e.g. a second tar appended with `cat a.tar b.tar`, which tar readers "
+                "ignore; join tars with `tar --concatenate`, or re-pack the images with make-shards",
+            )
+        position += len(chunk)
 
 
 def read_shard(url: str, storage: StorageOptions | None = None, **options: Any) -> list[TarSample]:

@@ -120,3 +120,54 @@ def test_a_damaged_shard_comes_back_rejected_with_its_reason(tmp_path, damage):
     assert result.status == "rejected", result
     assert reason in result.error and str(path) in result.error
     assert not (tmp_path / "out" / "_done").exists() or not os.listdir(tmp_path / "out" / "_done")
+
+
+@pytest.mark.parametrize("made_by", ["gnu-tar", "tarfile", "gzip"])
+def test_a_second_tar_appended_with_cat_is_rejected_not_dropped(tmp_path, made_by):
+    """`cat a.tar b.tar` reads as a.tar alone in every tar reader; the shard must say so."""
+    from berg_scale.io.shard_listing import InputShard
+    from berg_scale.testing.tars import gnu_tar, python_tar
+
+    rng = np.random.default_rng(9)
+    parts = []
+    for part in ("a", "b"):
+        if made_by == "tarfile":
+            members = [(f"{part}{i}.jpg", encode(synthetic_image(rng, 20, 20), "jpg")) for i in range(3)]
+            parts.append(python_tar(tmp_path / f"{part}.tar", members))
+        else:
+            folder = tmp_path / part
+            folder.mkdir()
+            for i in range(3):
+                (folder / f"{part}{i}.jpg").write_bytes(encode(synthetic_image(rng, 20, 20), "jpg"))
+            parts.append(gnu_tar(folder, tmp_path / f"{part}.tar"))
+    joined = b"".join(open(part, "rb").read() for part in parts)
+    path = tmp_path / ("both.tar" if made_by != "gzip" else "both.tar.gz")
+    if made_by == "gzip":
+        import gzip
+
+        joined = gzip.compress(joined)
+    path.write_bytes(joined)
+    result = _worker(str(tmp_path / "out")).process(
+        InputShard(name=path.name, url=str(path), relative=path.name), 1
+    )
+    assert result.status == "rejected", result
+    assert "holds data after its end-of-archive marker" in result.error
+    assert "tar --concatenate" in result.error
+    assert not (tmp_path / "out" / "_done").exists() or not os.listdir(tmp_path / "out" / "_done")
+
+
+def test_zero_padding_after_the_end_of_archive_is_fine(tmp_path):
+    from berg_scale.io.shard_listing import InputShard
+
+    rng = np.random.default_rng(10)
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "x.jpg").write_bytes(encode(synthetic_image(rng, 20, 20), "jpg"))
+    path = tmp_path / "padded.tar"
+    subprocess.run(["tar", "-cf", str(path), "-b", "64", "-C", str(folder), "."], check=True)  # 32 KiB records
+    with open(path, "ab") as handle:
+        handle.write(b"\0" * 3 * (1 << 20))  # more zeros than one read of the trailer
+    result = _worker(str(tmp_path / "out")).process(
+        InputShard(name=path.name, url=str(path), relative=path.name), 1
+    )
+    assert result.status == "done" and result.marker["ok"] == 1, result
