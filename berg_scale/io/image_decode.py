@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import functools
 import io
+import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +60,11 @@ RESAMPLE_FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 _MAX_REASON_CHARS = 160
+_PILLOW_PIXELS = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
+
+# `max_pixels` is the guard that counts (checked on the header, before decoding); Pillow's
+# own warning for images between its two ceilings would only repeat it on the console.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class DecodeError(BergScaleError):
@@ -158,7 +165,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data), formats=_open_formats())
     except Image.DecompressionBombError as exc:
-        raise DecodeError(f"image too large (decompression bomb: {_short(exc)})") from None
+        raise DecodeError(_bomb_reason(exc, max_pixels)) from None
     except Image.UnidentifiedImageError:
         claimed = sniff_format(data)
         if claimed:
@@ -187,6 +194,20 @@ def _orientation(img: Image.Image) -> int:
     except Exception:  # a damaged EXIF block must not cost the image
         return 1
     return value if 1 <= value <= 8 else 1
+
+
+def _bomb_reason(exc: Exception, max_pixels: int) -> str:
+    """Pillow's refusal in the words of `max_pixels`, which is what a user can change."""
+    found = _PILLOW_PIXELS.search(str(exc))
+    if found is None:
+        return f"image too large (decompression bomb guard: {_short(exc)})"
+    pixels, pillow_limit = int(found.group(1)), int(found.group(2))
+    if pixels > max_pixels:
+        return f"image too large ({pixels} pixels > max_pixels={max_pixels}; decompression bomb guard)"
+    return (
+        f"image too large ({pixels} pixels > Pillow's limit of {pillow_limit}; raise "
+        "PIL.Image.MAX_IMAGE_PIXELS to allow images this large)"
+    )
 
 
 def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
@@ -262,7 +283,7 @@ def decode_to_rgb(
             raise DecodeError("truncated image data") from None
         raise DecodeError(f"corrupt image data ({_short(exc)})") from None
     except Image.DecompressionBombError as exc:
-        raise DecodeError(f"image too large (decompression bomb: {_short(exc)})") from None
+        raise DecodeError(_bomb_reason(exc, max_pixels)) from None
     except MemoryError:
         raise DecodeError(
             "out of memory while decoding (lower max_pixels or give workers more memory)"

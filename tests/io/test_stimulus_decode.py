@@ -246,3 +246,23 @@ def test_decode_batch_cpu_reports_errors_per_item():
     assert int(result.images[1].sum()) == 0 and int(result.images[2].sum()) == 0
     expected = decode_and_prepare(items[3], 12)
     np.testing.assert_array_equal(result.images[3].permute(1, 2, 0).numpy(), expected)
+
+
+def test_images_past_pillows_own_ceiling_are_refused_in_terms_of_max_pixels():
+    import warnings
+
+    from berg_scale.io.image_decode import DecodeError, probe
+    from berg_scale.synthetic.shards import decompression_bomb_png
+
+    huge = decompression_bomb_png(14000)  # 196 Mpx: past Pillow's 2 x MAX_IMAGE_PIXELS
+    with pytest.raises(DecodeError) as info:
+        probe(huge, 64 * 2**20)
+    assert info.value.reason == (
+        "image too large (196000000 pixels > max_pixels=67108864; decompression bomb guard)"
+    )
+    with pytest.raises(DecodeError, match="raise PIL.Image.MAX_IMAGE_PIXELS"):
+        probe(huge, 10**9)  # max_pixels allows it, Pillow does not: say which knob
+    with warnings.catch_warnings(record=True) as seen:
+        with pytest.raises(DecodeError, match="> max_pixels=67108864"):
+            probe(decompression_bomb_png(10000), 64 * 2**20)  # between Pillow's two ceilings
+    assert not [w for w in seen if "decompression bomb" in str(w.message)]  # not repeated on the console
