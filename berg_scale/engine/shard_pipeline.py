@@ -10,6 +10,7 @@ chunk becomes one Parquet row group (error rows included, with nulls).
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -457,9 +458,20 @@ class _Inline:
             close()
 
 
-def _reason_kind(reason: str) -> str:
-    """Group messages like 'truncated (image file is truncated (3 bytes not processed))'."""
-    return reason.split("(")[0].strip()[:60] or reason[:60]
+_QUOTED = re.compile(r"'[^']*'")
+
+
+def _reason_kind(reason: str, limit: int = 60) -> str:
+    """Group messages like 'truncated (image file is truncated (3 bytes not processed))'.
+
+    Quoted member names are left out, so "member '…' is a symbolic link" counts every
+    such member as one kind; a long kind is cut at a word, with an ellipsis.
+    """
+    kind = _QUOTED.sub("'…'", reason.split("(")[0].strip() or reason.strip())
+    if len(kind) <= limit:
+        return kind
+    cut = kind[: limit - 1].rsplit(" ", 1)[0] if " " in kind[: limit - 1] else kind[: limit - 1]
+    return cut.rstrip(" ,;:") + "…"
 
 
 def gpu_decode_wanted(decode: str, device: Any) -> bool:

@@ -594,6 +594,12 @@ class _KeyedSamples:
             if member is None:
                 break
             archive.members.clear()  # type: ignore[attr-defined]  # earlier TarInfo objects: flat memory
+            if member.size < 0:
+                raise ShardReadError(
+                    self.url,
+                    f"damaged tar: member {escape_name(member.name)!r} (header at byte "
+                    f"{member.offset}) gives a negative size ({member.size})",
+                )
             if member.isdir():
                 continue
             name = normalise_member_name(member.name)

@@ -135,3 +135,19 @@ def test_odd_characters_in_number_fields_give_tarfiles_answer():
                 assert _outcome(FastTarInfo, bytes(buf)) == _outcome(tarfile.TarInfo, bytes(buf)), (start, char, at)
                 checked += 1
     assert checked == len(fields) * len(odd) * 2
+
+
+def test_a_negative_member_size_is_named_as_damage(tmp_path):
+    from berg_scale.io.shard_reader import ShardReadError, read_shard
+    from berg_scale.testing.tars import python_tar
+
+    path = python_tar(tmp_path / "a.tar", [("a.jpg", b"x" * 600), ("b.jpg", b"y" * 600)])
+    raw = bytearray(open(path, "rb").read())
+    first = next(i for i in range(0, len(raw), 512) if raw[i:i + 5] == b"a.jpg")
+    raw[first + 124:first + 136] = b"\xff" * 12  # base-256 -1, as a hostile writer would put it
+    checksum = 256 + sum(raw[first:first + 512]) - sum(raw[first + 148:first + 156])
+    raw[first + 148:first + 156] = b"%06o\0 " % checksum
+    (tmp_path / "neg.tar").write_bytes(raw)
+    with pytest.raises(ShardReadError) as info:
+        read_shard(str(tmp_path / "neg.tar"))
+    assert f"member 'a.jpg' (header at byte {first}) gives a negative size (-1)" in str(info.value)
