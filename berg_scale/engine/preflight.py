@@ -10,6 +10,7 @@ input shards, missing weight files.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Iterable, Mapping, Sequence
 
 from berg_scale.errors import BergScaleError, StorageError
@@ -75,6 +76,33 @@ def check_storage(urls: Mapping[str, Iterable[str]], storage: StorageOptions | N
 
 def list_input_shards(patterns: Sequence[str], storage: StorageOptions | None) -> list[InputShard]:
     return list_shards(patterns, fast_fail_options(storage) if any(map(is_remote, patterns)) else storage)
+
+
+def _folder_key(url: str) -> str:
+    """`url` as a folder prefix that compares by string: absolute for local paths."""
+    if not is_remote(url):
+        url = os.path.abspath(os.path.expanduser(url))
+    return url.rstrip("/") + "/"
+
+
+def check_output_location(output: str, shards: Sequence[InputShard]) -> None:
+    """The output must be a folder of its own: never a file, never where input tars live.
+
+    An output that holds input shards would have them deleted by `--overwrite` and mixed
+    with response files on every run.
+    """
+    if not is_remote(output) and os.path.isfile(os.path.expanduser(output)):
+        raise BergScaleError(
+            f"output {output} is a file; give a folder (it is created if missing), e.g. {output}.responses"
+        )
+    prefix = _folder_key(output)
+    inside = [shard.url for shard in shards if _folder_key(shard.url).startswith(prefix)]
+    if inside:
+        raise BergScaleError(
+            f"output {output} holds {len(inside)} input shard(s) (e.g. {inside[0]}); write the "
+            f"responses to a folder of their own, e.g. {output.rstrip('/')}-responses, so a rerun "
+            "with --overwrite cannot delete inputs"
+        )
 
 
 def required_weight_files(specs: Sequence[Any]) -> list[tuple[str, str]]:

@@ -29,7 +29,12 @@ from berg_scale.config import RunConfig
 from berg_scale.engine.ledger import LedgerMismatch, RunBinding, hash_weights, reconcile
 from berg_scale.engine.manifest import build_manifest
 from berg_scale.engine.model_factory import ModelSetFactory
-from berg_scale.engine.preflight import check_storage, check_weights, list_input_shards
+from berg_scale.engine.preflight import (
+    check_output_location,
+    check_storage,
+    check_weights,
+    list_input_shards,
+)
 from berg_scale.engine.progress import LiveProgress, RunStats, StartupPhases
 from berg_scale.engine.scheduler import (
     RetryPolicy,
@@ -121,6 +126,7 @@ def run_generation(
         roles["berg_root"] = [config.berg_root]
     check_storage(roles, storage)
     shards = list_input_shards(patterns, storage)
+    check_output_location(config.output, shards)
     if needs_weights:
         check_weights(config.berg_root, specs, storage, config.backbone)
 

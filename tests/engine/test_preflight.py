@@ -96,6 +96,45 @@ def test_empty_local_folder_and_missing_brace_members(no_workers, tmp_path, stan
     assert "2 of 4 shards" in _one_line(exc_info)
 
 
+@pytest.mark.parametrize("where", ["same", "parent"])
+def test_an_output_that_holds_the_input_shards_is_refused(no_workers, tmp_path, stand_in_factory, where):
+    from berg_scale.errors import BergScaleError
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    write_synthetic_shards(str(tmp_path / "data" / "in"), 2, 1)
+    output = tmp_path / "data" / ("in" if where == "same" else "")
+    before = sorted(p.name for p in (tmp_path / "data" / "in").iterdir())
+    with pytest.raises(BergScaleError) as exc_info:
+        _run(make_config(str(tmp_path / "data" / "in"), str(output)), model_factory=stand_in_factory,
+             overwrite=True)
+    message = _one_line(exc_info)
+    assert "holds 2 input shard(s)" in message and "a folder of their own" in message
+    assert sorted(p.name for p in (tmp_path / "data" / "in").iterdir()) == before  # nothing touched
+
+
+def test_an_output_that_is_a_file_is_refused(no_workers, tmp_path, stand_in_factory):
+    from berg_scale.errors import BergScaleError
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    write_synthetic_shards(str(tmp_path / "in"), 1, 1)
+    (tmp_path / "out").write_text("notes")
+    with pytest.raises(BergScaleError) as exc_info:
+        _run(make_config(str(tmp_path / "in"), str(tmp_path / "out")), model_factory=stand_in_factory)
+    assert _one_line(exc_info).startswith(f"output {tmp_path / 'out'} is a file; give a folder")
+    assert (tmp_path / "out").read_text() == "notes"
+
+
+def test_an_output_next_to_the_inputs_is_fine(no_workers, tmp_path):
+    from berg_scale.engine.preflight import check_output_location
+    from berg_scale.io.shard_listing import list_shards
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    write_synthetic_shards(str(tmp_path / "data"), 1, 1)
+    shards = list_shards(str(tmp_path / "data"))
+    check_output_location(str(tmp_path / "data" / "responses"), shards)  # inside the input folder
+    check_output_location(str(tmp_path / "data-responses"), shards)  # a sibling sharing a prefix
+
+
 def test_missing_weights(no_workers, tmp_path, engine_berg_root, engine_backbone):
     from berg_scale.engine.preflight import MissingWeightsError
     from berg_scale.synthetic.shards import write_synthetic_shards
