@@ -564,6 +564,7 @@ class _KeyedSamples:
         # normalised member name -> (offset_data, size) of the bytes it names, so a hard
         # link can be read; a later member of the same name replaces it, as on extraction
         self.locations: dict[str, tuple[int, int]] = {}
+        self.members_seen = 0
         self.skipped = {
             "hidden": _SkippedMembers("{count} hidden {members} skipped (first: {first!r})"),
             "no extension": _SkippedMembers("{count} {members} without an extension skipped (first: {first!r})"),
@@ -573,8 +574,11 @@ class _KeyedSamples:
 
     def shard_notes(self) -> list[str]:
         """The notes about members of no row, once the whole archive has been read."""
-        notes = (skipped.note() for skipped in self.skipped.values())
-        return [note for note in notes if note is not None]
+        notes = [note for note in (skipped.note() for skipped in self.skipped.values()) if note is not None]
+        if self.next_index == 0 and not notes:
+            what = "an empty archive" if self.members_seen == 0 else "folders only"
+            notes.append(f"the tar holds no files ({what}): no rows")
+        return notes
 
     def __iter__(self) -> Iterator[TarSample]:
         handle = self.stream.handle
@@ -594,6 +598,7 @@ class _KeyedSamples:
             if member is None:
                 break
             archive.members.clear()  # type: ignore[attr-defined]  # earlier TarInfo objects: flat memory
+            self.members_seen += 1
             if member.size < 0:
                 raise ShardReadError(
                     self.url,

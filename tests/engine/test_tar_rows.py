@@ -171,3 +171,24 @@ def test_zero_padding_after_the_end_of_archive_is_fine(tmp_path):
         InputShard(name=path.name, url=str(path), relative=path.name), 1
     )
     assert result.status == "done" and result.marker["ok"] == 1, result
+
+
+@pytest.mark.parametrize("made_by", ["empty-list", "empty-folder"])
+def test_a_tar_without_files_commits_no_rows_with_a_note(tmp_path, made_by):
+    from berg_scale.io.output_store import OutputStore, read_done_marker
+    from berg_scale.io.shard_listing import InputShard
+
+    path = tmp_path / "empty.tar"
+    if made_by == "empty-list":
+        subprocess.run(["tar", "-cf", str(path), "-T", "/dev/null"], check=True)
+        what = "an empty archive"
+    else:
+        (tmp_path / "nothing").mkdir()
+        subprocess.run(["tar", "-cf", str(path), "-C", str(tmp_path / "nothing"), "."], check=True)
+        what = "folders only"
+    output = str(tmp_path / "out")
+    result = _worker(output).process(InputShard(name="empty", url=str(path), relative=path.name), 1)
+    assert result.status == "done" and result.marker["rows"] == 0, result
+    marker = read_done_marker(OutputStore(output), "empty")
+    assert marker["notes"] == 1
+    assert marker["note_examples"] == [{"key": None, "note": f"the tar holds no files ({what}): no rows"}]
