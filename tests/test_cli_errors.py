@@ -398,3 +398,14 @@ def test_s3_clients_fail_fast_by_default_and_callers_can_override():
     assert kwargs["config_kwargs"]["retries"]["max_attempts"] <= 3
     custom = {"connect_timeout": 1, "retries": {"max_attempts": 1}}
     assert StorageOptions(extra={"config_kwargs": custom}).s3fs_kwargs()["config_kwargs"] == custom
+
+
+@pytest.mark.parametrize("command", [
+    ["search"], ["status"], ["make-shards"], ["rnc", "univariate"], ["fetch-weights"],
+    ["experiment", "tripartite"], ["experiment", "eeg-decoding"],
+])
+def test_every_endpoint_option_states_its_default(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--endpoint-url URL S3-compatible endpoint (default: the first of $AWS_ENDPOINT_URL_S3" in text

@@ -16,6 +16,7 @@ import argparse
 import os
 
 from berg_scale.errors import BergScaleError
+from berg_scale.io.endpoints import ENDPOINT_HELP
 
 BERG_TERMS = (
     "BERG's models and weights are licensed CC BY-NC 4.0 (non-commercial use, with attribution): "
@@ -49,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="source BERG root: s3://bucket[/prefix] or a local path "
         "(default s3://brain-encoding-response-generator)",
     )
-    parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
+    parser.add_argument("--endpoint-url", metavar="URL", default=None, help=ENDPOINT_HELP)
     parser.add_argument("--region", default=None, help="bucket region (default us-west-2)")
     parser.add_argument(
         "--anon",

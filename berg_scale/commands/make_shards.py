@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 import sys
+from berg_scale.io.endpoints import ENDPOINT_HELP
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3,
@@ -94,7 +95,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="pack the files symbolic links point to and search linked folders (default: links "
         "are listed as ignored, so nothing from outside SRC_DIR is packed)",
     )
-    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint URL")
+    parser.add_argument("--endpoint-url", metavar="URL", default=None, help=ENDPOINT_HELP)
     parser.add_argument("--region", default=None, help="S3 region")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar and no per-file warnings"

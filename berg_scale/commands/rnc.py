@@ -14,6 +14,7 @@ import argparse
 from typing import Any
 
 from berg_scale.errors import ConfigError
+from berg_scale.io.endpoints import ENDPOINT_HELP
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +38,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-excluded-fraction", type=float, metavar="F",
                         help="largest fraction of images with NaN/infinite responses left out before the "
                              "study stops (default 0.01)")
-    parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
+    parser.add_argument("--endpoint-url", metavar="URL", default=None, help=ENDPOINT_HELP)
     parser.add_argument("--bootstrap", dest="n_bootstrap", type=int, metavar="N")
     parser.add_argument("--permutations", dest="n_permutations", type=int, metavar="N")
     parser.add_argument("--baseline-batches", type=int, metavar="N")

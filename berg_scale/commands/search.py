@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from berg_scale.io.endpoints import ENDPOINT_HELP
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -48,12 +49,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rebuild-index", action="store_true", help="build a new ANN index even if a valid one exists")
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree (default 32)")
     parser.add_argument("--ef-construction", type=int, default=80, help="HNSW build beam width (default 80)")
-    parser.add_argument("--ef-search", type=int, default=128, help="HNSW query beam width; higher: better recall")
+    parser.add_argument("--ef-search", type=int, default=128,
+                        help="HNSW query beam width; higher: better recall, slower (default 128)")
     parser.add_argument("--images", metavar="URL",
                         help="folder of the input tars (<URL>/<shard>.tar), when not where the commit markers say")
     parser.add_argument("--tile-size", type=int, default=128, help="pixel size of grid tiles (default 128)")
     parser.add_argument("--no-grid", action="store_true", help="write the table and summary only")
-    parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
+    parser.add_argument("--endpoint-url", metavar="URL", default=None, help=ENDPOINT_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from berg_scale.io.endpoints import ENDPOINT_HELP
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="output folder or s3:// prefix of a generation run")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    parser.add_argument("--endpoint-url", metavar="URL", default=None, help=ENDPOINT_HELP)
 
 
 def output_status(output: str, storage=None) -> dict:

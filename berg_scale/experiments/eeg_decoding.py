@@ -38,6 +38,7 @@ import numpy as np
 
 from berg_scale.errors import BergScaleError
 from berg_scale.experiments.outputs import add_no_figures_option, output_names, write_experiment_outputs
+from berg_scale.io.endpoints import ENDPOINT_HELP
 
 EEG_DIMS = ["repetition", "channel", "time"]
 DEFAULT_CHANNEL_SET = "occipitoparietal"
@@ -321,7 +322,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"stratified folds over images for the label (default {DEFAULT_LABEL_FOLDS})")
     parser.add_argument("--seed", type=int, default=0)
     add_no_figures_option(parser, first="--no-plots")
-    parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
+    parser.add_argument("--endpoint-url", metavar="URL", default=None, help=ENDPOINT_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -53,6 +53,7 @@ from berg_scale.rnc.stats import (
 )
 from berg_scale.rnc.streams import stream
 from berg_scale.rnc.univariate import CONDITIONS
+from berg_scale.io.endpoints import ENDPOINT_HELP
 
 ALIGN = ("high1-high2", "low1-low2")
 REVERSED = {"high1-high2": "high1-high2", "low1-low2": "low1-low2",
@@ -740,7 +741,7 @@ def configure(parser: argparse.ArgumentParser, grouping: PairGrouping) -> None:
     parser.add_argument("--chance", type=float, metavar="P", default=0.05, help="per-subject rate of the binomial test")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the nulls and bootstraps (default: the study's)")
     add_no_figures_option(parser)
-    parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
+    parser.add_argument("--endpoint-url", metavar="URL", default=None, help=ENDPOINT_HELP)
 
 
 def run(args: argparse.Namespace, grouping: PairGrouping) -> int:

@@ -38,6 +38,7 @@ import numpy as np
 
 from berg_scale.errors import BergScaleError
 from berg_scale.experiments.outputs import add_no_figures_option, output_names, write_experiment_outputs
+from berg_scale.io.endpoints import ENDPOINT_HELP
 
 DEFAULT_ROIS = ("V1", "V2", "V3", "hV4", "EBA", "FFA", "PPA", "RSC")
 METRICS = ("euclidean", "correlation")
@@ -425,7 +426,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="voxel threshold the :mean columns used (weights the parts of FFA)")
     parser.add_argument("--seed", type=int, default=0, help="random_state of scikit-learn's MDS")
     add_no_figures_option(parser)
-    parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
+    parser.add_argument("--endpoint-url", metavar="URL", default=None, help=ENDPOINT_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -56,6 +56,7 @@ from berg_scale.io.output_store import OutputStore, done_shards, read_readouts
 from berg_scale.io.storage import StorageOptions, filesystem_for
 from berg_scale.models.families import FSAVERAGE, family_name
 from berg_scale.rnc.responses import fixed_size_list_to_numpy
+from berg_scale.io.endpoints import ENDPOINT_HELP
 
 MODEL_ID = "fmri-nsd_fsaverage-vit_b_32"
 DEFAULT_ROIS: tuple[str, ...] = ("FFA", "OFA", "EBA", "FBA", "PPA", "OPA", "RSC")
@@ -664,7 +665,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--permutation-memory-gib", type=float, default=8.0,
                         help="most memory the permutation test may hold for ROI responses")
     add_no_figures_option(parser)
-    parser.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
+    parser.add_argument("--endpoint-url", metavar="URL", default=None, help=ENDPOINT_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

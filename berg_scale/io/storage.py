@@ -20,8 +20,8 @@ from typing import Any
 import fsspec
 
 from berg_scale.errors import StorageError
+from berg_scale.io.endpoints import ENDPOINT_VARIABLES
 
-ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
                   "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 # BERG's public bucket (named in BERG's documentation and docs/models.md): anonymous reads,
