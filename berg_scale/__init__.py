@@ -9,6 +9,8 @@ _LAZY = {
     "ModelSet": ("berg_scale.models", "ModelSet"),
     "ReadoutSpec": ("berg_scale.models", "ReadoutSpec"),
     "open_responses": ("berg_scale.io.results", "open_responses"),
+    "readout_array": ("berg_scale.io.results", "readout_array"),
+    "StorageOptions": ("berg_scale.io.storage", "StorageOptions"),
     "load_config": ("berg_scale.config", "load_config"),
 }
 

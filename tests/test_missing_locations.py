@@ -34,3 +34,23 @@ def test_a_missing_bucket_is_named_by_status_and_rnc(s3_bucket, tmp_path, capsys
     assert code == 2 and "bucket 'no-such-bucket-here' does not exist" in line, line
     code, line = _error(capsys, ["status", f"{s3_bucket}/never-written"])  # bucket there, prefix not
     assert code == 2 and f"{s3_bucket}/never-written does not exist" in line, line
+
+
+@pytest.mark.s3
+def test_python_readers_give_one_line_storage_errors(s3_server, s3_bucket):
+    import dataclasses
+
+    from berg_scale.errors import BergScaleError, StorageError
+    from berg_scale.io.results import column_info, open_responses
+    from berg_scale.testing.s3_server import free_port
+
+    with pytest.raises(BergScaleError) as info:
+        open_responses("s3://no-such-bucket-here/out")
+    assert "bucket 'no-such-bucket-here' does not exist" in str(info.value)
+    closed = dataclasses.replace(s3_server.storage_options(), endpoint_url=f"http://127.0.0.1:{free_port()}")
+    for read in (lambda: open_responses(f"{s3_bucket}/out", closed),
+                 lambda: column_info(f"{s3_bucket}/out", "x", closed)):
+        with pytest.raises(StorageError) as info:
+            read()
+        message = str(info.value)
+        assert "\n" not in message and message.startswith("cannot reach the S3 endpoint http://127.0.0.1:")

@@ -15,28 +15,32 @@ import numpy as np
 from berg_scale.errors import BergScaleError
 from berg_scale.io.output_store import OutputStore, done_shards, read_readouts
 from berg_scale.io.response_writer import read_schema_metadata
-from berg_scale.io.storage import StorageOptions
+from berg_scale.io.storage import StorageOptions, absence_note
+from berg_scale.io.storage_errors import storage_errors
 
 
 def open_responses(output: str, storage: StorageOptions | None = None) -> Any:
     """A `pyarrow.dataset.Dataset` over the committed response shards of `output`."""
     import pyarrow.dataset as ds
 
-    store = OutputStore(output, storage)
-    names = sorted(done_shards(store))
-    if not names:
-        raise BergScaleError(
-            f"{output} has no committed shards (no _done/*.json): run `berg-scale generate` "
-            f"or check the path"
-        )
-    paths = [store.response_path(name) for name in names]
-    return ds.dataset(paths, format="parquet", filesystem=store.fs)
+    # Storage problems (no endpoint, refused credentials, a missing bucket) read as one
+    # line naming the fix, as they do on the command line, not as a botocore traceback.
+    with storage_errors(output, storage, what="read"):
+        store = OutputStore(output, storage)
+        names = sorted(done_shards(store))
+        if not names:
+            raise BergScaleError(
+                f"{output} has no committed shards (no _done/*.json): run `berg-scale generate` "
+                f"or check the path{absence_note(output, storage)}"
+            )
+        paths = [store.response_path(name) for name in names]
+        return ds.dataset(paths, format="parquet", filesystem=store.fs)
 
 
 def column_info(output: str, column: str, storage: StorageOptions | None = None) -> dict[str, Any]:
     """A column's description (shape, dims, dtype, coords) from readouts.json."""
-    store = OutputStore(output, storage)
-    readouts = read_readouts(store) or {}
+    with storage_errors(output, storage, what="read"):
+        readouts = read_readouts(OutputStore(output, storage)) or {}
     for entry in readouts.get("columns", []):
         if entry["name"] == column:
             return entry
