@@ -64,6 +64,9 @@ class EncoderWorker:
                 "model_fingerprint": self.model.fingerprint,
                 "image_size": settings.image_size,
                 "crop": settings.crop,
+                # How the numbers were computed travels with them, not only in run.json.
+                **{name: getattr(self.model, name) for name in ("precision", "exact_resize", "compile")
+                   if getattr(self.model, name, None) is not None},
             },
         )
         self.store = OutputStore(settings.output, settings.storage, run_id=settings.run_id)

@@ -303,3 +303,24 @@ def test_status_counts_the_pending_shards_it_does_not_name(tmp_path, capsys, pen
         assert "more" not in line, line
     else:
         assert line.endswith(f"(+{shown_more} more)"), line
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_response_files_say_how_they_were_computed(tmp_path, engine_berg_root, precision):
+    from engine_support import in_process_worker
+
+    from berg_scale.io.response_writer import read_schema_metadata
+    from berg_scale.io.results import open_responses
+    from berg_scale.io.shard_listing import list_shards
+    from berg_scale.models import ModelSet, ReadoutSpec
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    write_synthetic_shards(str(tmp_path / "in"), 1, 2)
+    model = ModelSet(str(engine_berg_root), [ReadoutSpec("fmri-nsd-fwrf", 1, {"roi": "V1"})],
+                     device="cpu", precision=precision)
+    output = str(tmp_path / "out")
+    worker = in_process_worker(output, model)
+    assert worker.process(list_shards(str(tmp_path / "in"))[0], 1).status == "done"
+    meta = read_schema_metadata(open_responses(output).schema)
+    assert meta["precision"] == precision and meta["model_fingerprint"] == model.fingerprint
+    assert meta["exact_resize"] is (precision == "fp32") and meta["compile"] is False
