@@ -110,11 +110,11 @@ class Plan:
 
     def _compute_line(self) -> str:
         if self.device == "gpu":
-            unit, per, on = "GPU-hours", "per GPU", f"{self.gpus:g} GPUs"
+            unit, per, on = "GPU-hours", "per GPU", f"{self.gpus:g} GPU{'' if self.gpus == 1 else 's'}"
         else:
             unit = "CPU-worker-hours"
             per = f"per CPU worker ({self.cpus_per_worker:g} CPUs each)"
-            on = f"{self.gpus:g} CPU workers"
+            on = f"{self.gpus:g} CPU worker{'' if self.gpus == 1 else 's'}"
         nominal = "" if self.rate_measured else "; nominal rate, not measured"
         return (
             f"compute: {self.worker_hours:,.2f} {unit} at {self.images_per_second_per_gpu:,.1f} "

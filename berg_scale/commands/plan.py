@@ -54,6 +54,13 @@ def _refuse_study_config(path: str) -> None:
         )
 
 
+def _has_nvidia_gpu() -> bool:
+    """Cheap (no torch import): the NVIDIA driver's control device exists."""
+    import os
+
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -99,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
             raise
         hint = "; or pass --images N to plan without reading the input shards" if "--images" in str(exc) else ""
         raise StorageError(f"{detailed}{hint}") from exc
+    if plan.device == "gpu" and args.device is None and config.resources.device == "auto" \
+            and calibration is None and not _has_nvidia_gpu():
+        plan.notes.append(
+            "this machine has no NVIDIA GPU: the plan is for GPU workers, while `generate` here "
+            "would run on the CPU; pass --device cpu (or --calibrate) to plan a run on this machine"
+        )
     if args.json:
         print(json.dumps({
             "images": plan.images,

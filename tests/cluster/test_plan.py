@@ -271,3 +271,19 @@ def test_config_comments_state_what_plan_prints():
         plan = make_plan(load_config(path), config_path=path, read_metadata=False)
         responses = sum(c.width * (2 if c.dtype == "float16" else 4) for c in plan.columns if c.kind == "responses")
         assert responses == response_bytes, name
+
+
+@pytest.mark.parametrize("has_gpu", [False, True])
+def test_plan_says_when_this_machine_would_run_the_config_on_the_cpu(capsys, monkeypatch, has_gpu):
+    from berg_scale.commands import plan as plan_command
+
+    monkeypatch.setattr(plan_command, "_has_nvidia_gpu", lambda: has_gpu)
+    path = str(REPO / "configs" / "fwrf-rnc-rois.yaml")
+    argv = ["plan", path, "--images", "1000", "--gpus", "1", "--images-per-second-per-gpu", "50", "--cards-only"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "on 1 GPU (--gpus)" in out
+    assert ("this machine has no NVIDIA GPU" in out) is (not has_gpu)
+    assert main([*argv, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "on 1 CPU worker (--workers)" in out and "no NVIDIA GPU" not in out
