@@ -81,6 +81,23 @@ def pattern_exclusions(patterns: Mapping[str, PatternSet], rois: Sequence[str]) 
     return find_exclusions(first.n_images, labels, bad)
 
 
+def images_needed(ga: GAParams) -> int:
+    """Images a GA batch and its largest mutation draw from at once."""
+    sizes = mutation_sizes(ga.batch_size, ga.mutation_fractions)[: ga.mutants_per_parent]
+    return ga.batch_size + max(sizes)
+
+
+def require_enough_images(n_images: int, ga: GAParams) -> None:
+    """Refuse a multivariate search the images cannot fill, naming each way out."""
+    if n_images < images_needed(ga):
+        raise ConfigError(
+            f"multivariate: {n_images:,} images are too few for batches of {ga.batch_size} (a batch "
+            f"and its largest mutation need {images_needed(ga)}): generate responses for more images, "
+            "lower multivariate.batch_size (rnc multivariate --batch-size), or turn multivariate off "
+            "(multivariate.enabled: false; run_demo_rnc(multivariate=False); demo --no-rnc)"
+        )
+
+
 def run_multivariate(
     patterns: Mapping[str, PatternSet],
     pairs: Sequence[tuple[str, str]],
@@ -99,14 +116,9 @@ def run_multivariate(
     rois = sorted({r for pair in pairs for r in pair}, key=list(patterns).index)
     exclusions = pattern_exclusions(patterns, rois)
     log(exclusions.message("multivariate"))
-    sizes = mutation_sizes(params.ga.batch_size, params.ga.mutation_fractions)[: params.ga.mutants_per_parent]
-    exclusions.check("multivariate", params.max_excluded_fraction, params.ga.batch_size + max(sizes))
-    if exclusions.n_used < params.ga.batch_size + max(sizes):
-        raise ConfigError(
-            f"multivariate: {exclusions.n_used:,} images are too few for batches of {params.ga.batch_size} "
-            f"(a batch and its largest mutation need {params.ga.batch_size + max(sizes)}): generate "
-            "responses for more images, or lower multivariate.batch_size (--batch-size)"
-        )
+    needed = images_needed(params.ga)
+    exclusions.check("multivariate", params.max_excluded_fraction, needed)
+    require_enough_images(exclusions.n_used, params.ga)
     pool = exclusions.pool
     n_used = exclusions.n_used
     runs: list[MultivariateRun] = []

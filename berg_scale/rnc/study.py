@@ -17,7 +17,12 @@ from berg_scale.errors import ConfigError
 from berg_scale.io.storage import filesystem_for
 from berg_scale.rnc.config import StudyConfig, parse_config
 from berg_scale.rnc.multivariate import GAParams
-from berg_scale.rnc.multivariate_study import MultivariateParams, MultivariateResult, run_multivariate
+from berg_scale.rnc.multivariate_study import (
+    MultivariateParams,
+    MultivariateResult,
+    require_enough_images,
+    run_multivariate,
+)
 from berg_scale.rnc.outputs import (
     KeyResolver, excluded_images, multivariate_tables, univariate_tables, write_json, write_tables,
 )
@@ -73,6 +78,9 @@ def run_study(
     previous = read_summary(fs, out_root)
     parts_run = {part for part in PARTS if getattr(config, part).enabled}
     kept = carried_parts(previous, summary, parts_run, fs, out_root, storage, log)
+    if config.univariate.enabled and config.multivariate.enabled:
+        # Found now, not after the univariate part has run for minutes.
+        require_enough_images(store.image_index().n_images, _ga_params(config))
     if config.univariate.enabled:
         started_ray = False
         if config.univariate.distributed:
@@ -321,6 +329,12 @@ def _grids(config, grids, keys, fs, directory, store, log, columns, per_row, pan
     return written, missing
 
 
+def _ga_params(config: StudyConfig) -> GAParams:
+    m = config.multivariate
+    return GAParams(population=m.population, batch_size=m.batch_size, generations=m.generations,
+                    mutants_per_parent=m.mutants_per_parent, seed=config.seed)
+
+
 def _multivariate(config, store, fs, out_root, rois, pairs, summary, log) -> dict:
     from berg_scale.rnc.patterns import PatternSet, resolve_device
 
@@ -343,8 +357,7 @@ def _multivariate(config, store, fs, out_root, rois, pairs, summary, log) -> dic
         log(f"multivariate: {roi} patterns {images.n_images:,} images x {pattern_set.dims} voxels on {device}")
     summary.setdefault("n_images", images.n_images)
     params = MultivariateParams(
-        ga=GAParams(population=m.population, batch_size=m.batch_size, generations=m.generations,
-                    mutants_per_parent=m.mutants_per_parent, seed=config.seed),
+        ga=_ga_params(config),
         conditions=tuple(m.conditions), baseline_batches=m.baseline_batches, n_bootstrap=m.n_bootstrap,
         n_permutations=m.n_permutations, alpha=m.alpha, chance=m.chance, chunk=m.chunk, log_every=m.log_every,
         max_excluded_fraction=config.max_excluded_fraction,

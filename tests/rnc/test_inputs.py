@@ -74,3 +74,23 @@ def test_a_scalar_column_where_voxels_are_expected_is_refused(tmp_path):
                            ncsnr={response_column(MODEL, 1, "V1"): np.ones(1)}, n_shards=1)
     with pytest.raises(ResponsesError, match="expected a fixed-size list"):
         ResponseStore(str(tmp_path)).read_patterns(MODEL, 1, "V1")
+
+
+def test_too_few_images_for_multivariate_batches_is_refused_before_univariate_runs(tmp_path):
+    from berg_scale.errors import ConfigError
+
+    _small_output(str(tmp_path / "out"), n=40)
+    config = parse_config({
+        "responses": str(tmp_path / "out"), "out_dir": str(tmp_path / "rnc"), "subjects": [1],
+        "rois": ["V1", "hV4"],
+        "univariate": {"baseline_batches": 100, "n_bootstrap": 10, "n_permutations": 10},
+        "multivariate": {"enabled": True, "batch_size": 50},
+    })
+    logged: list[str] = []
+    with pytest.raises(ConfigError) as info:
+        run_study(config, log=logged.append)
+    message = str(info.value)
+    assert message.startswith("multivariate: 40 images are too few for batches of 50")
+    assert "multivariate.enabled: false" in message and "--batch-size" in message
+    assert not any(line.startswith("univariate") or "[rnc] univariate" in line for line in logged), logged
+    assert not (tmp_path / "rnc" / "univariate").exists()
