@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 import sys
+
 from berg_scale.io.endpoints import ENDPOINT_HELP
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*", re.IGNORECASE)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+
 from berg_scale.io.endpoints import ENDPOINT_HELP
 
 

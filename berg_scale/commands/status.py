@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+
 from berg_scale.io.endpoints import ENDPOINT_HELP
 
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from berg_scale.errors import BergScaleError
 from berg_scale.experiments.outputs import add_no_figures_option, output_names, write_experiment_outputs
+from berg_scale.io.endpoints import ENDPOINT_HELP
 from berg_scale.rnc.stats import (
     benjamini_hochberg,
     binomial_tail,
@@ -53,7 +54,6 @@ from berg_scale.rnc.stats import (
 )
 from berg_scale.rnc.streams import stream
 from berg_scale.rnc.univariate import CONDITIONS
-from berg_scale.io.endpoints import ENDPOINT_HELP
 
 ALIGN = ("high1-high2", "low1-low2")
 REVERSED = {"high1-high2": "high1-high2", "low1-low2": "low1-low2",

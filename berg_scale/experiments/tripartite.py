@@ -52,11 +52,11 @@ from berg_scale.experiments.labels import (
     read_label_table,
 )
 from berg_scale.experiments.outputs import add_no_figures_option
+from berg_scale.io.endpoints import ENDPOINT_HELP
 from berg_scale.io.output_store import OutputStore, done_shards, read_readouts
 from berg_scale.io.storage import StorageOptions, filesystem_for
 from berg_scale.models.families import FSAVERAGE, family_name
 from berg_scale.rnc.responses import fixed_size_list_to_numpy
-from berg_scale.io.endpoints import ENDPOINT_HELP
 
 MODEL_ID = "fmri-nsd_fsaverage-vit_b_32"
 DEFAULT_ROIS: tuple[str, ...] = ("FFA", "OFA", "EBA", "FBA", "PPA", "OPA", "RSC")
