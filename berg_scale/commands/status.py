@@ -17,9 +17,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="output folder or s3:// prefix of a generation run")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--endpoint-url", metavar="URL", default=None, help=ENDPOINT_HELP)
+    parser.add_argument(
+        "--no-input-check", action="store_true",
+        help="do not list the input shards again (by default status compares them with what was "
+        "committed, as the next generate would, and says when that generate would refuse)",
+    )
 
 
-def output_status(output: str, storage=None) -> dict:
+def output_status(output: str, storage=None, check_inputs: bool = False) -> dict:
     """Counts and totals of an output, from its markers and run.json."""
     from berg_scale.errors import BergScaleError
     from berg_scale.io.output_lease import read_lease
@@ -53,7 +58,8 @@ def output_status(output: str, storage=None) -> dict:
     listed_failed = failed & inputs if inputs else failed
     pending = sorted(inputs - done - failed)
     totals = {"rows": 0, "ok": 0, "errors": 0, "notes": 0}
-    for marker in read_done_markers(store, done).values():
+    markers = read_done_markers(store, done)
+    for marker in markers.values():
         for key in totals:
             totals[key] += int(marker.get(key, 0))
     failures = {}
@@ -78,7 +84,35 @@ def output_status(output: str, storage=None) -> dict:
         "lease": lease,
         "lease_holder_gone": lease is not None and _lease_is_dead(lease),
         "this_run": (manifest or {}).get("this_run", {}),
+        "inputs": _input_check(output, manifest, markers, storage) if check_inputs else None,
     }
+
+
+def _input_check(output: str, manifest: dict | None, markers: dict, storage) -> dict:
+    """What the next `generate` would say of the committed shards' inputs, listed afresh.
+
+    A run recorded as complete may still be refused by the next generate (an input tar
+    replaced, the input root moved); status should not call such an output complete.
+    """
+    from berg_scale.engine.ledger import LedgerMismatch, check_committed_inputs
+    from berg_scale.engine.preflight import list_input_shards
+    from berg_scale.io.storage import StorageOptions
+
+    config = (manifest or {}).get("config") or {}
+    patterns = (config.get("input") or {}).get("shards")
+    if not patterns or not markers:
+        return {"checked": False, "note": "no recorded input shards or no committed shards to compare"}
+    recorded = config.get("storage") or {}
+    options = storage or StorageOptions(endpoint_url=recorded.get("endpoint_url"), region=recorded.get("region"))
+    try:
+        shards = list_input_shards([patterns] if isinstance(patterns, str) else list(patterns), options)
+    except Exception as exc:  # noqa: BLE001 - an unreachable input is a note here, not a failure
+        return {"checked": False, "note": f"input shards not listed ({' '.join(str(exc).split())[:200]})"}
+    try:
+        check_committed_inputs(output, markers, shards)
+    except LedgerMismatch as exc:
+        return {"checked": True, "ok": False, "problem": str(exc)}
+    return {"checked": True, "ok": True}
 
 
 def _lease_is_dead(lease: dict) -> bool:
@@ -95,15 +129,18 @@ def run(args: argparse.Namespace) -> int:
 
     storage = StorageOptions(endpoint_url=args.endpoint_url) if args.endpoint_url else None
     with storage_errors(args.output, storage or StorageOptions(), what="read"):
-        summary = output_status(args.output, storage)
+        summary = output_status(args.output, storage, check_inputs=not args.no_input_check)
     exit_code = 1 if summary["shards"]["failed"] else 0
     if args.json:
         print(json.dumps(summary, indent=1))
         return exit_code
     shards, images = summary["shards"], summary["images"]
     run_status = summary["run_status"]
+    inputs = summary["inputs"] or {}
     if run_status == "stopped":
         run_status = "stopped before finishing; run `berg-scale generate` again to resume"
+    elif inputs.get("ok") is False:
+        run_status += ", but its inputs changed since: see below"
     print(f"output:  {summary['output']} (last run: {run_status})")
     print(f"shards:  {shards['done']} done, {shards['failed']} failed, {shards['pending']} pending, "
           f"of {shards['total']}")
@@ -139,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
     if shards["failed_not_listed"]:
         print(f"stale:   {shards['failed_not_listed']} quarantine record(s) in _failed/ of shards that are "
               f"no longer inputs (the next run removes them)")
+    if inputs.get("ok") is False:
+        print(f"inputs:  the next `generate` would refuse: {inputs['problem']}")
+    elif inputs and not inputs.get("checked") and "not listed" in inputs.get("note", ""):
+        print(f"inputs:  not checked: {inputs['note']}")
     if summary["pending"]:
         shown = summary["pending"][:10]
         more = shards["pending"] - len(shown)

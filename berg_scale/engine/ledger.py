@@ -118,6 +118,13 @@ def reconcile(
     return LedgerPlan(todo=todo, committed=sorted(markers), relocated=relocated, unbacked=unbacked)
 
 
+def check_committed_inputs(output: str, markers: dict[str, dict[str, Any]], shards: Sequence[InputShard]) -> None:
+    """The input checks of `reconcile` alone, for `status`: raise LedgerMismatch as it would."""
+    by_name = {shard.name: shard for shard in shards}
+    _check_inputs(output, markers, by_name)
+    _check_not_listed(output, markers, by_name)
+
+
 # --------------------------------------------------------------------------- checks
 
 

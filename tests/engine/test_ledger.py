@@ -58,6 +58,14 @@ def _generate(capsys, config: str, *extra: str) -> tuple[int, str]:
     return code, captured.err
 
 
+def _status(capsys, output: str, *extra: str) -> str:
+    from berg_scale.cli import main
+
+    capsys.readouterr()
+    main(["status", output, *extra])
+    return capsys.readouterr().out
+
+
 def _error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines, "a refusal must say why"
@@ -132,11 +140,18 @@ def test_input_rewritten_in_place_is_refused(ray_session, tmp_path, capsys, fwrf
     output = str(tmp_path / "out")
     config = _write_config(tmp_path / "a.yaml", str(tmp_path / "in"), output, fwrf_roots[0])
     assert _generate(capsys, config)[0] == 0
+    assert _status(capsys, output).splitlines()[0].endswith("(last run: complete)")
     write_synthetic_shards(str(tmp_path / "in"), 2, 5, seed=7)  # same names, new images
 
+    # status says what the next generate will say, instead of calling the output complete
+    printed = _status(capsys, output)
+    assert "(last run: complete, but its inputs changed since: see below)" in printed
+    assert "inputs:  the next `generate` would refuse: the input of 2 committed shard(s)" in printed
+    assert "inputs:" not in _status(capsys, output, "--no-input-check")
     code, err = _generate(capsys, config)
     line = _error_line(err)
     assert code == 2 and "changed since it was committed" in line
+    assert printed.split("would refuse: ", 1)[1].split(";")[0] in line  # the very same words
 
 
 def test_moved_root_with_new_shard_names_is_refused_not_written_twice(ray_session, tmp_path, capsys, fwrf_roots):
