@@ -188,8 +188,18 @@ def _string_constants(path: Path) -> list[str]:
     return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
 
 
+def _demo_options() -> set[str]:
+    import argparse
+
+    from berg_scale.commands import demo as demo_command
+
+    parser = argparse.ArgumentParser()
+    demo_command.configure(parser)
+    return {o for action in parser._actions for o in action.option_strings if o.startswith("--")}
+
+
 def test_every_option_and_setting_a_message_names_exists():
-    options = _rnc_options()
+    options = _rnc_options() | _demo_options()  # messages also point at `demo --no-rnc`
     from berg_scale.rnc.config import StudyConfig
 
     sections = {name: set(StudyConfig.model_fields[name].annotation.model_fields)
