@@ -291,7 +291,7 @@ def test_top_level_handler_translates_what_a_command_let_through(monkeypatch, ca
     """A command that forgets to translate still gives one line, not a traceback."""
     import berg_scale.commands.status as status
 
-    def broken(output, storage=None, check_inputs=True):
+    def broken(output, storage=None, **checks):
         raise PermissionError(13, "Permission denied", "/data/out/run.json")
 
     monkeypatch.setattr(status, "output_status", broken)
@@ -303,7 +303,7 @@ def test_top_level_handler_translates_what_a_command_let_through(monkeypatch, ca
 def test_bugs_keep_their_traceback(monkeypatch):
     import berg_scale.commands.status as status
 
-    def broken(output, storage=None, check_inputs=True):
+    def broken(output, storage=None, **checks):
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(status, "output_status", broken)
@@ -314,7 +314,7 @@ def test_bugs_keep_their_traceback(monkeypatch):
 def test_a_bug_while_handling_a_file_error_keeps_its_traceback(monkeypatch):
     import berg_scale.commands.status as status
 
-    def broken(output, storage=None, check_inputs=True):
+    def broken(output, storage=None, **checks):
         try:
             raise FileNotFoundError(2, "No such file or directory", "/data/out/run.json")
         except FileNotFoundError:

@@ -19,12 +19,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint-url", metavar="URL", default=None, help=ENDPOINT_HELP)
     parser.add_argument(
         "--no-input-check", action="store_true",
-        help="do not list the input shards again (by default status compares them with what was "
-        "committed, as the next generate would, and says when that generate would refuse)",
+        help="do not list the input shards or look at the weight files again (by default status "
+        "compares both with what was committed, as the next generate would, and says when that "
+        "generate would refuse)",
+    )
+    parser.add_argument(
+        "--hash-weights", action="store_true",
+        help="read and hash the weight files this machine holds no digest for (by default those "
+        "are counted as not verified; the driver's digest cache answers for the rest)",
     )
 
 
-def output_status(output: str, storage=None, check_inputs: bool = False) -> dict:
+def output_status(output: str, storage=None, check_inputs: bool = False, hash_weights: bool = False) -> dict:
     """Counts and totals of an output, from its markers and run.json."""
     from berg_scale.errors import BergScaleError
     from berg_scale.io.output_lease import read_lease
@@ -85,6 +91,7 @@ def output_status(output: str, storage=None, check_inputs: bool = False) -> dict
         "lease_holder_gone": lease is not None and _lease_is_dead(lease),
         "this_run": (manifest or {}).get("this_run", {}),
         "inputs": _input_check(output, manifest, markers, storage) if check_inputs else None,
+        "weights": _weights_check(output, manifest, markers, storage, hash_weights) if check_inputs else None,
     }
 
 
@@ -96,14 +103,12 @@ def _input_check(output: str, manifest: dict | None, markers: dict, storage) -> 
     """
     from berg_scale.engine.ledger import LedgerMismatch, check_committed_inputs
     from berg_scale.engine.preflight import list_input_shards
-    from berg_scale.io.storage import StorageOptions
 
     config = (manifest or {}).get("config") or {}
     patterns = (config.get("input") or {}).get("shards")
     if not patterns or not markers:
         return {"checked": False, "note": "no recorded input shards or no committed shards to compare"}
-    recorded = config.get("storage") or {}
-    options = storage or StorageOptions(endpoint_url=recorded.get("endpoint_url"), region=recorded.get("region"))
+    options = _recorded_storage(config, storage)
     try:
         shards = list_input_shards([patterns] if isinstance(patterns, str) else list(patterns), options)
     except Exception as exc:  # noqa: BLE001 - an unreachable input is a note here, not a failure
@@ -113,6 +118,29 @@ def _input_check(output: str, manifest: dict | None, markers: dict, storage) -> 
     except LedgerMismatch as exc:
         return {"checked": True, "ok": False, "problem": str(exc)}
     return {"checked": True, "ok": True}
+
+
+def _weights_check(output: str, manifest: dict | None, markers: dict, storage, hash_unknown: bool) -> dict:
+    """What the next `generate` would say of the weight files that made the committed shards."""
+    from berg_scale.engine.weights_recheck import recheck_weights, recorded_weights
+
+    config = (manifest or {}).get("config") or {}
+    berg_root = config.get("berg_root")
+    if not berg_root or not recorded_weights(markers):
+        return {"checked": False, "note": "no recorded berg_root or weight digests to compare"}
+    try:
+        found = recheck_weights(output, markers, str(berg_root), config.get("backbone"),
+                                _recorded_storage(config, storage), hash_unknown)
+    except Exception as exc:  # noqa: BLE001 - an unreachable root is a note here, not a failure
+        return {"checked": False, "note": f"weight files not read ({' '.join(str(exc).split())[:200]})"}
+    return {"checked": True, **found.as_dict()}
+
+
+def _recorded_storage(config: dict, storage):
+    from berg_scale.io.storage import StorageOptions
+
+    recorded = config.get("storage") or {}
+    return storage or StorageOptions(endpoint_url=recorded.get("endpoint_url"), region=recorded.get("region"))
 
 
 def _lease_is_dead(lease: dict) -> bool:
@@ -129,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
 
     storage = StorageOptions(endpoint_url=args.endpoint_url) if args.endpoint_url else None
     with storage_errors(args.output, storage or StorageOptions(), what="read"):
-        summary = output_status(args.output, storage, check_inputs=not args.no_input_check)
+        summary = output_status(args.output, storage, check_inputs=not args.no_input_check,
+                                hash_weights=args.hash_weights)
     exit_code = 1 if summary["shards"]["failed"] else 0
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -137,10 +166,12 @@ def run(args: argparse.Namespace) -> int:
     shards, images = summary["shards"], summary["images"]
     run_status = summary["run_status"]
     inputs = summary["inputs"] or {}
+    weights = summary["weights"] or {}
+    changed = [what for what, check in (("inputs", inputs), ("weights", weights)) if check.get("problem")]
     if run_status == "stopped":
         run_status = "stopped before finishing; run `berg-scale generate` again to resume"
-    elif inputs.get("ok") is False:
-        run_status += ", but its inputs changed since: see below"
+    elif changed:
+        run_status += f", but its {' and '.join(changed)} changed since: see below"
     print(f"output:  {summary['output']} (last run: {run_status})")
     print(f"shards:  {shards['done']} done, {shards['failed']} failed, {shards['pending']} pending, "
           f"of {shards['total']}")
@@ -180,6 +211,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"inputs:  the next `generate` would refuse: {inputs['problem']}")
     elif inputs and not inputs.get("checked") and "not listed" in inputs.get("note", ""):
         print(f"inputs:  not checked: {inputs['note']}")
+    if weights.get("problem"):
+        print(f"weights: the next `generate` would refuse: {weights['problem']}")
+    elif weights.get("unverified"):
+        print(f"weights: {weights['unverified']} weight file(s) not verified (first: "
+              f"{weights['unverified_examples'][0]}): this machine holds no digest for their bytes as they "
+              "are now (hashed elsewhere, or changed since); `status --hash-weights` reads them")
+    elif weights and not weights.get("checked") and "not read" in weights.get("note", ""):
+        print(f"weights: not checked: {weights['note']}")
     if summary["pending"]:
         shown = summary["pending"][:10]
         more = shards["pending"] - len(shown)

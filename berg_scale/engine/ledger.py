@@ -125,6 +125,11 @@ def check_committed_inputs(output: str, markers: dict[str, dict[str, Any]], shar
     _check_not_listed(output, markers, by_name)
 
 
+def check_committed_weights(output: str, markers: dict[str, dict[str, Any]], weights: dict[str, str]) -> None:
+    """The weight check of `reconcile` alone, for `status`: raise LedgerMismatch as it would."""
+    _check_weights(output, markers, None, RunBinding("", weights))
+
+
 # --------------------------------------------------------------------------- checks
 
 

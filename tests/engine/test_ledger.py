@@ -154,6 +154,42 @@ def test_input_rewritten_in_place_is_refused(ray_session, tmp_path, capsys, fwrf
     assert printed.split("would refuse: ", 1)[1].split(";")[0] in line  # the very same words
 
 
+def test_weights_rewritten_in_place_are_named_by_status(ray_session, tmp_path, capsys, monkeypatch, fwrf_roots):
+    from berg_scale.synthetic.berg_root import _write_fwrf
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    monkeypatch.setenv("BERG_SCALE_DIGEST_CACHE", str(tmp_path / "digests.json"))
+    root = tmp_path / "root"
+    shutil.copytree(fwrf_roots[0], root)  # a real copy: its files are rewritten below
+    write_synthetic_shards(str(tmp_path / "in"), 2, 3, seed=1)
+    output = str(tmp_path / "out")
+    config = _write_config(tmp_path / "a.yaml", str(tmp_path / "in"), output, str(root))
+    assert _generate(capsys, config)[0] == 0
+    printed = _status(capsys, output)
+    assert printed.splitlines()[0].endswith("(last run: complete)") and "weights:" not in printed
+
+    _write_fwrf(root, 1, "V1", 0, seed=99, n_voxels=6)  # other V1 weights under the same root
+    # The driver's digest cache knows only the old bytes: status cannot vouch for the new ones
+    printed = _status(capsys, output)
+    assert "weights: 2 weight file(s) not verified" in printed and "--hash-weights" in printed
+    assert printed.splitlines()[0].endswith("(last run: complete)")
+
+    printed = _status(capsys, output, "--hash-weights")
+    assert "(last run: complete, but its weights changed since: see below)" in printed
+    assert f"weights: the next `generate` would refuse: the weights under berg_root differ" in printed
+    assert fwrf_roots[2] in printed
+    # the digests it read are remembered: a plain status now gives the same answer, reading nothing
+    assert "the next `generate` would refuse" in _status(capsys, output)
+    code, err = _generate(capsys, config)
+    line = _error_line(err)
+    assert code == 2 and printed.split("would refuse: ", 1)[1].split(" (sha256")[0] in line
+
+    (root / fwrf_roots[2]).unlink()
+    printed = _status(capsys, output)
+    assert f"{root / fwrf_roots[2]}, which made committed shards of {output}, is no longer at berg_root" in printed
+    assert "weights:" not in _status(capsys, output, "--no-input-check")
+
+
 def test_moved_root_with_new_shard_names_is_refused_not_written_twice(ray_session, tmp_path, capsys, fwrf_roots):
     from berg_scale.synthetic.shards import write_synthetic_shards
 
