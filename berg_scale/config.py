@@ -33,6 +33,7 @@ from pydantic import (
 from berg_scale.config_paths import override_keys, resolve_config_paths
 from berg_scale.errors import ConfigError
 from berg_scale.io.storage import StorageOptions
+from berg_scale.subject_ids import subject_config_value
 from berg_scale.yaml_load import load_yaml
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -68,6 +69,8 @@ def _bool_only(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_not_bool("an integer"))]
 Float = Annotated[float, BeforeValidator(_not_bool("a number")), AllowInfNan(False)]
 Bool = Annotated[bool, BeforeValidator(_bool_only)]
+# A subject as a number or as BERG names it (`sub-01`).
+Subject = Annotated[int, BeforeValidator(lambda value: subject_config_value(_not_bool("a subject number")(value)))]
 
 
 class _Strict(BaseModel):
@@ -131,7 +134,7 @@ class ReadoutConfig(_Strict):
     """One model over one or more subjects and selections; expands to `ReadoutSpec`s."""
 
     model: str
-    subjects: list[Int] | Literal["all"] = "all"
+    subjects: list[Subject] | Literal["all"] = "all"
     rois: list[str] | None = None
     selections: list[dict[str, Any]] | None = None
     outputs: list[Literal["responses", "mean"]] = ["responses"]  # pydantic copies it per instance

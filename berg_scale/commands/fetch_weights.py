@@ -38,7 +38,7 @@ ViT-B/32 backbone (needed by the fsaverage and EEG models; it is not in BERG's b
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", metavar="MODEL_ID", help="BERG model ids")
     parser.add_argument(
-        "--subjects", nargs="+", metavar="N", help="subject numbers, or 'all' (the default)"
+        "--subjects", nargs="+", metavar="N", help="subject numbers (1 or sub-01), or 'all' (the default)"
     )
     parser.add_argument("--rois", nargs="+", metavar="ROI", help="ROIs (needed for fmri-nsd-fwrf)")
     parser.add_argument("--config", metavar="YAML", help="fetch what this generation config reads")
@@ -98,10 +98,12 @@ def _requests(args: argparse.Namespace) -> list:
     if args.models:
         subjects = None
         if args.subjects and args.subjects != ["all"]:
+            from berg_scale.subject_ids import EXPECTED, parse_subject
+
             try:
-                subjects = [int(s) for s in args.subjects]
+                subjects = [parse_subject(s) for s in args.subjects]
             except ValueError:
-                raise BergScaleError(f"--subjects takes numbers or 'all', got {args.subjects}") from None
+                raise BergScaleError(f"--subjects takes {EXPECTED} (or 'all'), got {args.subjects}") from None
         requests.extend(expand_requests(args.models, subjects, args.rois))
     if not requests and not args.backbone:
         raise BergScaleError("name what to fetch: --models MODEL_ID [...] or --config RUN.yaml (or --backbone)")

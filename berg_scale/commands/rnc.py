@@ -15,6 +15,7 @@ from typing import Any
 
 from berg_scale.errors import ConfigError
 from berg_scale.io.endpoints import ENDPOINT_HELP
+from berg_scale.subject_ids import subject_argument
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", dest="out_dir", metavar="URL", help="where tables, plots and summary.json go")
     parser.add_argument("--model", dest="model_id",
                         help="model id (default: the fMRI model in the responses; fmri-nsd-fwrf if several)")
-    parser.add_argument("--subjects", nargs="+", type=int, metavar="N",
+    parser.add_argument("--subjects", nargs="+", type=subject_argument, metavar="N",
                         help="default: every subject with columns for all the ROIs in the responses")
     parser.add_argument("--rois", nargs="+", metavar="ROI", help="ROIs; every pair of them is studied")
     parser.add_argument("--pair", dest="pairs", nargs=2, action="append", metavar=("ROI1", "ROI2"),

@@ -20,6 +20,7 @@ import sys
 import time
 
 from berg_scale.io.endpoints import ENDPOINT_HELP
+from berg_scale.subject_ids import subject_argument
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--rois", nargs="+", metavar="ROI",
                        help="ROIs whose means (or, with --voxels, voxel responses) form the vector")
     parser.add_argument("--model", help="model of --rois (default: the only model in the output)")
-    parser.add_argument("--subjects", type=int, nargs="+", help="subjects of --rois (default: all in the output)")
+    parser.add_argument("--subjects", type=subject_argument, nargs="+", help="subjects of --rois (default: all in the output)")
     parser.add_argument("--voxels", action="store_true", help="with --rois: voxel responses instead of ROI means")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--target", metavar="FILE", help="target vector: .npy, or .csv/.txt of numbers")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from berg_scale.subject_ids import subject_argument
+
 MODELS = ("fmri-nsd-fwrf", "fmri-nsd_fsaverage-vit_b_32", "eeg-things_eeg_2-vit_b_32")
 
 
@@ -17,7 +19,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", metavar="DIR", help="folder to write (created if missing)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, metavar="MODEL",
                         help=f"models to write (default: all of {', '.join(MODELS)})")
-    parser.add_argument("--subjects", nargs="+", type=int, default=[1], metavar="N", help="subjects (default: 1)")
+    parser.add_argument("--subjects", nargs="+", type=subject_argument, default=[1], metavar="N", help="subjects (default: 1)")
     parser.add_argument("--rois", nargs="+", default=["V1"], metavar="ROI", help="fwRF ROIs (default: V1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--fwrf-voxels", type=int, default=8, metavar="N", help="voxels per fwRF ROI (default: 8)")

@@ -39,6 +39,7 @@ import numpy as np
 from berg_scale.errors import BergScaleError
 from berg_scale.experiments.outputs import add_no_figures_option, output_names, write_experiment_outputs
 from berg_scale.io.endpoints import ENDPOINT_HELP
+from berg_scale.subject_ids import subject_argument
 
 EEG_DIMS = ["repetition", "channel", "time"]
 DEFAULT_CHANNEL_SET = "occipitoparietal"
@@ -310,7 +311,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="CSV/Parquet with key,label (optionally shard) and exactly two labels")
     parser.add_argument("--label-column", default="label", help="column of the label table holding the binary label")
     parser.add_argument("--out", required=True, metavar="DIR", help="where decoding.parquet, summary.json and figures go")
-    parser.add_argument("--subjects", nargs="+", type=int, metavar="N", help="EEG subjects (default: every one present)")
+    parser.add_argument("--subjects", nargs="+", type=subject_argument, metavar="N", help="EEG subjects (default: every one present)")
     parser.add_argument("--channels", default=DEFAULT_CHANNEL_SET, metavar="SET|A,B,...",
                         help="occipitoparietal (default: names with an upper-case O or P), all, or a comma list")
     parser.add_argument("--max-pairs", type=int, metavar="N", help="decode a random sample of N exemplar pairs")

@@ -39,6 +39,7 @@ import numpy as np
 from berg_scale.errors import BergScaleError
 from berg_scale.experiments.outputs import add_no_figures_option, output_names, write_experiment_outputs
 from berg_scale.io.endpoints import ENDPOINT_HELP
+from berg_scale.subject_ids import subject_argument
 
 DEFAULT_ROIS = ("V1", "V2", "V3", "hV4", "EBA", "FFA", "PPA", "RSC")
 METRICS = ("euclidean", "correlation")
@@ -420,7 +421,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="fmri-nsd-fwrf", help="model id of the columns (default fmri-nsd-fwrf)")
     parser.add_argument("--rois", nargs="+", default=list(DEFAULT_ROIS),
                         help=f"ROIs to map (default {' '.join(DEFAULT_ROIS)}; FFA = FFA-1 + FFA-2)")
-    parser.add_argument("--subjects", type=int, nargs="+", help="default: every subject with all the ROIs")
+    parser.add_argument("--subjects", type=subject_argument, nargs="+", help="default: every subject with all the ROIs")
     parser.add_argument("--metric", choices=METRICS, default="euclidean", help="dissimilarity between ROIs")
     parser.add_argument("--ncsnr-threshold", type=float, default=0.5,
                         help="voxel threshold the :mean columns used (weights the parts of FFA)")

@@ -57,6 +57,7 @@ from berg_scale.io.output_store import OutputStore, done_shards, read_readouts
 from berg_scale.io.storage import StorageOptions, filesystem_for
 from berg_scale.models.families import FSAVERAGE, family_name
 from berg_scale.rnc.responses import fixed_size_list_to_numpy
+from berg_scale.subject_ids import subject_argument
 
 MODEL_ID = "fmri-nsd_fsaverage-vit_b_32"
 DEFAULT_ROIS: tuple[str, ...] = ("FFA", "OFA", "EBA", "FBA", "PPA", "OPA", "RSC")
@@ -656,7 +657,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-column", default="label", metavar="NAME",
                         help="column of the label table holding the category (default: label)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for tables, summary and figures")
-    parser.add_argument("--subjects", type=int, nargs="+", help="default: every subject in the responses")
+    parser.add_argument("--subjects", type=subject_argument, nargs="+", help="default: every subject in the responses")
     parser.add_argument("--rois", nargs="+", help=f"default: those of {', '.join(DEFAULT_ROIS)} present "
                                                   "(FFA = FFA-1 + FFA-2, FBA = FBA-1 + FBA-2)")
     parser.add_argument("--categories", nargs="+", help="categories and their order (default: every label, sorted)")

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from berg_scale.config import Bool, Float, Int, load_validated
+from berg_scale.config import Bool, Float, Int, Subject, load_validated
 from berg_scale.errors import ConfigError
 from berg_scale.io.storage import StorageOptions
 
@@ -89,7 +89,7 @@ class StudyConfig(_Strict):
     # None: the one fMRI model in the responses (fmri-nsd-fwrf when there are several)
     model_id: str | None = None
     # None: every subject whose columns for all the study's ROIs are in the responses
-    subjects: list[Int] | None = Field(None, min_length=1)
+    subjects: list[Subject] | None = Field(None, min_length=1)
     rois: list[str] = Field(default_factory=lambda: ["V1", "hV4"], min_length=2)
     pairs: list[tuple[str, str]] | None = None
     # an ROI whose own column is absent is read as the union of these parts
