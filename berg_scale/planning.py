@@ -125,7 +125,8 @@ class Plan:
     def render(self, max_columns: int = 40) -> str:
         from berg_scale.weights.fetch import human_bytes
 
-        lines = [f"input: {len(self.shards)} shards, {self.images:,} images ({self.images_source})"]
+        lines = [f"input: {len(self.shards)} shard{'' if len(self.shards) == 1 else 's'}, {self.images:,} images "
+                 f"({self.images_source})"]
         lines.append(f"{'column':<56} {'width':>9} {'dtype':>8} {'bytes/image':>12}  width from")
         for column in self.columns[:max_columns]:
             width = f"{column.width:,}" if column.width is not None else "unknown"

@@ -190,7 +190,8 @@ def _run_holding_lease(
         "ray_job": lease.holder().get("ray_job"),
     }
     if not todo:
-        log(f"nothing to do: all {len(shards)} shards of {config.output} are committed")
+        log(f"nothing to do: {'the one shard' if len(shards) == 1 else f'all {len(shards)} shards'} of "
+            f"{config.output} {'is' if len(shards) == 1 else 'are'} committed")
         stats.finished = time.monotonic()
         _write_manifest(store, manifest_args, "nothing-to-do", stats, shards_done=len(shards))
         return RunResult(config.output, "nothing-to-do", stats)
@@ -231,7 +232,7 @@ def _run_holding_lease(
                 first = wait_for_first_worker(slots, config.resources.startup_timeout_s)
             if first.get("model_load_seconds") is not None:
                 phases.record("model_load", float(first["model_load_seconds"]))
-                log(f"start-up: the first of {len(slots)} workers loaded its models in "
+                log(f"start-up: the first of {_count(len(slots), 'worker')} loaded its models in "
                     f"{first['model_load_seconds']:.1f} s on {first.get('info', {}).get('device', '?')}")
             _check_same_model(previous, first, weights, config)
             if overwrite:
@@ -248,8 +249,8 @@ def _run_holding_lease(
                     ready_slot = next(slot for slot in slots if slot.state == "idle")
                     columns = ray.get(ready_slot.handle.column_coords.remote())
                     with_storage_retries(lambda: write_readouts(store, columns), "writing readouts.json")
-            log(f"generating {len(todo)} shards ({stats.shards_skipped} already done) with "
-                f"{len(slots)} workers into {config.output}")
+            log(f"generating {_count(len(todo), 'shard')} ({stats.shards_skipped} already done) with "
+                f"{_count(len(slots), 'worker')} into {config.output}")
             stats.startup_seconds = preflight_seconds + stats.elapsed
             stats.started = time.monotonic()  # throughput counts from the first ready worker
             progress = LiveProgress(stats, slots, todo, live=show_progress, log=log)
@@ -396,3 +397,7 @@ def _scheduler_summary(report: SchedulerReport) -> dict[str, Any]:
 def shards_of(config: RunConfig) -> list[InputShard]:
     """The input shards of a config (used by `status` when run.json is missing)."""
     return list_input_shards(config.input.shard_patterns(), config.storage_options())
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -234,7 +234,7 @@ def test_extending_input_shards_resumes_and_dropping_one_is_refused(ray_session,
     extended = _write_config(tmp_path / "b.yaml", str(tmp_path / "in" / "shard-{000000..000002}.tar"), output,
                              fwrf_roots[0])
     code, err = _generate(capsys, extended)
-    assert code == 0 and "generating 1 shards (2 already done)" in err
+    assert code == 0 and "generating 1 shard (2 already done)" in err
     assert not (tmp_path / "out" / "_tmp").exists()
     assert sorted(_keys(output)) == sorted(k for info in infos for k in info.keys)
 
@@ -260,7 +260,7 @@ def test_a_marker_whose_response_file_is_gone_is_generated_again(ray_session, tm
 
     code, err = _generate(capsys, config)
     assert code == 0 and "1 shard marker(s) have no response file (first: shard-000001)" in err
-    assert "generating 1 shards (1 already done)" in err
+    assert "generating 1 shard (1 already done)" in err
     assert sorted(_keys(output)) == before == sorted(k for info in infos for k in info.keys)
     assert output_status(output)["shards"]["unbacked"] == 0
 
