@@ -17,7 +17,9 @@ the order of the members. The rules (also in docs/engine.md, "How tars are read"
   of one key that are not adjacent are merged too: a key seen without an image is held
   (json only, bounded by `max_pending_bytes`) until its image arrives; a key that never
   gets one becomes a "no image member" error row at the end of the archive. A member of
-  a key whose row was already given out (a second image, a late json) is ignored.
+  a key whose row was already given out (a second image, a late json) is ignored; so is
+  a second version of one member name (`tar -r`, `tar -u`), which its note names as such
+  since extraction would keep the last version.
 * **Order.** Samples are yielded as soon as their image group is complete; `index` is
   the key's rank by first appearance in the tar (0..n-1, unique), so sorting by
   `index` gives tar order. For WebDataset-ordered shards both orders agree except that
@@ -570,6 +572,10 @@ class _KeyedSamples:
             "no extension": _SkippedMembers("{count} {members} without an extension skipped (first: {first!r})"),
             "late": _SkippedMembers(
                 "{count} {members} ignored after the key's row was given out (first: {first!r})"),
+            "replaced": _SkippedMembers(
+                "{count} later {members} of a name already read ignored (first: {first!r}): the rows "
+                "hold the first version, while tar -x would keep the last (tar -r and tar -u append "
+                "new versions); re-create the tar with tar -c or berg-scale make-shards to use them"),
         }
 
     def shard_notes(self) -> list[str]:
@@ -608,6 +614,7 @@ class _KeyedSamples:
             if member.isdir():
                 continue
             name = normalise_member_name(member.name)
+            replaces = name in self.locations  # a second version of one file (tar -r, tar -u)
             self._locate(member, name)
             parsed = _split_normalised(name)
             if parsed is None:
@@ -626,7 +633,7 @@ class _KeyedSamples:
             if not current.late:
                 self._add(current, member, name, ext, wanted)
             elif wanted:
-                self.skipped["late"].add(escape_name(member.name))
+                self.skipped["replaced" if replaces else "late"].add(escape_name(member.name))
         _verify_end_of_archive(self.url, handle, archive.offset)
         if self.stream.compressed:
             self.stream.drain()

@@ -61,6 +61,27 @@ def test_names_without_an_extension_and_late_members_are_noted_once_per_kind(tmp
     ]
 
 
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
+def test_a_version_appended_with_tar_r_is_named_as_such(tmp_path):
+    import subprocess
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    first = _image(1)
+    for name, data in (("a.jpg", first), ("b.jpg", _image(2))):
+        (folder / name).write_bytes(data)
+    archive = tmp_path / "photos.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(folder), "a.jpg", "b.jpg"], check=True)
+    (folder / "a.jpg").write_bytes(_image(3))  # the user edits a.jpg and appends it again
+    subprocess.run(["tar", "-rf", str(archive), "-C", str(folder), "a.jpg"], check=True)
+
+    samples, shard_notes = _read(str(archive))
+    assert sorted(samples) == ["a", "b"] and samples["a"].image == first  # the first version, as documented
+    assert len(shard_notes) == 1
+    assert shard_notes[0].startswith("1 later member of a name already read ignored (first: 'a.jpg')")
+    assert "tar -x would keep the last" in shard_notes[0] and "re-create the tar" in shard_notes[0]
+
+
 def test_a_member_note_is_valid_text_whatever_the_name(tmp_path):
     path = tmp_path / "latin.tar"
     with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as archive:
