@@ -68,6 +68,8 @@ def output_status(output: str, storage=None, check_inputs: bool = False, hash_we
     for marker in markers.values():
         for key in totals:
             totals[key] += int(marker.get(key, 0))
+    first_note = next(({"shard": name, **markers[name]["note_examples"][0]} for name in sorted(markers)
+                       if markers[name].get("note_examples")), None)
     failures = {}
     for name in sorted(listed_failed):
         marker = store.read_json(store.failed_path(name)) or {}
@@ -83,6 +85,7 @@ def output_status(output: str, storage=None, check_inputs: bool = False, hash_we
                    "failed": len(listed_failed), "pending": len(pending), "unlisted": len(unlisted),
                    "unbacked": len(unbacked), "failed_not_listed": len(failed - listed_failed)},
         "images": totals,
+        "first_note": first_note,
         "failed": failures,
         "pending": pending[:50],
         "unlisted": unlisted[:50],
@@ -179,6 +182,10 @@ def run(args: argparse.Namespace) -> int:
     if images["notes"]:
         print(f"notes:   {images['notes']} reader note(s): members left out or sidecars not read "
               f"(`note_examples` in _done/<shard>.json quotes them)")
+        first = summary["first_note"]
+        if first:
+            where = f"{first['shard']}, key {first['key']!r}" if first.get("key") else first["shard"]
+            print(f"         first, in {where}: {first.get('note', '')}")
     if shards["unlisted"]:
         print(f"unlisted: {shards['unlisted']} committed shard(s) not in run.json's input shards "
               f"(first: {summary['unlisted'][0]})")

@@ -259,7 +259,8 @@ def test_status_of_an_output(tmp_path, capsys):
     outputs = {"m/sub-02/eeg": np.zeros((1, 24), np.float32), "m/sub-02/eeg:mean": np.zeros(1, np.float32)}
     store, _ = _write_shard(tmp_path, rows, outputs, name="s0")
     json_marker = json.loads((tmp_path / "out" / "_done" / "s0.json").read_text())
-    json_marker.update(ok=1, errors=1, notes=2)
+    json_marker.update(ok=1, errors=1, notes=2, note_examples=[
+        {"key": "k0", "note": "json member is not valid JSON"}, {"key": None, "note": "1 hidden member skipped"}])
     (tmp_path / "out" / "_done" / "s0.json").write_text(json.dumps(json_marker))
     write_failed_marker(store, "s1", {"error": "truncated tar"})
     write_manifest(store, {"status": "incomplete", "input_shards": ["s0", "s1", "s2"]})
@@ -271,6 +272,8 @@ def test_status_of_an_output(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 done, 1 failed, 1 pending, of 3" in out and "s1: truncated tar" in out
     assert "notes:   2 reader note(s)" in out
+    assert "         first, in s0, key 'k0': json member is not valid JSON\n" in out
+    assert summary["first_note"] == {"shard": "s0", "key": "k0", "note": "json member is not valid JSON"}
 
 
 def test_storage_retries_pass_a_refusal_on_at_once():
