@@ -35,6 +35,8 @@ def test_run_config_takes_berg_subject_names():
     specs = load_config(_config(["sub-01", 2, "03"])).readout_specs()
     assert [spec.subject for spec in specs] == [1, 2, 3]
     assert [spec.subject for spec in load_config(_config("all")).readout_specs()] == list(range(1, 9))
+    # the same run either way: a rerun that writes the names instead of numbers resumes
+    assert load_config(_config(["sub-01"])).input_fingerprint() == load_config(_config([1])).input_fingerprint()
 
 
 def test_run_config_names_a_bad_subject_and_the_forms():

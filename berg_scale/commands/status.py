@@ -140,10 +140,21 @@ def _weights_check(output: str, manifest: dict | None, markers: dict, storage, h
 
 
 def _recorded_storage(config: dict, storage):
+    """The run's storage settings as run.json keeps them: endpoints, regions, anonymous
+    access and per-prefix blocks; credentials (never recorded) come from the environment."""
     from berg_scale.io.storage import StorageOptions
 
+    if storage is not None:
+        return storage
+
+    def settings(block: dict) -> StorageOptions:
+        return StorageOptions(endpoint_url=block.get("endpoint_url"), region=block.get("region"),
+                              anon=block.get("anon") is True)
+
     recorded = config.get("storage") or {}
-    return storage or StorageOptions(endpoint_url=recorded.get("endpoint_url"), region=recorded.get("region"))
+    base = settings(recorded)
+    prefixes = tuple((str(prefix), settings(block or {})) for prefix, block in (recorded.get("prefixes") or {}).items())
+    return StorageOptions(base.endpoint_url, base.region, base.anon, prefixes=prefixes)
 
 
 def _lease_is_dead(lease: dict) -> bool:

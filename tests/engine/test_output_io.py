@@ -327,3 +327,21 @@ def test_response_files_say_how_they_were_computed(tmp_path, engine_berg_root, p
     meta = read_schema_metadata(open_responses(output).schema)
     assert meta["precision"] == precision and meta["model_fingerprint"] == model.fingerprint
     assert meta["exact_resize"] is (precision == "fp32") and meta["compile"] is False
+
+
+def test_status_reaches_inputs_and_weights_with_the_run_s_storage_settings():
+    """Per-prefix endpoints and anonymous access come back from run.json (credentials never do)."""
+    from berg_scale.commands.status import _recorded_storage
+    from berg_scale.config import load_config
+
+    config = load_config({
+        "input": {"shards": "s3://images/{000000..000001}.tar"}, "berg_root": "s3://weights/berg",
+        "readouts": [{"model": "fmri-nsd-fwrf", "subjects": [1], "rois": ["V1"]}], "output": "s3://out/run",
+        "storage": {"endpoint_url": "http://127.0.0.1:9000", "key": "k", "secret": "s",
+                    "prefixes": {"s3://weights/": {"endpoint_url": "http://127.0.0.1:9100", "anon": True}}},
+    }).redacted()
+    options = _recorded_storage(config, None)
+    assert options.for_url("s3://images/000000.tar").endpoint_url == "http://127.0.0.1:9000"
+    weights = options.for_url("s3://weights/berg/x.npy")
+    assert (weights.endpoint_url, weights.anon) == ("http://127.0.0.1:9100", True)
+    assert options.key is None and options.secret is None
