@@ -182,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = summary["inputs"] or {}
     weights = summary["weights"] or {}
     changed = [what for what, check in (("inputs", inputs), ("weights", weights)) if check.get("problem")]
+    if run_status == "nothing-to-do":
+        run_status = "complete; the last `generate` found nothing to do"
     if run_status == "stopped":
         run_status = "stopped before finishing; run `berg-scale generate` again to resume"
     elif changed:

@@ -298,6 +298,8 @@ def test_a_changed_setting_is_named_in_the_refusal(ray_session, tmp_path, capsys
     code, err = _generate(capsys, config)
     assert code == 0 and "nothing to do" in err
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "nothing-to-do"
+    assert _status(capsys, output).splitlines()[0].endswith(
+        "(last run: complete; the last `generate` found nothing to do)")
 
 
 @pytest.mark.parametrize("changed", ["weights", "metadata"])
