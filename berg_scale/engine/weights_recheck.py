@@ -73,7 +73,7 @@ def recheck_weights(
             except FileNotFoundError:
                 where = "the backbone path" if is_backbone else "berg_root"
                 result.problem = (f"{url}, which made committed shards of {output}, is no longer at {where}; "
-                                  f"restore it, or {WAY_OUT}")
+                                  f"restore it, or point the config at the weights to use and {WAY_OUT}")
                 return result
             if digest is None:
                 result.unverified.append(relative)
