@@ -30,8 +30,9 @@ class WeightsRecheck:
 
     def as_dict(self) -> dict[str, Any]:
         return {"checked": self.checked, "unverified": len(self.unverified),
-                "unverified_examples": self.unverified[:5], "ok": self.problem is None and not self.unverified,
-                "problem": self.problem}
+                "unverified_examples": self.unverified[:5], "problem": self.problem,
+                # ok: no refusal found; all_verified: and no file left unread for want of a digest
+                "ok": self.problem is None, "all_verified": self.problem is None and not self.unverified}
 
 
 def recorded_weights(markers: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:

@@ -173,6 +173,10 @@ def test_weights_rewritten_in_place_are_named_by_status(ray_session, tmp_path, c
     printed = _status(capsys, output)
     assert "weights: 2 weight file(s) not verified" in printed and "--hash-weights" in printed
     assert printed.splitlines()[0].endswith("(last run: complete)")
+    from berg_scale.commands.status import output_status
+
+    found = output_status(output, check_inputs=True)["weights"]
+    assert (found["ok"], found["all_verified"], found["unverified"], found["problem"]) == (True, False, 2, None)
 
     printed = _status(capsys, output, "--hash-weights")
     assert "(last run: complete, but its weights changed since: see below)" in printed
