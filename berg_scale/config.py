@@ -70,7 +70,8 @@ Int = Annotated[int, BeforeValidator(_not_bool("an integer"))]
 Float = Annotated[float, BeforeValidator(_not_bool("a number")), AllowInfNan(False)]
 Bool = Annotated[bool, BeforeValidator(_bool_only)]
 # A subject as a number or as BERG names it (`sub-01`).
-Subject = Annotated[int, BeforeValidator(lambda value: subject_config_value(_not_bool("a subject number")(value)))]
+_not_bool_subject = _not_bool("a subject number")
+Subject = Annotated[int, BeforeValidator(lambda value: subject_config_value(_not_bool_subject(value)))]
 
 
 class _Strict(BaseModel):

@@ -111,8 +111,8 @@ def _input_check(output: str, manifest: dict | None, markers: dict, storage) -> 
     patterns = (config.get("input") or {}).get("shards")
     if not patterns or not markers:
         return {"checked": False, "note": "no recorded input shards or no committed shards to compare"}
-    options = _recorded_storage(config, storage)
     try:
+        options = _recorded_storage(config, storage)
         shards = list_input_shards([patterns] if isinstance(patterns, str) else list(patterns), options)
     except Exception as exc:  # noqa: BLE001 - an unreachable input is a note here, not a failure
         return {"checked": False, "note": f"input shards not listed ({' '.join(str(exc).split())[:200]})"}
@@ -140,21 +140,20 @@ def _weights_check(output: str, manifest: dict | None, markers: dict, storage, h
 
 
 def _recorded_storage(config: dict, storage):
-    """The run's storage settings as run.json keeps them: endpoints, regions, anonymous
-    access and per-prefix blocks; credentials (never recorded) come from the environment."""
-    from berg_scale.io.storage import StorageOptions
+    """The run's storage settings as run.json keeps them (endpoints, regions, anonymous
+    access, per-prefix blocks); credentials are masked there, so they come from the
+    environment, as for any run without them in its config."""
+    from berg_scale.config import StorageConfig
 
     if storage is not None:
         return storage
-
-    def settings(block: dict) -> StorageOptions:
-        return StorageOptions(endpoint_url=block.get("endpoint_url"), region=block.get("region"),
-                              anon=block.get("anon") is True)
-
     recorded = config.get("storage") or {}
-    base = settings(recorded)
-    prefixes = tuple((str(prefix), settings(block or {})) for prefix, block in (recorded.get("prefixes") or {}).items())
-    return StorageOptions(base.endpoint_url, base.region, base.anon, prefixes=prefixes)
+    blocks = {prefix: _without_secrets(block or {}) for prefix, block in (recorded.get("prefixes") or {}).items()}
+    return StorageConfig.model_validate({**_without_secrets(recorded), "prefixes": blocks}).options()
+
+
+def _without_secrets(block: dict) -> dict:
+    return {name: value for name, value in block.items() if name not in ("key", "secret")}
 
 
 def _lease_is_dead(lease: dict) -> bool:

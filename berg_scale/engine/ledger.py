@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from berg_scale.errors import ConfigError
 from berg_scale.io.output_store import (
@@ -125,9 +125,16 @@ def check_committed_inputs(output: str, markers: dict[str, dict[str, Any]], shar
     _check_not_listed(output, markers, by_name)
 
 
-def check_committed_weights(output: str, markers: dict[str, dict[str, Any]], weights: dict[str, str]) -> None:
+def check_committed_weights(
+    output: str, markers: Mapping[str, Mapping[str, Any]], weights: dict[str, str]
+) -> None:
     """The weight check of `reconcile` alone, for `status`: raise LedgerMismatch as it would."""
     _check_weights(output, markers, None, RunBinding("", weights))
+
+
+def marker_weights(marker: Mapping[str, Any]) -> dict[str, str]:
+    """The weight digests a commit marker records (relative path -> sha256)."""
+    return dict(marker.get("weights") or marker.get("weight_hashes") or {})
 
 
 # --------------------------------------------------------------------------- checks
@@ -195,14 +202,14 @@ def _check_marker_configs(output: str, markers: dict[str, dict[str, Any]], bindi
 
 
 def _check_weights(
-    output: str, markers: dict[str, dict[str, Any]], previous: dict[str, Any] | None, binding: RunBinding
+    output: str, markers: Mapping[str, Mapping[str, Any]], previous: dict[str, Any] | None, binding: RunBinding
 ) -> None:
     if not binding.weights:
         return  # a model without weight files (stand-ins); workers' fingerprints still guard
     changed: dict[str, tuple[str, str]] = {}
     affected: set[str] = set()
     records: list[tuple[str | None, dict[str, str]]] = [
-        (name, marker.get("weights") or marker.get("weight_hashes") or {}) for name, marker in markers.items()
+        (name, marker_weights(marker)) for name, marker in markers.items()
     ]
     if previous and previous.get("weight_hashes"):
         records.append((None, previous["weight_hashes"]))

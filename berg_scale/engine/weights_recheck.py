@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from berg_scale.engine.ledger import WAY_OUT, LedgerMismatch, check_committed_weights
-from berg_scale.io.storage import StorageOptions, filesystem_for
-from berg_scale.models.store import WeightStore, backbone_hash_key
-from berg_scale.weights.digest_cache import DigestCache, change_stamp, default_cache_path, stamp_key
+from berg_scale.engine.ledger import WAY_OUT, LedgerMismatch, check_committed_weights, marker_weights
+from berg_scale.io.storage import StorageOptions, filesystem_for, join
+from berg_scale.models.store import backbone_hash_key, sha256_of_url
+from berg_scale.weights.digest_cache import DigestCache, change_stamp, default_cache_path
 
 BACKBONE_PREFIX = "backbone:"
 
@@ -39,7 +39,7 @@ def recorded_weights(markers: Mapping[str, Mapping[str, Any]]) -> dict[str, str]
     """Every weight file the committed shards' markers name, with the first digest recorded."""
     files: dict[str, str] = {}
     for marker in markers.values():
-        for relative, digest in (marker.get("weights") or marker.get("weight_hashes") or {}).items():
+        for relative, digest in marker_weights(marker).items():
             files.setdefault(str(relative), str(digest))
     return files
 
@@ -59,7 +59,6 @@ def recheck_weights(
     remembered, so the next generate need not read them again).
     """
     result = WeightsRecheck()
-    store = WeightStore(berg_root, storage)
     digests = DigestCache(default_cache_path())
     current: dict[str, str] = {}
     try:
@@ -67,10 +66,9 @@ def recheck_weights(
             is_backbone = relative.startswith(BACKBONE_PREFIX)
             if is_backbone and (not backbone or backbone_hash_key(backbone) != relative):
                 continue  # a backbone configured under another name is the next config's business
-            url = backbone if is_backbone and backbone else store.url(relative)
+            url = backbone if is_backbone and backbone else join(berg_root, relative)
             try:
-                digest = (_backbone_digest(url, storage, digests, hash_unknown) if is_backbone
-                          else _root_file_digest(store, relative, digests, hash_unknown))
+                digest = _digest(url, storage, digests, hash_unknown)
             except FileNotFoundError:
                 where = "the backbone path" if is_backbone else "berg_root"
                 result.problem = (f"{url}, which made committed shards of {output}, is no longer at {where}; "
@@ -84,28 +82,19 @@ def recheck_weights(
     finally:
         digests.save()
     try:
-        check_committed_weights(output, {name: dict(marker) for name, marker in markers.items()}, current)
+        check_committed_weights(output, markers, current)
     except LedgerMismatch as exc:
         result.problem = str(exc)
     return result
 
 
-def _root_file_digest(store: WeightStore, relative: str, digests: DigestCache, hash_unknown: bool) -> str | None:
-    if hash_unknown:
-        return store.sha256(relative, digests)
-    info = store.require(relative, "checking the weights")
-    return _known(digests, stamp_key(store.url(relative), int(info.get("size") or 0), change_stamp(info)))
+def _digest(url: str, storage: StorageOptions | None, digests: DigestCache, hash_unknown: bool) -> str | None:
+    """The file's sha256 as the driver last hashed these bytes; None if unknown here.
 
-
-def _backbone_digest(url: str, storage: StorageOptions | None, digests: DigestCache, hash_unknown: bool) -> str | None:
-    from berg_scale.models.store import sha256_of_url
-
+    With `hash_unknown`, unknown bytes are read and hashed (the driver's own function).
+    """
     if hash_unknown:
         return sha256_of_url(url, storage, digests)
     fs, path = filesystem_for(url, storage)
     info = fs.info(path)
-    return _known(digests, stamp_key(url, int(info.get("size") or 0), change_stamp(info)))
-
-
-def _known(digests: DigestCache, key: str | None) -> str | None:
-    return digests.entries.get(key) if key is not None else None
+    return digests.known(url, int(info.get("size") or 0), change_stamp(info))

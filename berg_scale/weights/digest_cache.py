@@ -88,6 +88,14 @@ class DigestCache:
                 self.added += 1
         return value
 
+    def known(self, url: str, size: int, stamp: str) -> str | None:
+        """The digest remembered for these bytes, without computing one."""
+        key = stamp_key(url, size, stamp)
+        if key is None:
+            return None
+        with _LOCK:
+            return self.entries.get(key)
+
     def forget(self, url: str) -> None:
         """Drop every digest remembered for `url` (a worker found other bytes there)."""
         with _LOCK:
