@@ -290,23 +290,49 @@ def _check_not_listed(output: str, markers: dict[str, dict[str, Any]], by_name: 
         return
     by_bytes = {(shard.size, shard.stamp): shard for shard in by_name.values()
                 if shard.size is not None and shard.stamp is not None and shard.name not in markers}
+    moved: list[tuple[str, InputShard]] = []
     for name in orphans:
-        marker = markers[name]
-        size, stamp = marker.get("input_size"), marker.get("input_stamp")
+        size, stamp = markers[name].get("input_size"), markers[name].get("input_stamp")
         twin = by_bytes.get((size, stamp)) if size is not None and stamp is not None else None
         if twin is not None:
-            raise LedgerMismatch(
-                f"input shard {twin.url} (output name {twin.name!r}) is the same file as committed "
-                f"shard {name!r} (from {marker.get('input')}: same size and "
-                f"{'ETag' if not _is_number(stamp) else 'mtime'}): the input root moved, so its "
-                f"images would be written twice; point input.shards at the folder the output was "
-                f"made from (shard names are paths relative to it), or {WAY_OUT}"
-            )
+            moved.append((name, twin))
+    if moved:
+        name, twin = moved[0]
+        raise LedgerMismatch(_moved_file_message(output, name, markers[name], twin, len(moved)))
     first = markers[orphans[0]]
     raise LedgerMismatch(
         f"{len(orphans)} committed shard(s) of {output} are not among input.shards (first: "
         f"{orphans[0]!r} from {first.get('input')}): the output would hold images that are not in "
         f"the input; add them back to input.shards, or {WAY_OUT}"
+    )
+
+
+def _moved_file_message(output: str, name: str, marker: Mapping[str, Any], twin: InputShard, count: int) -> str:
+    """Name the move a user made: a file moved inside the listed folder, or a new input root.
+
+    Both would write the file's images a second time under a new shard name, but the way
+    back differs: moving one file back, or pointing input.shards at the old root.
+    """
+    old_url = str(marker.get("input") or "")
+    stamp = marker.get("input_stamp")
+    same = f"same size and {'ETag' if not _is_number(stamp) else 'mtime'}"
+    root = twin.url[: -len(twin.relative)] if twin.relative and twin.url.endswith(twin.relative) else None
+    if root and old_url.startswith(root) and old_url != twin.url:
+        old_relative = old_url[len(root):]
+        others = f" ({count - 1} more committed shard(s) moved the same way)" if count > 1 else ""
+        return (
+            f"input shard {twin.relative} is the same file as committed shard {name!r}, which was "
+            f"{old_relative} ({same}): it moved inside the input folder {root.rstrip('/')}{others}, "
+            f"and shard names are paths relative to that folder, so its images would be written "
+            f"twice, under the new name {twin.name!r}; move it back to {old_relative}, or, to keep "
+            f"the new layout, delete {output}/_done/{name}.json and {output}/responses/{name}.parquet "
+            f"(and each moved shard's pair) so the shard is made again under its new name, or {WAY_OUT}"
+        )
+    return (
+        f"input shard {twin.url} (output name {twin.name!r}) is the same file as committed "
+        f"shard {name!r} (from {old_url}: {same}): the input root moved, so its "
+        f"images would be written twice; point input.shards at the folder the output was "
+        f"made from (shard names are paths relative to it), or {WAY_OUT}"
     )
 
 

@@ -209,9 +209,34 @@ def test_moved_root_with_new_shard_names_is_refused_not_written_twice(ray_sessio
 
     code, err = _generate(capsys, config)
     line = _error_line(err)
-    assert code == 2 and "same file as committed shard" in line and "written twice" in line
+    assert code == 2 and "same file as committed shard 'shard-000000'" in line and "written twice" in line
+    assert "moved inside the input folder" in line and "1 more committed shard(s)" in line
+    assert "move it back to shard-000000.tar" in line and "input root moved" not in line
     keys = _keys(output)
     assert len(keys) == len(set(keys)) == sum(len(info.keys) for info in infos)
+
+    # The way out the message gives for keeping the new layout: drop the old shards' pairs.
+    assert "responses/shard-000000.parquet" in line
+    for name in ("shard-000000", "shard-000001"):
+        (tmp_path / "out" / "_done" / f"{name}.json").unlink()
+        (tmp_path / "out" / "responses" / f"{name}.parquet").unlink()
+    assert _generate(capsys, config)[0] == 0
+    keys = _keys(output)
+    assert len(keys) == len(set(keys)) == sum(len(info.keys) for info in infos)
+    assert "complete" in _status(capsys, output)
+
+
+def test_pointing_at_a_sub_folder_is_named_as_a_moved_root(ray_session, tmp_path, capsys, fwrf_roots):
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    write_synthetic_shards(str(tmp_path / "data" / "sub"), 1, 3, seed=1)
+    output = str(tmp_path / "out")
+    assert _generate(capsys, _write_config(tmp_path / "a.yaml", str(tmp_path / "data"), output, fwrf_roots[0]))[0] == 0
+    code, err = _generate(capsys, _write_config(tmp_path / "b.yaml", str(tmp_path / "data" / "sub"), output,
+                                                fwrf_roots[0]))
+    line = _error_line(err)
+    assert code == 2 and "same file as committed shard 'sub__shard-000000'" in line
+    assert "the input root moved" in line and "moved inside" not in line
 
 
 def test_moved_folder_with_same_names_is_the_same_input(ray_session, tmp_path, capsys, fwrf_roots):
