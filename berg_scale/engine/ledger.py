@@ -156,9 +156,23 @@ def _config_change(previous: dict[str, Any] | None, config: dict[str, Any] | Non
     differences = _differences(before, _numbers_settings(config or {})) if before and config else []
     if not differences:
         return "readouts, input settings or precision changed"
-    shown = "; ".join(f"{path}: {_short(old)} -> {_short(new)}" for path, old, new in differences[:3])
+    shown = "; ".join(f"{path}: {_short(old)} -> {_short(new)}{_reorder_hint(old, new)}"
+                      for path, old, new in differences[:3])
     more = f"; and {len(differences) - 3} more" if len(differences) > 3 else ""
     return f"{shown}{more}"
+
+
+def _reorder_hint(old: Any, new: Any) -> str:
+    """Say when a list only changed order: its order is the column order, so it counts."""
+    if not (isinstance(old, list) and isinstance(new, list)) or old == new:
+        return ""
+    if sorted(map(_canonical, old)) != sorted(map(_canonical, new)):
+        return ""
+    return " (the same entries in another order, which sets the column order: keep the original order)"
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 def _numbers_settings(config: dict[str, Any]) -> dict[str, Any]:

@@ -323,6 +323,11 @@ def test_a_changed_setting_is_named_in_the_refusal(ray_session, tmp_path, capsys
     code, err = _generate(capsys, config, "--set", "readouts.0.outputs=[mean]")
     line = _error_line(err)
     assert code == 2 and 'readouts[0].outputs: ["responses", "mean"] -> ["mean"]' in line, line
+    assert "another order" not in line
+    code, err = _generate(capsys, config, "--set", "readouts.0.outputs=[mean, responses]")
+    line = _error_line(err)
+    assert code == 2 and 'readouts[0].outputs: ["responses", "mean"] -> ["mean", "responses"]' in line, line
+    assert "the same entries in another order, which sets the column order" in line
 
     code, err = _generate(capsys, config)
     assert code == 0 and "nothing to do" in err
