@@ -165,6 +165,7 @@ def _lease_is_dead(lease: dict) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from berg_scale.engine.progress import where_noted
     from berg_scale.io.storage import StorageOptions
     from berg_scale.io.storage_errors import storage_errors
 
@@ -196,8 +197,7 @@ def run(args: argparse.Namespace) -> int:
               f"(`note_examples` in _done/<shard>.json quotes them)")
         first = summary["first_note"]
         if first:
-            where = f"{first['shard']}, key {first['key']!r}" if first.get("key") else first["shard"]
-            print(f"         first, in {where}: {first.get('note', '')}")
+            print(f"         first, in {where_noted(first)}: {first.get('note', '')}")
     if shards["unlisted"]:
         print(f"unlisted: {shards['unlisted']} committed shard(s) not in run.json's input shards "
               f"(first: {summary['unlisted'][0]})")

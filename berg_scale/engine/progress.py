@@ -32,6 +32,11 @@ LOG_INTERVAL_S = 30.0  # without a terminal: one progress line this often
 HEARTBEAT_S = 15.0  # without a terminal: a line this often while a start-up phase runs
 
 
+def where_noted(note: dict[str, Any]) -> str:
+    """Where a reader note was made, as the summaries quote it: the shard, and its key if any."""
+    return f"{note['shard']}, key {note['key']!r}" if note.get("key") else str(note["shard"])
+
+
 @dataclass
 class RunStats:
     shards_total: int
@@ -42,14 +47,20 @@ class RunStats:
     images_ok: int = 0
     images_error: int = 0
     input_bytes_done: int = 0
+    notes: int = 0  # reader notes: members left out, sidecars not read
+    first_note: dict[str, Any] | None = None  # {"shard", "key", "note"} of the first one seen
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     started: float = field(default_factory=time.monotonic)
     startup_seconds: float = 0.0
     startup_phases: dict[str, float] = field(default_factory=dict)
     finished: float | None = None
 
-    def add_marker(self, marker: dict[str, Any]) -> None:
+    def add_marker(self, marker: dict[str, Any], name: str = "") -> None:
         self.shards_done += 1
+        self.notes += int(marker.get("notes", 0))
+        examples = marker.get("note_examples") or []
+        if self.first_note is None and examples:
+            self.first_note = {"shard": name, **examples[0]}
         self.images += int(marker.get("rows", 0))
         self.images_ok += int(marker.get("ok", 0))
         self.images_error += int(marker.get("errors", 0))
@@ -96,6 +107,7 @@ class RunStats:
             "images": self.images,
             "images_ok": self.images_ok,
             "images_error": self.images_error,
+            "notes": self.notes,
             "startup_seconds": round(self.startup_seconds, 3),
             "startup_phases": {k: round(v, 3) for k, v in self.startup_phases.items()},
             # Processing only: counted from the first ready worker, start-up excluded.

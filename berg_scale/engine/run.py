@@ -35,7 +35,7 @@ from berg_scale.engine.preflight import (
     check_weights,
     list_input_shards,
 )
-from berg_scale.engine.progress import LiveProgress, RunStats, StartupPhases
+from berg_scale.engine.progress import LiveProgress, RunStats, StartupPhases, where_noted
 from berg_scale.engine.scheduler import (
     RetryPolicy,
     SchedulerReport,
@@ -89,6 +89,12 @@ class RunResult:
             f"{s.shards_failed} quarantined, of {s.shards_total}",
             f"images: {s.images} ({s.images_ok} ok, {s.images_error} error rows)",
         ]
+        if s.notes:
+            lines.append(f"notes: {s.notes} reader note(s): members left out or sidecars not read "
+                         f"(`berg-scale status {self.output}` and _done/<shard>.json quote them)")
+            first = s.first_note
+            if first:
+                lines.append(f"       first, in {where_noted(first)}: {first.get('note', '')}")
         if s.images:  # a run with nothing to do has no rate to report
             lines.append(f"rate: {s.rate_line()}")
         for name, info in sorted(self.failed.items())[:10]:
@@ -257,7 +263,7 @@ def _run_holding_lease(
 
             def on_done(name: str, marker: dict[str, Any]) -> None:
                 lease.check()
-                stats.add_marker(marker)
+                stats.add_marker(marker, name)
                 progress.shard_done(name, marker)
 
             def on_failed(name: str, info: dict[str, Any]) -> None:

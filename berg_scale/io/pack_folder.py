@@ -24,6 +24,7 @@ import os
 import re
 import stat
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -32,6 +33,7 @@ from berg_scale import __version__
 from berg_scale.errors import BergScaleError, ConfigError
 from berg_scale.io.image_decode import DEFAULT_MAX_PIXELS, DecodeError, decode_to_rgb, probe
 from berg_scale.io.reencode import DEFAULT_JPEG_QUALITY, reencode_jpeg
+from berg_scale.io.shard_reader import escape_name
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote, join
 from berg_scale.io.tar_writer import TarShardWriter
 
@@ -49,7 +51,7 @@ FORMAT_EXTENSIONS = {
     "TIFF": "tif",
     "GIF": "gif",
 }
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_UNSAFE = re.compile(r"[^\w-]+")  # \w: letters and digits of any script, and "_"
 _PREFIX = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees
 
@@ -174,7 +176,9 @@ def walk_folder(src_dir: str, follow_links: bool = False) -> tuple[list[_Candida
     entered = {os.path.realpath(src_dir)}
 
     def rel_of(path: str) -> str:
-        return os.path.relpath(path, src_dir).replace(os.sep, "/")
+        # escaped: a name byte that is not UTF-8 would make the sidecar, the manifest and
+        # every message unwritable; the file itself is opened by its real path
+        return escape_name(os.path.relpath(path, src_dir).replace(os.sep, "/"))
 
     for root, dirs, files in os.walk(src_dir, followlinks=follow_links):
         kept = []
@@ -228,8 +232,9 @@ def _read_regular_file(path: str, follow_links: bool) -> bytes:
 
 
 def key_for(relpath: str) -> str:
-    """A WebDataset-safe key from a relative path: folders kept, other characters -> '_'."""
-    parts = relpath.split("/")
+    """A WebDataset-safe key from a relative path: folders kept, letters and digits of
+    any script kept (NFC, so a macOS name gives the same key), other runs -> '_'."""
+    parts = unicodedata.normalize("NFC", relpath).split("/")
     parts[-1] = os.path.splitext(parts[-1])[0]
     safe = [_UNSAFE.sub("_", part).strip("_") or "_" for part in parts]
     return "/".join(safe)
@@ -452,8 +457,13 @@ def pack_folder(
         report.existing_shards = list(previous.get("shards", []))
         packed = {src for shard in report.existing_shards for src in shard.get("sources", [])}
         old_keys = [key for shard in report.existing_shards for key in shard.get("keys", [])]
-        report.already_packed = sum(c.relpath in packed for c in candidates)
-        candidates = [c for c in candidates if c.relpath not in packed]
+        def packed_before(candidate: _Candidate) -> bool:
+            # manifests of earlier versions hold undecodable names unescaped
+            raw = os.path.relpath(candidate.abspath, src_dir).replace(os.sep, "/")
+            return candidate.relpath in packed or raw in packed
+
+        report.already_packed = sum(map(packed_before, candidates))
+        candidates = [c for c in candidates if not packed_before(c)]
         first_index = _next_index(existing, prefix)
         if progress and report.already_packed:
             progress(report.already_packed)  # counted by the caller's total, not read again

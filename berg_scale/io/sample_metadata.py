@@ -18,6 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from berg_scale.io.shard_reader import escape_name
+
 SCHEMA_KEY = "sample_metadata"
 KNOWN_TYPES: dict[str, pa.DataType] = {
     "source": pa.string(),
@@ -65,7 +67,10 @@ def _value(value: Any, arrow_type: pa.DataType) -> Any:
         return None
     if pa.types.is_integer(arrow_type):
         return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**31 else None
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    # A JSON string may hold a lone surrogate (`"\udce9"`, what a tool writes for a file
+    # name byte that is not UTF-8), which Parquet cannot store: such code points are
+    # written as `%XX`, as in keys. JSON text of other values is ASCII, so always valid.
+    return escape_name(value) if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def metadata_array(field: pa.Field, sidecars: Sequence[dict[str, Any] | None]) -> pa.Array:

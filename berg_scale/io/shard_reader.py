@@ -20,16 +20,20 @@ the order of the members. The rules (also in docs/engine.md, "How tars are read"
   a key whose row was already given out (a second image, a late json) is ignored; so is
   a second version of one member name (`tar -r`, `tar -u`), which its note names as such
   since extraction would keep the last version.
+* **Which keys are rows.** A key is a row once it has an image member (readable or in a
+  format that is not decoded, such as `.heic`) or a json sidecar (`x.json`, or `x.b.json`
+  beside `x.b.jpg`). A key with only other members (`README.md`, `labels.csv` in a tar
+  of a whole folder) is not an image: one shard note counts such members.
 * **Order.** Samples are yielded as soon as their image group is complete; `index` is
-  the key's rank by first appearance in the tar (0..n-1, unique), so sorting by
-  `index` gives tar order. For WebDataset-ordered shards both orders agree except that
-  keys without an image come last.
+  the key's rank by the first appearance of its image or json member (0..n-1, unique),
+  so sorting by `index` gives tar order. For WebDataset-ordered shards both orders
+  agree except that keys without an image come last.
 * **Member types.** Hard links resolve to the bytes of the member they link to.
   Symbolic links, devices and FIFOs are never followed: named like an image (or json)
   they give an error row (or note) naming the member. Folders are skipped.
 * **Members of no row.** Hidden members (a basename starting with `.`, such as macOS's
-  AppleDouble `._x.jpg`), members without an extension and members of a key whose row
-  was already given out belong to no sample. They are skipped, but never silently: each
+  AppleDouble `._x.jpg`), members without an extension, members of keys that are not
+  rows and members of a key whose row was already given out belong to no sample. They are skipped, but never silently: each
   kind becomes one shard note (`shard_notes`) with its count and its first member.
 
 Two kinds of trouble are kept apart:
@@ -68,6 +72,12 @@ from berg_scale.io.tar_sample import TarSample
 # One extension (or more) for every format decode.py documents: JPEG, MPO, PNG, WebP,
 # BMP, TIFF and GIF. A member with any other extension is not an image member.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "mpo", "png", "webp", "bmp", "tif", "tiff", "gif")
+# Image formats decode.py cannot read. A key holding one is an image its user expects a
+# row for, so it gets an error row naming what was found rather than a note.
+UNREADABLE_IMAGE_EXTENSIONS = (
+    "heic", "heif", "avif", "jxl", "jp2", "j2k", "jpx", "ico", "svg", "psd", "tga", "ppm",
+    "pgm", "pbm", "pnm", "exr", "hdr", "dng", "cr2", "nef", "arw", "raw",
+)
 JSON_EXTENSION = "json"
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz")
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
@@ -430,9 +440,10 @@ class _ShardStream:
 class _SampleBuilder:
     """Collects the fields of one key, from members that may lie far apart, into a sample."""
 
-    def __init__(self, key: str, index: int, late: bool = False) -> None:
+    def __init__(self, key: str, late: bool = False) -> None:
         self.key = key
-        self.index = index
+        self.index: int | None = None  # given when a member claims a row (`_claims_a_row`)
+        self.first_member = ""
         self.late = late  # this key's row was already given out: its members are ignored
         self.extensions: list[str] = []
         self.data: dict[str, bytes] = {}
@@ -463,7 +474,13 @@ class _SampleBuilder:
         image_ext = image_field(read) or image_field(self.extensions)
         image = self.data.get(image_ext) if image_ext else None
         error = None
-        if image_ext is None:
+        unreadable = [ext for ext in self.extensions if ext.rsplit(".", 1)[-1] in UNREADABLE_IMAGE_EXTENSIONS]
+        if image_ext is None and unreadable:
+            error = (
+                f"image member in a format that is not decoded ({unreadable[0]}; read are "
+                f"{', '.join(IMAGE_EXTENSIONS)}): convert it, e.g. to JPEG or PNG"
+            )
+        elif image_ext is None:
             found = ", ".join(self.extensions) or "nothing"
             error = f"no image member (found: {found})"
         elif image is None:
@@ -472,13 +489,19 @@ class _SampleBuilder:
         if extra:
             notes.append(f"extra image members ignored: {', '.join(extra)}")
         parsed = None
-        raw_json = self.data.get(JSON_EXTENSION)
+        json_ext = _json_field([ext for ext in self.extensions if ext in self.data]) \
+            or _json_field(self.extensions)
+        raw_json = self.data.get(json_ext) if json_ext else None
         if raw_json is not None:
             parsed, note = _parse_json(raw_json)
             if note is not None:
                 notes.append(note)
-        elif JSON_EXTENSION in self.skipped:
-            notes.append(self.skipped[JSON_EXTENSION])
+        elif json_ext in self.skipped:
+            notes.append(self.skipped[json_ext])
+        extra_json = [e for e in self.extensions if e != json_ext and is_json_field(e)]
+        if extra_json:
+            notes.append(f"extra json members ignored: {', '.join(extra_json)}")
+        assert self.index is not None, "only a key with a member that claims a row is built"
         return TarSample(
             key=self.key,
             index=self.index,
@@ -505,8 +528,29 @@ def _parse_json(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     return value, None
 
 
+def is_json_field(ext: str) -> bool:
+    """`json`, or a dotted sidecar such as `b.c.json` beside `b.c.jpg` (key `a` of `a.b.c.*`)."""
+    return ext == JSON_EXTENSION or ext.endswith("." + JSON_EXTENSION)
+
+
+def _json_field(extensions: list[str]) -> str | None:
+    """The sidecar of a key: an exact `json` first, then the first dotted one."""
+    if JSON_EXTENSION in extensions:
+        return JSON_EXTENSION
+    return next((ext for ext in extensions if is_json_field(ext)), None)
+
+
 def _wanted(ext: str) -> bool:
-    return ext == JSON_EXTENSION or image_field([ext]) is not None
+    return is_json_field(ext) or image_field([ext]) is not None
+
+
+def _claims_a_row(ext: str) -> bool:
+    """A member that makes its key a row: an image (readable or not) or a json sidecar.
+
+    A key with only other members (README.md, labels.csv, LICENSE.txt in a tar of a
+    whole folder) is not an image: it gets a shard note, never an error row.
+    """
+    return _wanted(ext) or ext.rsplit(".", 1)[-1] in UNREADABLE_IMAGE_EXTENSIONS
 
 
 def _member_kind(member: tarfile.TarInfo) -> str:
@@ -572,6 +616,9 @@ class _KeyedSamples:
             "no extension": _SkippedMembers("{count} {members} without an extension skipped (first: {first!r})"),
             "late": _SkippedMembers(
                 "{count} {members} ignored after the key's row was given out (first: {first!r})"),
+            "not an image": _SkippedMembers(
+                "{count} {members} of keys with no image or json member skipped, as not images "
+                "(first: {first!r})"),
             "replaced": _SkippedMembers(
                 "{count} later {members} of a name already read ignored (first: {first!r}): the rows "
                 "hold the first version, while tar -x would keep the last (tar -r and tar -u append "
@@ -632,7 +679,7 @@ class _KeyedSamples:
                 current = self._builder_for(key)
             if not current.late:
                 self._add(current, member, name, ext, wanted)
-            elif wanted:
+            else:
                 self.skipped["replaced" if replaces else "late"].add(escape_name(member.name))
         _verify_end_of_archive(self.url, handle, archive.offset)
         if self.stream.compressed:
@@ -640,7 +687,11 @@ class _KeyedSamples:
         sample = self._finish(current)
         if sample is not None:
             yield sample
-        for builder in sorted(self.pending.values(), key=lambda held: held.index):
+        for builder in self.pending.values():
+            if builder.index is None:
+                self.skipped["not an image"].add(builder.first_member)
+        claimed = [builder for builder in self.pending.values() if builder.index is not None]
+        for builder in sorted(claimed, key=lambda held: held.index or 0):
             yield builder.build()
 
     def _locate(self, member: tarfile.TarInfo, name: str) -> None:
@@ -660,11 +711,7 @@ class _KeyedSamples:
         if held is not None:  # the rest of a key seen earlier without its image
             self.pending_bytes -= held.held_bytes
             return held
-        if key in self.given_out:
-            return _SampleBuilder(key, -1, late=True)
-        builder = _SampleBuilder(key, self.next_index)
-        self.next_index += 1
-        return builder
+        return _SampleBuilder(key, late=key in self.given_out)
 
     def _finish(self, builder: _SampleBuilder | None) -> TarSample | None:
         """The sample of a completed group, or None while the key still waits for an image."""
@@ -689,14 +736,19 @@ class _KeyedSamples:
     def _add(
         self, builder: _SampleBuilder, member: tarfile.TarInfo, name: str, ext: str, wanted: bool
     ) -> None:
+        shown = escape_name(member.name)
         builder.add_extension(ext)
+        if not builder.first_member:
+            builder.first_member = shown
+        if builder.index is None and _claims_a_row(ext):
+            builder.index = self.next_index  # the key's rank: where its first image or json lies
+            self.next_index += 1
         if not wanted:
             return
-        shown = escape_name(member.name)
         if ext in builder.data or ext in builder.skipped:
             builder.notes.append(f"duplicate member {shown!r} ignored")
             return
-        limit = self.max_json_bytes if ext == JSON_EXTENSION else self.max_member_bytes
+        limit = self.max_json_bytes if is_json_field(ext) else self.max_member_bytes
         problem = None
         data = b""
         if member.isreg():

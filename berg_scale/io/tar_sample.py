@@ -18,8 +18,8 @@ from typing import Any, Iterator
 class TarSample:
     """One sample of a shard: its identity, its image bytes and what went wrong with it.
 
-    Unpacks as `(key, index, image, image_ext, json)`. `index` is the key's rank by first
-    appearance in the tar (unique within the shard). Fresh from the reader, `error` is set
+    Unpacks as `(key, index, image, image_ext, json)`. `index` is the key's rank by the first
+    appearance of its image or json member in the tar (unique within the shard). Fresh from the reader, `error` is set
     exactly when `image` is None and says why; `notes` records non-fatal oddities (an
     unreadable json member, extra image members), which the shard's commit marker counts
     and quotes (a note never changes a row). `json` is the parsed sidecar, the source of

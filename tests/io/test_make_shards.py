@@ -9,6 +9,7 @@ import sys
 import tarfile
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from berg_scale.cli import main
@@ -161,8 +162,41 @@ def test_header_check_is_faster_but_misses_truncation(mixed_folder, tmp_path):
 
 def test_keys_are_sanitised_and_unique():
     assert key_for("a b/c.d.e.JPG") == "a_b/c_d_e"
-    assert key_for("ünï/ø.png") == "n/_"  # non-ASCII runs become "_", then trimmed
+    assert key_for("ünï/ø.png") == "ünï/ø"  # letters of any script are kept
+    assert key_for("名前 2.jpg") == "名前_2" and key_for("100%.jpg") == "100"
+    assert key_for("u\u0308.png") == key_for("\u00fc.png") == "\u00fc"  # macOS (NFD) names, NFC keys
     assert unique_keys(["x.jpg", "x.png", "x_1.png", "y.png"]) == ["x", "x_1", "x_1_1", "y"]
+
+
+def test_file_names_of_any_script_or_encoding_give_valid_keys_and_sidecars(tmp_path):
+    from berg_scale.io.sample_metadata import metadata_array
+
+    src = tmp_path / "src"
+    (src / "日本").mkdir(parents=True)
+    (src / "日本" / "名前.jpg").write_bytes(image_bytes("jpeg", 20, 16, 1))
+    # a Latin-1 file name, as copied from an old disk: its byte 0xE9 is not UTF-8
+    with open(os.path.join(os.fsencode(src), b"caf\xe9.jpg"), "wb") as handle:
+        handle.write(image_bytes("jpeg", 20, 16, 2))
+    report = pack_folder(str(src), str(tmp_path / "out"), per_shard=10)
+    samples = read_shard(report.shards[0].url)
+    assert sorted(s.key for s in samples) == ["caf_E9", "日本/名前"]
+    sources = sorted(s.json["source"] for s in samples)
+    assert sources == ["caf%E9.jpg", "日本/名前.jpg"]
+    field = pa.field("source", pa.string())
+    assert sorted(metadata_array(field, [s.json for s in samples]).to_pylist()) == sources
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text("utf-8"))
+    assert sorted(manifest["shards"][0]["sources"]) == sources
+
+    again = pack_folder(str(src), str(tmp_path / "out"), per_shard=10, add=True)
+    assert again.already_packed == 2 and not again.shards, "--add must not pack the same files twice"
+
+
+def test_a_sidecar_string_that_is_not_valid_text_is_escaped_in_its_column():
+    from berg_scale.io.sample_metadata import metadata_array
+
+    sidecars = [json.loads('{"source": "caf\\udce9.jpg", "note": "\\ud83d"}'), None]
+    assert metadata_array(pa.field("source", pa.string()), sidecars).to_pylist() == ["caf%E9.jpg", None]
+    assert metadata_array(pa.field("note", pa.string()), sidecars).to_pylist() == ["%ED%A0%BD", None]
 
 
 # --- formats, names of everything left out ------------------------------------------

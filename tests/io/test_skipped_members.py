@@ -1,5 +1,5 @@
-"""Members that belong to no row (hidden files, names without an extension, members of a
-key whose row was already given out) are skipped, but each kind leaves one shard note
+"""Members that belong to no row (hidden files, names without an extension, keys that are
+not images, members of a key whose row was already given out) are skipped, but each kind leaves one shard note
 with its count and its first member; a chunk stream read by a decode process carries
 those notes after its last chunk."""
 
@@ -51,13 +51,13 @@ def test_names_without_an_extension_and_late_members_are_noted_once_per_kind(tmp
         ("a.png", _image(3, "png")),  # a's row is out: a second image adds no row
         ("a.json", b"{}"),  # nor does a json that comes long after its image
         ("LICENSE", b"CC-BY"),
-        ("a.txt", b"not read in any case"),
+        ("a.txt", b"never read, but counted: a late member of any kind is named"),
     ])
     samples, shard_notes = _read(url)
     assert sorted(samples) == ["a", "b"] and samples["a"].json is None
     assert shard_notes == [
         "2 members without an extension skipped (first: 'README')",
-        "2 members ignored after the key's row was given out (first: 'a.png')",
+        "3 members ignored after the key's row was given out (first: 'a.png')",
     ]
 
 
@@ -106,6 +106,39 @@ def test_gnu_tar_of_a_folder_copied_from_a_mac(tmp_path):
     samples, shard_notes = _read(url)
     assert list(samples) == ["photos/cat"]
     assert shard_notes == ["2 hidden members skipped (first: './.DS_Store')"]
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
+def test_a_tar_of_a_whole_folder_has_rows_only_for_its_images(tmp_path):
+    # `tar -cf x.tar -C folder .` of a folder as people keep them: documents beside the
+    # images, a dotted name with its own sidecar, a photo format that is not decoded.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "README.md").write_text("# my images")
+    (src / "LICENSE.txt").write_text("CC-BY")
+    (src / "labels.csv").write_text("key,label\n")
+    (src / "b.jpg").write_bytes(_image(1))
+    (src / "c.2023.01.jpg").write_bytes(_image(2))
+    (src / "c.2023.01.json").write_text('{"label": 7}')
+    (src / "d.heic").write_bytes(b"ftypheic")
+    url = gnu_tar(src, tmp_path / "folder.tar")
+    samples, shard_notes = _read(url)
+    assert sorted(samples) == ["b", "c", "d"]
+    assert sorted(sample.index for sample in samples.values()) == [0, 1, 2]  # no gaps
+    assert samples["b"].ok and samples["c"].ok and samples["c"].json == {"label": 7}
+    assert samples["d"].error.startswith("image member in a format that is not decoded (heic;")
+    assert shard_notes == [
+        "3 members of keys with no image or json member skipped, as not images (first: './LICENSE.txt')"
+    ]
+
+
+def test_a_key_with_only_a_sidecar_is_still_an_error_row(tmp_path):
+    # a json without its image is a sample whose image is missing, not a stray document
+    url = python_tar(tmp_path / "lost.tar", [("notes.txt", b"x"), ("a.json", b"{}"), ("b.jpg", _image(1))])
+    samples, shard_notes = _read(url)
+    assert samples["a"].error == "no image member (found: json)" and samples["b"].ok
+    assert (samples["a"].index, samples["b"].index) == (0, 1)
+    assert shard_notes == ["1 member of keys with no image or json member skipped, as not images (first: 'notes.txt')"]
 
 
 def test_a_shard_without_skipped_members_has_no_shard_notes(tmp_path):
