@@ -192,6 +192,8 @@ def label_lda_accuracy(
     if len(classes) != 2:
         raise EegDecodingError(f"label decoding needs exactly 2 labels, got {len(classes)}")
     smallest = int(np.bincount(y).min())
+    if int(n_folds) < 2:
+        raise EegDecodingError(f"label decoding needs at least 2 folds, got {n_folds}")
     folds = min(int(n_folds), smallest)
     if folds < 2:
         raise EegDecodingError(
@@ -403,6 +405,9 @@ def run_decoding(
         raise EegDecodingError(f"--max-pairs must be at least 1, got {max_pairs}")
     if n_bootstrap < 0:
         raise EegDecodingError(f"--bootstrap must be 0 or more, got {n_bootstrap}")
+    if label_folds < 2:
+        raise EegDecodingError(f"--label-folds must be at least 2 (cross-validation needs a fold to "
+                               f"test on), got {label_folds}")
     dataset = open_responses(responses, storage)
     columns = eeg_columns(read_readouts(OutputStore(responses, storage)), responses)
     if not columns:

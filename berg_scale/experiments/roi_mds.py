@@ -441,6 +441,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     store = ResponseStore(args.responses, storage)
     unions = {k: list(v) for k, v in DEFAULT_UNIONS.items()}
+    store.check_subjects(args.model, args.subjects)
     subjects = args.subjects or default_subjects(store, args.model, rois, unions)
     data = store.read_univariate(args.model, subjects, rois, unions, args.ncsnr_threshold)
     result = analyse_values(data.values, data.subjects, data.rois, args.metric, args.seed)

@@ -300,6 +300,24 @@ class ResponseStore:
                     found.add(int(number))
         return sorted(found)
 
+    def check_subjects(self, model_id: str, subjects: Sequence[int] | None) -> None:
+        """Name the chosen subjects the output lacks, and those it has, before any column is read."""
+        present = self.subjects(model_id)
+        if not present:
+            models = ", ".join(self.fmri_models()) or "none"
+            raise ResponsesError(
+                f"{self.url!r} has no columns of {model_id} (its fMRI models: {models}): choose the model "
+                "(--model, or model_id in a study config) among them"
+            )
+        absent = [s for s in subjects or [] if s not in present]
+        if absent:
+            which = f"subject{'s' if len(absent) > 1 else ''} {', '.join(map(str, absent))}"
+            raise ResponsesError(
+                f"{which} {'are' if len(absent) > 1 else 'is'} not in {self.url!r} ({model_id} has subjects "
+                f"{', '.join(map(str, present))}): choose subjects (--subjects) among them, or leave subjects out "
+                "to use every subject there"
+            )
+
     def subjects_with(
         self, model_id: str, rois: Sequence[str], unions: Mapping[str, Sequence[str]], kind: str
     ) -> tuple[list[int], dict[int, list[str]]]:

@@ -147,7 +147,7 @@ def resolve_from_responses(config: StudyConfig, store: ResponseStore, log: Calla
             )
         update["model_id"] = model_id
     if config.subjects is not None:
-        _check_subjects(config, store, model_id)
+        store.check_subjects(model_id, config.subjects)
     if config.subjects is None and (config.univariate.enabled or config.multivariate.enabled):
         pairs = config.roi_pairs()
         rois = sorted({r for p in pairs for r in p}, key=config.rois.index)
@@ -173,25 +173,6 @@ def resolve_from_responses(config: StudyConfig, store: ResponseStore, log: Calla
             f"responses{'; ' + left_out if left_out else ''}; set subjects (--subjects) to choose)")
         update["subjects"] = chosen
     return config.model_copy(update=update) if update else config
-
-
-def _check_subjects(config: StudyConfig, store: ResponseStore, model_id: str) -> None:
-    """Name the chosen subjects the output lacks, and those it has, before any column is read."""
-    present = store.subjects(model_id)
-    if not present:
-        models = ", ".join(store.fmri_models()) or "none"
-        raise ResponsesError(
-            f"{config.responses!r} has no columns of {model_id} (its fMRI models: {models}): choose model_id "
-            "(--model) among them"
-        )
-    absent = [s for s in config.subjects or [] if s not in present]
-    if absent:
-        which = f"subject{'s' if len(absent) > 1 else ''} {', '.join(map(str, absent))}"
-        raise ResponsesError(
-            f"{which} {'are' if len(absent) > 1 else 'is'} not in {config.responses!r} ({model_id} has subjects "
-            f"{', '.join(map(str, present))}): choose subjects (--subjects) among them, or leave subjects out "
-            "to use every subject there"
-        )
 
 
 def _univariate(config, store, storage, fs, out_root, rois, pairs, summary, log) -> dict:

@@ -135,6 +135,10 @@ def test_label_decoding_is_stratified_lda_balanced_accuracy():
     assert curve[1] > 0.7
     with pytest.raises(eeg.EegDecodingError, match="at least 4 labelled images"):
         eeg.label_lda_accuracy(patterns[9:14], labels[9:14])  # 3 + 2 images: a 2-image training fold
+    with pytest.raises(eeg.EegDecodingError, match="at least 2 folds, got 1"):
+        eeg.label_lda_accuracy(patterns, labels, n_folds=1)  # 12 and 18 images per label: the option is at fault
+    with pytest.raises(eeg.EegDecodingError, match="--label-folds must be at least 2"):
+        eeg.run_decoding("unused", "unused", "unused", label_folds=1)
 
 
 def test_pair_subsample_index_inverts_row_major_order():

@@ -102,6 +102,12 @@ def test_missing_roi_is_a_one_line_error(tmp_path, capsys):
                  "--rois", *ROIS[:4], "--no-figures"]) == 0
     assert not (tmp_path / "mds" / "roi-mds.png").exists()
 
+    assert main(["experiment", "roi-mds", "--responses", str(tmp_path / "out"), "--out", str(tmp_path / "mds"),
+                 "--rois", *ROIS[:4], "--subjects", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "subject 4 is not in" in err and f"{MODEL} has subjects 1" in err
+    assert "roi_unions" not in err
+
 
 # The subject-average map of a small fwRF run: V1 and hV4, and FFA, PPA and RSC, lie within a
 # label's width of each other, and the map is four times wider than tall.
