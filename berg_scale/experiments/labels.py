@@ -48,6 +48,10 @@ class LabelMatch:
     missing_in_responses: list[str] = field(default_factory=list)  # table keys never seen
     unlabelled_rows: int = 0  # response rows without a label (left out)
     error_rows: int = 0  # labelled images whose response row is an error row (left out)
+    # table (shard, key) pairs missing whose key the responses hold in another shard:
+    # (key, table's shard, a responses' shard) of the first, and how many
+    other_shard: tuple[str, str, str] | None = None
+    other_shard_count: int = 0
 
     def report(self) -> dict[str, Any]:
         return {
@@ -56,6 +60,7 @@ class LabelMatch:
             "first_missing": self.missing_in_responses[:10],
             "response_rows_without_label": self.unlabelled_rows,
             "labelled_error_rows": self.error_rows,
+            "table_keys_in_another_shard": self.other_shard_count,
         }
 
     def describe(self) -> str:
@@ -63,6 +68,12 @@ class LabelMatch:
         if self.missing_in_responses:
             parts.append(f"{len(self.missing_in_responses)} table keys not in the responses "
                          f"(first: {self.missing_in_responses[0]})")
+        if self.other_shard is not None:
+            key, table_shard, found = self.other_shard
+            parts.append(f"{self.other_shard_count} of them are in the responses under another shard "
+                         f"(first: {key!r}, shard {table_shard!r} in the table, {found!r} in the responses): "
+                         f"the table's 'shard' column must name the responses' shards, or drop the "
+                         f"column when keys are unique")
         if self.unlabelled_rows:
             parts.append(f"{self.unlabelled_rows} response rows without a label left out")
         if self.error_rows:
@@ -153,5 +164,13 @@ def match_labels(table: LabelTable, shards: Sequence[str], keys: Sequence[str], 
                 f"key {repeated[0]!r} appears in {counts[repeated[0]]} shards of the responses: "
                 f"add a 'shard' column to the label table {table.source}"
             )
-    missing = sorted(key for (shard, key) in table.by_key if (shard, key) not in seen)
-    return LabelMatch(labels=labels, missing_in_responses=missing, unlabelled_rows=unlabelled, error_rows=errors)
+    unseen = sorted(((shard, key) for (shard, key) in table.by_key if (shard, key) not in seen),
+                    key=lambda pair: (pair[1], str(pair[0])))
+    missing = [key for _, key in unseen]
+    match = LabelMatch(labels=labels, missing_in_responses=missing, unlabelled_rows=unlabelled, error_rows=errors)
+    if table.uses_shard and unseen:
+        shard_of = dict(zip(keys, shards))
+        elsewhere = [(key, str(shard), shard_of[key]) for shard, key in unseen if key in shard_of]
+        if elsewhere:
+            match.other_shard, match.other_shard_count = elsewhere[0], len(elsewhere)
+    return match

@@ -368,10 +368,28 @@ def check_shard_commits(study: Study, url: str, storage=None) -> None:
             raise RoiGroupsError(f"responses {url} have no committed shard {shard}, which study {study.url} "
                                  f"read: {fix}")
         changed = [k for k in ("run_id", "committed_at") if k in expected and marker.get(k) != expected[k]]
+        read = study.summary.get("responses")
+        if changed and isinstance(read, str) and not _same_location(read, url):
+            raise RoiGroupsError(
+                f"responses {url} are not the output study {study.url} read ({read}): their shard "
+                f"{shard} was committed by another run ({_commit_text(expected)} then, "
+                f"{_commit_text(marker)} here): point --responses at {read}, or rerun the RNC study "
+                f"on {url}")
         if changed:
             raise RoiGroupsError(
                 f"responses {url}: shard {shard} was committed again after study {study.url} read it "
                 f"({_commit_text(expected)} then, {_commit_text(marker)} now): {fix}")
+
+
+def _same_location(a: str, b: str) -> bool:
+    """Whether two output URLs name one place (local paths compared as absolute paths)."""
+    import os
+
+    from berg_scale.io.storage import is_remote
+
+    if is_remote(a) or is_remote(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _commit_text(commit: Mapping[str, Any]) -> str:

@@ -157,6 +157,7 @@ def _set_shard_commits(study, responses=None):
     summary = json.loads(summary_path.read_text())
     summary.pop("shard_commits", None)
     if responses is not None:
+        summary["responses"] = str(responses)
         commits = {}
         for marker_path in sorted((responses / "_done").glob("*.json")):
             marker = json.loads(marker_path.read_text())
@@ -187,9 +188,17 @@ def test_responses_committed_again_after_the_study_are_refused(chain, tmp_path, 
     assert quick_followup("cortical-distance", study, tmp_path / "cd", "--responses", str(regenerated)) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
+    assert f"responses {regenerated} are not the output study" in err and f"point --responses at {root / 'out'}" in err
+    assert not (tmp_path / "cd").exists()
+    # the output the study read, regenerated in place
+    in_place = tmp_path / "in_place"
+    shutil.copytree(root / "out", in_place)
+    _set_shard_commits(study, in_place)
+    write_responses(in_place, DISTANCE.rois, chain_signal(N_IMAGES, seed=9), seed=4)
+    assert quick_followup("cortical-distance", study, tmp_path / "cd", "--responses", str(in_place)) == 2
+    err = capsys.readouterr().err.strip()
     assert "shard 000000 was committed again after study" in err
     assert "rerun the RNC study on the new responses, or point --responses at the original output" in err
-    assert not (tmp_path / "cd").exists()
     # a study without the record keeps the key check alone, which a regeneration passes
     assert quick_followup("cortical-distance", older, tmp_path / "old", "--responses", str(regenerated),
                           "--no-figures") == 0

@@ -275,3 +275,18 @@ def test_no_fsaverage_columns(tmp_path, capsys):
                "--out", str(tmp_path / "o")])
     assert rc != 0
     assert "no fmri-nsd_fsaverage-vit_b_32 responses columns" in capsys.readouterr().err
+
+
+def test_a_label_table_naming_other_shards_says_so():
+    from berg_scale.experiments.labels import LabelTable, match_labels
+
+    table = LabelTable("labels.csv", {("000000", "a"): "x", ("000000", "b"): "y", ("000000", "ghost"): "y"},
+                       uses_shard=True)
+    match = match_labels(table, ["shard-000000", "shard-000000"], ["a", "b"], [True, True])
+    assert match.missing_in_responses == ["a", "b", "ghost"]
+    assert match.other_shard == ("a", "000000", "shard-000000") and match.other_shard_count == 2
+    text = match.describe()
+    assert "2 of them are in the responses under another shard (first: 'a', shard '000000' in the table" in text
+    assert match.report()["table_keys_in_another_shard"] == 2
+    right = LabelTable("labels.csv", {("shard-000000", "a"): "x"}, uses_shard=True)
+    assert match_labels(right, ["shard-000000"], ["a"], [True]).other_shard is None
