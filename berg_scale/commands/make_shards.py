@@ -96,6 +96,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="pack the files symbolic links point to and search linked folders (default: links "
         "are listed as ignored, so nothing from outside SRC_DIR is packed)",
     )
+    parser.add_argument(
+        "--take-over", action="store_true",
+        help="take over the destination's lease (_lease.json) from a make-shards run that "
+        "stopped on another machine and has not renewed it for 2 minutes",
+    )
     parser.add_argument("--endpoint-url", metavar="URL", default=None, help=ENDPOINT_HELP)
     parser.add_argument("--region", default=None, help="S3 region")
     parser.add_argument(
@@ -144,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             labels=not args.no_labels,
             follow_links=args.follow_links,
             progress=bar.update,
+            take_over=args.take_over,
         )
     if not args.quiet:
         if report.skipped:

@@ -107,8 +107,10 @@ class OutputLease:
         ttl_s: float = DEFAULT_TTL_S,
         renew_s: float = DEFAULT_RENEW_S,
         command: str | None = None,
+        noun: str = "output",
     ) -> None:
         self.store = store
+        self.noun = noun  # what the messages call the leased place ("output", "destination")
         self.run_id = run_id
         self.ttl_s = float(ttl_s)
         self.renew_s = float(renew_s)
@@ -146,7 +148,7 @@ class OutputLease:
             # loop: create again (another driver may win the race; then we are refused)
         raise OutputBusyError(
             f"{self.store.url} is being claimed by another run at the same time: wait for it or "
-            f"use a new output"
+            f"use a new {self.noun}"
         )
 
     def release(self) -> None:
@@ -198,14 +200,14 @@ class OutputLease:
         if age > self.ttl_s:
             return (
                 f"{self.store.url} is held by {who}, last renewed {age:.0f} s ago (stale): if that "
-                f"run has stopped, rerun with --take-over; otherwise wait for it or use a new output"
+                f"run has stopped, rerun with --take-over; otherwise wait for it or use a new {self.noun}"
             )
         stop = f"`ray job stop {holder['ray_job']}`" if holder.get("ray_job") else "stop it"
         extra = " (a live lease cannot be taken over)" if take_over else ""
         stale_in = max(self.ttl_s - age, 0.0)
         return (
             f"{self.store.url} is in use by {who}, renewed {age:.0f} s ago{extra}: wait for it to "
-            f"finish, or {stop} and run again, or use a new output (if that driver was killed "
+            f"finish, or {stop} and run again, or use a new {self.noun} (if that driver was killed "
             f"on another machine, its lease goes stale in {stale_in:.0f} s; then rerun with --take-over)"
         )
 
@@ -359,7 +361,7 @@ class OutputLease:
         self.held = False
         self.lost = (
             f"{self.store.url}: this run's lease was taken over by another run (this driver "
-            f"stalled for over {self.ttl_s:.0f} s); stopping so that the other run owns the output"
+            f"stalled for over {self.ttl_s:.0f} s); stopping so that the other run owns the {self.noun}"
         )
 
     def _start_renewing(self) -> None:

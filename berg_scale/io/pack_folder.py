@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterable, Iterator
 from berg_scale import __version__
 from berg_scale.errors import BergScaleError, ConfigError
 from berg_scale.io.image_decode import DEFAULT_MAX_PIXELS, DecodeError, decode_to_rgb, probe
+from berg_scale.io.output_lease import OutputLease, new_run_id
+from berg_scale.io.output_store import OutputStore
 from berg_scale.io.reencode import DEFAULT_JPEG_QUALITY, reencode_jpeg
 from berg_scale.io.shard_reader import escape_name
 from berg_scale.io.storage import StorageOptions, filesystem_for, is_remote, join
@@ -424,6 +426,7 @@ def pack_folder(
     labels: bool = True,
     follow_links: bool = False,
     progress: Callable[[int], None] | None = None,
+    take_over: bool = False,
 ) -> PackReport:
     """Pack every readable image under `src_dir` into `dest/<prefix>{000000..}.tar`.
 
@@ -431,6 +434,11 @@ def pack_folder(
     (a single larger sample gets a shard of its own). `progress` is called with the
     number of files handled since the last call. Raises BergScaleError for unusable
     arguments or a destination that does not fit the mode.
+
+    The destination is leased (`_lease.json`, as `generate` leases an output) while the
+    run lists, writes and records shards: two `--add` runs at once would number their
+    new shards alike and overwrite each other's, and the manifest would list one of them.
+    `take_over` takes a stale lease (a run killed on another machine).
     """
     options = PackOptions(per_shard, shard_bytes, check, max_pixels, max_side, jpeg_quality, follow_links)
     options.validate()
@@ -447,6 +455,29 @@ def pack_folder(
         os.path.abspath(src_dir).rstrip(os.sep) + os.sep
     ):
         raise ConfigError("the destination may not be inside the source folder")
+    lease = OutputLease(OutputStore(dest, storage), new_run_id(), command="make-shards", noun="destination")
+    lease.acquire(take_over=take_over)
+    try:
+        return _pack(src_dir, dest, prefix, storage, options, overwrite, add, labels, workers, progress, lease)
+    finally:
+        lease.release()
+
+
+def _pack(
+    src_dir: str,
+    dest: str,
+    prefix: str,
+    storage: StorageOptions | None,
+    options: PackOptions,
+    overwrite: bool,
+    add: bool,
+    labels: bool,
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+    lease: OutputLease,
+) -> PackReport:
+    """The work of `pack_folder`, while this run holds the destination's lease."""
+    follow_links = options.follow_links
     existing, previous, labels_ours = _prepare_destination(dest, prefix, storage, overwrite, add)
 
     candidates, ignored = walk_folder(src_dir, follow_links)
@@ -469,7 +500,9 @@ def pack_folder(
             progress(report.already_packed)  # counted by the caller's total, not read again
     keys = dict(zip((c.relpath for c in candidates),
                     unique_keys((c.relpath for c in candidates), taken=old_keys)))
-    _write_shards(report, candidates, keys, dest, prefix, storage, options, workers, progress, first_index)
+    _write_shards(report, candidates, keys, dest, prefix, storage, options, workers, progress, first_index,
+                  lease.check)
+    lease.check()
 
     if not add:
         written = {shard.name for shard in report.shards}
@@ -496,6 +529,7 @@ def _write_shards(
     workers: int | None,
     progress: Callable[[int], None] | None,
     first_index: int,
+    still_leased: Callable[[], None],
 ) -> None:
     writer: TarShardWriter | None = None
     shard_keys: list[str] = []
@@ -533,6 +567,7 @@ def _write_shards(
                     and writer.size_with(fields, key) > options.shard_bytes):
                 finish_shard()
             if writer is None:
+                still_leased()  # raises once another run took the destination over
                 index = first_index + len(report.shards)
                 writer = TarShardWriter(join(dest, f"{prefix}{index:06d}.tar"), storage)
             writer.add_sample(key, fields)

@@ -584,3 +584,64 @@ def test_run_config_metadata_field_is_opt_in_and_validated():
     for bad, message in ((["key"], "identity column"), (["a b"], "plain name"), (["x", "x"], "distinct")):
         with pytest.raises(ConfigError, match=message):
             load_config({**raw, "input": {**raw["input"], "metadata": bad}})
+
+
+# --- one run per destination -------------------------------------------------------
+
+
+def test_a_destination_in_use_is_refused_and_left_as_it_was(tmp_path):
+    from berg_scale.io.output_lease import OutputBusyError, OutputLease
+    from berg_scale.io.output_store import OutputStore
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"a{i}.png").write_bytes(image_bytes("png", 16, 12, i))
+    dest = tmp_path / "dest"
+    pack_folder(str(src), str(dest), per_shard=2)
+    before = sorted(p.name for p in dest.iterdir())
+    (src / "new.png").write_bytes(image_bytes("png", 16, 12, 9))
+    other = OutputLease(OutputStore(str(dest)), "other-run", command="make-shards", noun="destination")
+    other.acquire()
+    try:
+        with pytest.raises(OutputBusyError, match="is in use by run other-run.*use a new destination"):
+            pack_folder(str(src), str(dest), per_shard=2, add=True)
+        assert sorted(p.name for p in dest.iterdir()) == sorted([*before, "_lease.json"])
+    finally:
+        other.release()
+    report = pack_folder(str(src), str(dest), per_shard=2, add=True)
+    assert report.n_images == 1 and not (dest / "_lease.json").exists()
+
+
+def test_two_add_runs_at_once_lose_no_image(tmp_path):
+    """Two `make-shards --add` processes on one destination: one is refused or they run one
+    after the other; either way every tar holds what the manifest says, and no image of a
+    run that succeeded is lost."""
+    base, first, second = tmp_path / "base", tmp_path / "x", tmp_path / "y"
+    for folder, names in ((base, [f"b{i}" for i in range(4)]), (first, [f"x{i}" for i in range(60)]),
+                          (second, [f"y{i}" for i in range(60)])):
+        folder.mkdir()
+        for i, name in enumerate(names):
+            (folder / f"{name}.png").write_bytes(image_bytes("png", 16, 12, i))
+    dest = tmp_path / "dest"
+    pack_folder(str(base), str(dest), per_shard=4)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    runs = [subprocess.Popen([sys.executable, "-m", "berg_scale.cli", "make-shards", str(folder), str(dest),
+                              "--add", "--per-shard", "5", "--quiet", "--workers", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for folder in (first, second)]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    for code, err in results:
+        assert code == 0 or (code == 2 and "is in use by run" in err), err
+    manifest = json.loads((dest / "manifest.json").read_text())
+    listed = {shard["name"]: shard["keys"] for shard in manifest["shards"]}
+    on_disk = sorted(p.name for p in dest.glob("shard-*.tar"))
+    assert sorted(listed) == on_disk
+    for name, keys in listed.items():
+        assert [s.key for s in read_shard(str(dest / name))] == keys, name
+    expected = {f"b{i}" for i in range(4)}
+    for (code, _), prefix in zip(results, "xy"):
+        if code == 0:
+            expected |= {f"{prefix}{i}" for i in range(60)}
+    assert {key for keys in listed.values() for key in keys} == expected
+    assert not (dest / "_lease.json").exists()
