@@ -93,16 +93,17 @@ def output_status(output: str, storage=None, check_inputs: bool = False, hash_we
         "lease": lease,
         "lease_holder_gone": lease is not None and _lease_is_dead(lease),
         "this_run": (manifest or {}).get("this_run", {}),
-        "inputs": _input_check(output, manifest, markers, storage) if check_inputs else None,
+        "inputs": _input_check(output, manifest, markers, storage, inputs | done) if check_inputs else None,
         "weights": _weights_check(output, manifest, markers, storage, hash_weights) if check_inputs else None,
     }
 
 
-def _input_check(output: str, manifest: dict | None, markers: dict, storage) -> dict:
+def _input_check(output: str, manifest: dict | None, markers: dict, storage, known: set) -> dict:
     """What the next `generate` would say of the committed shards' inputs, listed afresh.
 
     A run recorded as complete may still be refused by the next generate (an input tar
-    replaced, the input root moved); status should not call such an output complete.
+    replaced, the input root moved), or have work to do (tars added under input.shards);
+    status should not call such an output complete without saying so.
     """
     from berg_scale.engine.ledger import LedgerMismatch, check_committed_inputs
     from berg_scale.engine.preflight import list_input_shards
@@ -116,11 +117,13 @@ def _input_check(output: str, manifest: dict | None, markers: dict, storage) -> 
         shards = list_input_shards([patterns] if isinstance(patterns, str) else list(patterns), options)
     except Exception as exc:  # noqa: BLE001 - an unreachable input is a note here, not a failure
         return {"checked": False, "note": f"input shards not listed ({' '.join(str(exc).split())[:200]})"}
+    new = sorted(shard.name for shard in shards if shard.name not in known)
+    added = {"new_shards": len(new), "first_new": new[0] if new else None}
     try:
         check_committed_inputs(output, markers, shards)
     except LedgerMismatch as exc:
-        return {"checked": True, "ok": False, "problem": str(exc)}
-    return {"checked": True, "ok": True}
+        return {"checked": True, "ok": False, "problem": str(exc), **added}
+    return {"checked": True, "ok": True, **added}
 
 
 def _weights_check(output: str, manifest: dict | None, markers: dict, storage, hash_unknown: bool) -> dict:
@@ -184,10 +187,16 @@ def run(args: argparse.Namespace) -> int:
     changed = [what for what, check in (("inputs", inputs), ("weights", weights)) if check.get("problem")]
     if run_status == "nothing-to-do":
         run_status = "complete; the last `generate` found nothing to do"
+    new = int(inputs.get("new_shards") or 0)
     if run_status == "stopped":
         run_status = "stopped before finishing; run `berg-scale generate` again to resume"
     elif changed:
         run_status += f", but its {' and '.join(changed)} changed since: see below"
+    elif run_status.startswith("complete") and (new or shards["pending"]):
+        waiting = [f"{new} new input shard{'s' if new != 1 else ''}"] if new else []
+        if shards["pending"]:
+            waiting.append(f"{shards['pending']} shard{'s' if shards['pending'] != 1 else ''} no longer committed")
+        run_status += f"; the next `generate` has work: {' and '.join(waiting)}"
     print(f"output:  {summary['output']} (last run: {run_status})")
     print(f"shards:  {shards['done']} done, {shards['failed']} failed, {shards['pending']} pending, "
           f"of {shards['total']}")
@@ -226,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
     if shards["failed_not_listed"]:
         print(f"stale:   {shards['failed_not_listed']} quarantine record(s) in _failed/ of shards that are "
               f"no longer inputs (the next run removes them)")
+    if new:
+        print(f"new:     {new} input shard{'s' if new != 1 else ''} under input.shards that the last run "
+              f"did not list (first: {inputs['first_new']})")
     if inputs.get("ok") is False:
         print(f"inputs:  the next `generate` would refuse: {inputs['problem']}")
     elif inputs and not inputs.get("checked") and "not listed" in inputs.get("note", ""):

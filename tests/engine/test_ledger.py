@@ -384,3 +384,32 @@ def test_files_rewritten_keeping_size_and_time_are_caught_by_the_workers(
     code, err = _generate(capsys, config)
     line = _error_line(err)
     assert code == 2 and relative in line and "--overwrite" in line, line
+
+
+def test_status_names_input_shards_added_since_and_markers_removed(ray_session, tmp_path, capsys, fwrf_roots):
+    import shutil as shutil_module
+
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    write_synthetic_shards(str(tmp_path / "in"), 2, 3, seed=2)
+    output = str(tmp_path / "out")
+    config = _write_config(tmp_path / "a.yaml", str(tmp_path / "in"), output, fwrf_roots[0])
+    assert _generate(capsys, config)[0] == 0
+    assert _status(capsys, output).splitlines()[0].endswith("(last run: complete)")
+    write_synthetic_shards(str(tmp_path / "more"), 1, 3, seed=3)
+    shutil_module.copy(tmp_path / "more" / "shard-000000.tar", tmp_path / "in" / "extra.tar")
+
+    printed = _status(capsys, output)
+    assert printed.splitlines()[0].endswith(
+        "(last run: complete; the next `generate` has work: 1 new input shard)"), printed
+    assert "new:     1 input shard under input.shards that the last run did not list (first: extra)" in printed
+    assert json.loads(_status(capsys, output, "--json"))["inputs"]["new_shards"] == 1
+    assert "new input shard" not in _status(capsys, output, "--no-input-check")
+    code, err = _generate(capsys, config)
+    assert code == 0 and "generating 1 shard (2 already done)" in err
+    assert _status(capsys, output).splitlines()[0].endswith("(last run: complete)")
+
+    (tmp_path / "out" / "_done" / "extra.json").unlink()
+    (tmp_path / "out" / "responses" / "extra.parquet").unlink()
+    assert _status(capsys, output).splitlines()[0].endswith(
+        "(last run: complete; the next `generate` has work: 1 shard no longer committed)")
