@@ -49,7 +49,7 @@ from berg_scale.engine.worker_pool import (
     stop_workers,
     wait_for_first_worker,
 )
-from berg_scale.io.output_lease import OutputLease, new_run_id
+from berg_scale.io.output_lease import OutputLease, holder_process_gone, new_run_id
 from berg_scale.io.output_store import (
     TMP_DIR,
     OutputStore,
@@ -145,8 +145,13 @@ def run_generation(
             previous_run = lease.taken_over.get("run_id")
             holder = lease.taken_over
             age = time.time() - float(holder.get("renewed_at") or 0)
-            why = ("which is no longer running" if holder.get("host") == socket.gethostname()
-                   else f"whose lease was not renewed for {age:.0f} s")
+            if holder_process_gone(holder):
+                why = "which is no longer running"
+            elif holder.get("host") == socket.gethostname():
+                why = (f"whose lease was not renewed for {age:.0f} s although its process still "
+                       f"exists (stopped or stalled; if it resumes, it finds its lease taken and stops)")
+            else:
+                why = f"whose lease was not renewed for {age:.0f} s"
             log(f"took over the lease of run {previous_run} (host {holder.get('host')}, "
                 f"pid {holder.get('pid')}), {why}")
             if previous_run:

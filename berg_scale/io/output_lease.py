@@ -205,10 +205,14 @@ class OutputLease:
         stop = f"`ray job stop {holder['ray_job']}`" if holder.get("ray_job") else "stop it"
         extra = " (a live lease cannot be taken over)" if take_over else ""
         stale_in = max(self.ttl_s - age, 0.0)
+        if holder.get("host") == socket.gethostname():
+            later = ""  # a holder on this host that is gone is taken over without asking
+        else:
+            later = (f" (if that driver was killed on another machine, its lease goes stale in "
+                     f"{stale_in:.0f} s; then rerun with --take-over)")
         return (
             f"{self.store.url} is in use by {who}, renewed {age:.0f} s ago{extra}: wait for it to "
-            f"finish, or {stop} and run again, or use a new {self.noun} (if that driver was killed "
-            f"on another machine, its lease goes stale in {stale_in:.0f} s; then rerun with --take-over)"
+            f"finish, or {stop} and run again, or use a new {self.noun}{later}"
         )
 
     def _holder_gone_on_this_host(self, holder: dict[str, Any]) -> bool:

@@ -193,7 +193,7 @@ def test_lease_of_a_dead_driver_on_this_host_is_taken_over_and_only_its_staging_
 
     code, err = _generate(capsys, _config(tmp_path, str(tmp_path / "in"), str(output), engine_berg_root))
     assert code == 0, err
-    assert "took over the lease of run old-run" in err
+    assert "took over the lease of run old-run" in err and "which is no longer running" in err
     assert not (output / "_tmp" / "old-run").exists()
     assert (output / "_tmp" / "someone-else" / "keep.parquet").read_bytes() == b"not ours"
     assert not (output / "_lease.json").exists(), "released at the end"
@@ -227,6 +227,12 @@ def test_a_live_lease_from_another_host_says_when_it_goes_stale(tmp_path):
     _write_lease(output, host="gpu-node-7", pid=4242, renewed_at=time.time() - 20)
     with pytest.raises(OutputBusyError, match=r"renewed 2[01] s ago.*goes stale in (99|100) s; then rerun with --take-over"):
         OutputLease(OutputStore(output), "new-run", ttl_s=120).acquire()
+    # a live holder on this machine: nothing to wait out, so no stale-lease advice
+    _write_lease(output, pid=os.getpid(), renewed_at=time.time() - 20)
+    with pytest.raises(OutputBusyError) as refused:
+        OutputLease(OutputStore(output), "new-run", ttl_s=120).acquire(take_over=True)
+    message = str(refused.value)
+    assert "(a live lease cannot be taken over)" in message and message.endswith("or use a new output")
 
 
 @pytest.mark.ray
@@ -285,3 +291,27 @@ def test_status_counts_listed_shards_and_names_the_writer(tmp_path, capsys):
     assert "2 done, 0 failed, 2 pending, of 4" in out
     assert "unlisted: 1 committed shard(s)" in out and "(first: e)" in out
     assert "writer:  run live-run" in out
+
+
+@pytest.mark.ray
+def test_taking_over_a_stalled_driver_on_this_host_does_not_call_it_gone(
+    ray_session, tmp_path, capsys, engine_berg_root
+):
+    import subprocess
+
+    from berg_scale.io.output_lease import _process_start_ticks
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
+    write_synthetic_shards(str(tmp_path / "in"), 1, 2, seed=1)
+    output = str(tmp_path / "out")
+    stalled = subprocess.Popen(["sleep", "120"])  # alive, but its lease is an hour old
+    try:
+        _write_lease(output, pid=stalled.pid, pid_start=_process_start_ticks(stalled.pid),
+                     renewed_at=time.time() - 3600)
+        code, err = _generate(capsys, _config(tmp_path, str(tmp_path / "in"), output, engine_berg_root),
+                              "--take-over")
+        assert code == 0 and "took over the lease of run old-run" in err, err
+        assert "no longer running" not in err and "although its process still exists" in err, err
+    finally:
+        stalled.kill()
+        stalled.wait()
