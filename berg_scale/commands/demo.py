@@ -11,13 +11,16 @@ run config at it (see configs/demo.yaml).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import time
 from typing import Any
 
 DEMO_SUBJECTS = (1, 2)
 DEMO_FWRF_ROIS = ("V1", "hV4")
 DEMO_EEG_CHANNELS = ["O1", "Oz", "O2", "PO3", "POz", "PO4", "Pz", "Cz"]
+DEMO_DEFECTS = {"truncated_jpeg": 1}  # one error row, to show how failures are reported
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +56,6 @@ def make_demo_inputs(out: str, n_shards: int, images_per_shard: int, log) -> Non
     """Synthetic BERG root (fsaverage k=3, EEG with float16 components and 8 channels,
     fwRF V1/hV4) and procedural image shards; reused when already present."""
     from berg_scale.synthetic.berg_root import make_synthetic_root
-    from berg_scale.synthetic.shards import write_synthetic_shards
 
     root = os.path.join(out, "berg_root")
     stamp = os.path.join(root, ".berg-scale-demo-complete")
@@ -73,11 +75,54 @@ def make_demo_inputs(out: str, n_shards: int, images_per_shard: int, log) -> Non
             seed=0,
         )
         open(stamp, "w").close()
+    make_demo_shards(out, n_shards, images_per_shard, log)
+
+
+def make_demo_shards(out: str, n_shards: int, images_per_shard: int, log) -> None:
+    """Procedural image shards under `out/shards`, remade when their sizes differ."""
+    from berg_scale.synthetic.shards import write_synthetic_shards
+
     shards = os.path.join(out, "shards")
-    if not os.path.isdir(shards) or len(os.listdir(shards)) != n_shards:
+    sizes_stamp = os.path.join(out, ".demo-shards.json")
+    wanted = {"shards": n_shards, "images_per_shard": images_per_shard}
+    try:
+        with open(sizes_stamp) as handle:
+            made = json.load(handle)
+    except (OSError, ValueError):
+        made = None
+    if made != wanted or not os.path.isdir(shards) or len(os.listdir(shards)) != n_shards:
         log(f"writing {n_shards} synthetic shards x {images_per_shard} images to {shards}")
+        if os.path.isdir(shards):
+            shutil.rmtree(shards)  # the demo's own shards, of other sizes
         write_synthetic_shards(shards, n_shards, images_per_shard, sizes=((320, 240), (240, 320), (300, 300)),
-                               formats=("jpg", "png", "webp"), defects={"truncated_jpeg": 1}, seed=0)
+                               formats=("jpg", "png", "webp"), defects=DEMO_DEFECTS, seed=0)
+        with open(sizes_stamp, "w") as handle:
+            json.dump(wanted, handle)
+
+
+def check_demo_sizes(n_shards: int, images_per_shard: int, rnc: bool) -> None:
+    """Refuse, before anything is written, sizes the demo's later steps cannot use: a demo
+    that generates for minutes and then fails in its RNC step helps nobody."""
+    from berg_scale.errors import ConfigError
+
+    if n_shards < 1 or images_per_shard < 1:
+        raise ConfigError(f"demo needs --shards and --images-per-shard of at least 1, got {n_shards} and "
+                          f"{images_per_shard}")
+    if not rnc:
+        return
+    from berg_scale.rnc.multivariate import GAParams
+    from berg_scale.rnc.multivariate_study import images_needed
+
+    good = n_shards * images_per_shard - sum(DEMO_DEFECTS.values())
+    needed = images_needed(GAParams())
+    if good < needed:
+        per_shard = -(-(needed + sum(DEMO_DEFECTS.values())) // n_shards)
+        raise ConfigError(
+            f"demo: {n_shards} shard(s) x {images_per_shard} images give {good} readable images, but the "
+            f"demo's RNC step needs {needed} (multivariate batches of {GAParams().batch_size} and their "
+            f"mutations): use --images-per-shard {per_shard} or more with --shards {n_shards}, or skip "
+            f"RNC with --no-rnc"
+        )
 
 
 def run_rnc_step(output: str, out: str, shards: str, log) -> dict | None:
@@ -159,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
 
     apply_offline_environment()
     started = time.monotonic()
+    check_demo_sizes(args.shards, args.images_per_shard, rnc=not args.no_rnc)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     log("NOTE: the demo uses RANDOM weights in BERG's file format; its responses are not brain data.")

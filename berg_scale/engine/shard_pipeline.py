@@ -218,8 +218,8 @@ def process_shard(
                 f"{stats.errors} of {stats.rows} images failed ({stats.errors / stats.rows:.0%} > "
                 f"error_rate_threshold {settings.error_rate_threshold:.0%}): {top}"
             )
-        if cancelled() or read_done_marker(store, shard.name) is not None:
-            raise ShardCancelled(shard.name)  # first commit wins
+        if cancelled() or not may_commit(store, shard.name, settings.run_id):
+            raise ShardCancelled(shard.name)
     except BaseException:
         if model_turn is not None:
             model_turn.release()
@@ -252,6 +252,28 @@ def process_shard(
     except BaseException:
         writer.abort()
         raise
+
+
+def may_commit(store: OutputStore, shard: str, run_id: str | None) -> bool:
+    """Whether this execution may commit its shard now.
+
+    First commit wins among the executions of one run (retries, speculative copies). A
+    run's workers can outlive its driver (killed, or cut off long enough to lose the
+    lease), so the run that holds the output's lease decides: a worker of any other run
+    never commits, and a marker another run left while this one holds the lease is
+    replaced rather than trusted (this run's ledger never scheduled a committed shard).
+    Without a lease (a released one, or a store used directly) the first commit wins.
+    """
+    from berg_scale.io.output_lease import read_lease
+
+    holder = read_lease(store) if run_id else None
+    holder_run = (holder or {}).get("run_id")
+    if holder_run and holder_run != run_id:
+        return False  # the output belongs to another run now
+    marker = read_done_marker(store, shard)
+    if marker is None:
+        return True
+    return bool(holder_run) and marker.get("run_id") != run_id
 
 
 def _with_metadata_columns(schema: Any, settings: ShardSettings) -> Any:

@@ -20,6 +20,33 @@ def test_configs_demo_yaml_is_the_demo_config():
     load_config("configs/demo.yaml").readout_specs()  # valid, and every readout resolves
 
 
+def test_demo_refuses_sizes_its_rnc_step_cannot_use_before_writing_anything(tmp_path, capsys):
+    from berg_scale.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--shards", "2", "--images-per-shard", "20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "give 39 readable images, but the demo's RNC step needs 88" in err
+    assert "--images-per-shard 45 or more with --shards 2" in err and "--no-rnc" in err
+    assert not out.exists(), "refused before anything is written"
+    assert main(["demo", "--out", str(out), "--shards", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
+
+
+def test_demo_shards_are_remade_when_their_size_changes(tmp_path):
+    from berg_scale.commands.demo import make_demo_shards
+    from berg_scale.io.shard_reader import read_shard
+
+    out = str(tmp_path / "demo")
+    messages: list[str] = []
+    make_demo_shards(out, 2, 3, messages.append)
+    make_demo_shards(out, 2, 3, messages.append)
+    assert sum("synthetic shards" in m for m in messages) == 1, "same sizes: the shards are reused"
+    make_demo_shards(out, 2, 5, messages.append)
+    assert sum("synthetic shards" in m for m in messages) == 2
+    assert len(read_shard(str(tmp_path / "demo" / "shards" / "shard-000000.tar"))) == 5
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_demo_generation_without_rnc(ray_session, tmp_path, capsys):

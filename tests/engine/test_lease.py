@@ -315,3 +315,28 @@ def test_taking_over_a_stalled_driver_on_this_host_does_not_call_it_gone(
     finally:
         stalled.kill()
         stalled.wait()
+
+
+def test_only_the_lease_holder_s_workers_commit(tmp_path):
+    """Workers can outlive their driver: once another run holds the output, theirs never
+    commit, and a marker such a worker left is replaced by the holder's run, not trusted."""
+    from berg_scale.engine.shard_pipeline import may_commit
+    from berg_scale.io.output_lease import OutputLease
+    from berg_scale.io.output_store import OutputStore
+
+    store = OutputStore(str(tmp_path / "out"))
+    os.makedirs(tmp_path / "out" / "_done")
+    assert may_commit(store, "a", "run-1") and may_commit(store, "a", None)
+    store.write_json(store.done_path("a"), {"run_id": "old-run"})
+    assert not may_commit(store, "a", "run-1"), "without a lease, the first commit wins"
+
+    lease = OutputLease(store, "run-1")
+    lease.acquire()
+    try:
+        assert may_commit(store, "a", "run-1"), "a marker of another run, while run-1 holds the output"
+        assert not may_commit(store, "a", "old-run") and not may_commit(store, "b", "old-run")
+        store.write_json(store.done_path("a"), {"run_id": "run-1"})
+        assert not may_commit(store, "a", "run-1"), "a second execution of run-1 itself"
+        assert may_commit(store, "b", "run-1")
+    finally:
+        lease.release()
