@@ -610,6 +610,18 @@ def _subject_sets(study: Study, subject: int, grouping: PairGrouping) -> Subject
     )
 
 
+def _subjects_behind(value: Mapping[str, Any], every: int) -> str:
+    """` (n=k)` after a mean that fewer than all subjects define, else nothing."""
+    n = value.get("n_subjects")
+    return f" (n={n})" if isinstance(n, int) and n != every else ""
+
+
+def _some_means_partial(summary: Mapping[str, Any], every: int) -> bool:
+    blocks = [*summary["conditions"].values(), summary["correlation"]]
+    values = [v for block in blocks for v in [*block["groups"].values(), block["statistic"]]]
+    return any(_subjects_behind(v, every) for v in values)
+
+
 def _across_subjects(table: np.ndarray, labels: Sequence[str], trend_rows: Sequence[Mapping[str, Any]],
                      n_bootstrap: int, chance: float, rng: np.random.Generator, direction: str) -> dict:
     """Means over subjects with bootstrap CIs (groups, then the statistic) and the binomial test."""
@@ -618,9 +630,11 @@ def _across_subjects(table: np.ndarray, labels: Sequence[str], trend_rows: Seque
     n = len(trend_rows)
     defined = np.isfinite(table)
     means = [float(np.nanmean(table[:, j])) if defined[:, j].any() else math.nan for j in range(table.shape[1])]
+    counts = [int(defined[:, j].sum()) for j in range(table.shape[1])]  # subjects behind each mean
     return {
-        "groups": {label: {"mean": means[g], "ci": [float(low[g]), float(high[g])]} for g, label in enumerate(labels)},
-        "statistic": {"mean": means[-1], "ci": [float(low[-1]), float(high[-1])]},
+        "groups": {label: {"mean": means[g], "ci": [float(low[g]), float(high[g])], "n_subjects": counts[g]}
+                   for g, label in enumerate(labels)},
+        "statistic": {"mean": means[-1], "ci": [float(low[-1]), float(high[-1])], "n_subjects": counts[-1]},
         "expected": "first group higher (statistic > 0)" if direction == "greater" else
                     "first group lower (statistic < 0)",
         "p_values": {f"sub-{int(r['subject']):02d}": r["p_value"] for r in trend_rows},
@@ -787,13 +801,13 @@ def run(args: argparse.Namespace, grouping: PairGrouping) -> int:
     files = write_outputs(result, args.out, storage, figures=not args.no_figures)
     summary = result.summary
     print(f"{grouping.name}: {len(result.subjects)} held-out subjects, statistic {grouping.statistic_label}")
-    for condition, stats in summary["conditions"].items():
-        means = ", ".join(f"{g} {v['mean']:.3f}" for g, v in stats["groups"].items())
-        print(f"  {condition:<12} {means}; T={stats['statistic']['mean']:+.3f} "
-              f"significant in {stats['n_significant']}/{stats['n_subjects']} (binomial p={_format_p(stats['binomial_p'])})")
-    corr = summary["correlation"]
-    means = ", ".join(f"{g} {v['mean']:.3f}" for g, v in corr["groups"].items())
-    print(f"  {'correlation':<12} {means}; T={corr['statistic']['mean']:+.3f} "
-          f"significant in {corr['n_significant']}/{corr['n_subjects']} (binomial p={_format_p(corr['binomial_p'])})")
+    for condition, stats in [*summary["conditions"].items(), ("correlation", summary["correlation"])]:
+        every = len(result.subjects)
+        means = ", ".join(f"{g} {v['mean']:.3f}{_subjects_behind(v, every)}" for g, v in stats["groups"].items())
+        print(f"  {condition:<12} {means}; T={stats['statistic']['mean']:+.3f}"
+              f"{_subjects_behind(stats['statistic'], every)} significant in {stats['n_significant']}/"
+              f"{stats['n_subjects']} (binomial p={_format_p(stats['binomial_p'])})")
+    if _some_means_partial(summary, len(result.subjects)):
+        print("  (n=k: a mean over the k subjects whose study found controlling images for it)")
     print(f"wrote {len(files)} files to {args.out} ({time.monotonic() - started:.1f} s)")
     return 0

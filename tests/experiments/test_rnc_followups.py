@@ -333,3 +333,20 @@ def test_a_pair_without_controlling_images_is_left_out_of_its_group():
     groups = roi_groups.group_means(scores.mean(axis=-1), [[0, 1], [2]])
     assert groups[0, 0, 0] == pytest.approx(scores[0, 0, :2].mean())  # over the two defined pairs
     assert np.isnan(groups[0, 0, 1]) and np.isnan(roi_groups.group_statistic(groups[0, 0]))
+
+
+def test_means_over_fewer_subjects_say_how_many():
+    import numpy as np
+
+    from berg_scale.experiments import roi_groups
+
+    # three subjects; the third group (and so the statistic) is defined for one subject only
+    table = np.array([[0.5, 0.4, np.nan, np.nan], [0.6, 0.3, np.nan, np.nan], [0.5, 0.4, 0.7, -0.2]])
+    trend_rows = [{"subject": s, "significant": False, "p_value": 0.5} for s in (1, 2, 3)]
+    stats = roi_groups._across_subjects(table, ["d1", "d2", "d3"], trend_rows, 20, 0.05,
+                                        np.random.default_rng(0), "greater")
+    assert [v["n_subjects"] for v in stats["groups"].values()] == [3, 3, 1]
+    assert stats["statistic"]["n_subjects"] == 1
+    assert roi_groups._subjects_behind(stats["groups"]["d1"], 3) == ""
+    assert roi_groups._subjects_behind(stats["groups"]["d3"], 3) == " (n=1)"
+    assert roi_groups._some_means_partial({"conditions": {"c": stats}, "correlation": stats}, 3)
