@@ -213,7 +213,11 @@ def process_shard(
             model_turn.release()  # the last forward is done: the next shard may start its own
         stats.seconds["read"] = reader.busy_seconds
         if stats.rows and stats.errors / stats.rows > settings.error_rate_threshold:
-            top = ", ".join(f"{reason} x{n}" for reason, n in stats.error_reasons.most_common(3))
+            shown = stats.error_reasons.most_common(3)
+            top = ", ".join(f"{reason} x{n}" for reason, n in shown)
+            rest = stats.errors - sum(n for _, n in shown)
+            if rest > 0:
+                top += f", and {rest} of other kinds"
             raise ShardRejected(
                 f"{stats.errors} of {stats.rows} images failed ({stats.errors / stats.rows:.0%} > "
                 f"error_rate_threshold {settings.error_rate_threshold:.0%}): {top}"

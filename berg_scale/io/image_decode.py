@@ -16,8 +16,11 @@ Documented behaviour (the same on every code path):
 * **Orientation**: the EXIF orientation tag is applied, so the array is upright the way
   an image viewer shows it. A damaged EXIF block is ignored rather than failing the image.
 * **Colour**: grayscale, bilevel, palette, CMYK and YCbCr images are converted to RGB with
-  Pillow's conversions; embedded ICC profiles are ignored. 16-bit images are scaled to
-  8 bits (value * 255 / 65535, rounded), not clipped.
+  Pillow's conversions; embedded ICC profiles are ignored. 16-bit grayscale images are
+  scaled to 8 bits (value * 255 / 65535, rounded), not clipped. 16-bit colour PNGs
+  (RGB, RGBA) arrive from Pillow already reduced to 8 bits per channel by keeping the
+  high byte (value >> 8, at most one level below the rounded scale), as in any
+  Pillow-based pipeline.
 * **Alpha**: composited over white by default (`alpha="white"`), which is what a person
   sees in a viewer and keeps transparent regions from turning into arbitrary colours;
   `alpha="drop"` discards the channel instead, matching `Image.convert("RGB")`.

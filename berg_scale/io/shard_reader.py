@@ -373,8 +373,9 @@ class _ShardStream:
         self._cached_bytes = 0
         raw = _open_shard(url, storage, chunk_bytes, read_ahead_bytes)
         try:
-            magic = raw.read(len(_GZIP_MAGIC))
+            self.magic = raw.read(6)  # what the bytes start with, to name a format that is not tar
             raw.seek(0)
+            magic = self.magic[: len(_GZIP_MAGIC)]
             self.compressed = url.endswith(COMPRESSED_SUFFIXES) or magic == _GZIP_MAGIC
             if self.compressed:
                 depth = _read_ahead_depth(chunk_bytes, read_ahead_bytes)
@@ -540,6 +541,22 @@ def _json_field(extensions: list[str]) -> str | None:
     return next((ext for ext in extensions if is_json_field(ext)), None)
 
 
+_OTHER_COMPRESSIONS = (
+    (b"\x28\xb5\x2f\xfd", "zstd", "zstd -d"),
+    (b"\xfd7zXZ\x00", "xz", "xz -d"),
+    (b"BZh", "bzip2", "bzip2 -d"),
+    (b"\x04\x22\x4d\x18", "lz4", "lz4 -d"),
+)
+
+
+def _other_compression(magic: bytes) -> tuple[str, str] | None:
+    """(format, decompress command) for the start of a compressed stream that is not gzip."""
+    for prefix, name, tool in _OTHER_COMPRESSIONS:
+        if magic.startswith(prefix):
+            return name, tool
+    return None
+
+
 def _wanted(ext: str) -> bool:
     return is_json_field(ext) or image_field([ext]) is not None
 
@@ -641,6 +658,13 @@ class _KeyedSamples:
             )
         except tarfile.ReadError as exc:
             inside = " inside the gzip stream" if self.stream.compressed else ""
+            other = None if self.stream.compressed else _other_compression(self.stream.magic)
+            if other is not None:
+                name, tool = other
+                raise ShardReadError(
+                    self.url, f"not a readable tar: its bytes are {name}-compressed, which shards may not "
+                    f"be (only gzip is read); decompress it ({tool}c {posixpath.basename(self.url)} > "
+                    f"plain.tar) or re-pack it as .tar or .tar.gz") from None
             raise ShardReadError(self.url, f"not a readable tar{inside} ({exc})") from None
         current: _SampleBuilder | None = None
         while True:

@@ -192,3 +192,23 @@ def test_a_tar_without_files_commits_no_rows_with_a_note(tmp_path, made_by):
     marker = read_done_marker(OutputStore(output), "empty")
     assert marker["notes"] == 1
     assert marker["note_examples"] == [{"key": None, "note": f"the tar holds no files ({what}): no rows"}]
+
+
+def test_a_shard_over_the_error_rate_names_all_its_errors(tmp_path):
+    from berg_scale.io.shard_listing import InputShard
+
+    src = tmp_path / "src"
+    src.mkdir()
+    good = encode(synthetic_image(np.random.default_rng(1), 30, 20), "jpg")
+    (src / "good.jpg").write_bytes(good)
+    (src / "empty.jpg").write_bytes(b"")
+    (src / "text.jpg").write_bytes(b"not an image at all")
+    (src / "cut.jpg").write_bytes(good[: len(good) // 2])
+    os.symlink("good.jpg", src / "alias.jpg")
+    path = tmp_path / "mostly-bad.tar"
+    subprocess.run(["tar", "-cf", str(path), "-C", str(src), "."], check=True)
+    result = _worker(str(tmp_path / "out")).process(InputShard(name="mostly-bad", url=str(path),
+                                                               relative=path.name), 1)
+    assert result.status == "rejected", result
+    assert "4 of 5 images failed (80% > error_rate_threshold 50%)" in result.error, result.error
+    assert result.error.endswith(", and 1 of other kinds"), result.error

@@ -267,3 +267,27 @@ def test_read_ahead_runs_no_further_than_its_depth_until_deepened():
         assert list(reader) == list(range(3, 100))
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("compression", ["xz", "bzip2", "zstd"])
+def test_a_tar_compressed_other_than_gzip_is_named(tmp_path, compression):
+    import bz2
+    import lzma
+    import shutil
+    import subprocess
+
+    from berg_scale.io.shard_reader import ShardReadError
+
+    plain = _tar_bytes([("a.jpg", b"A"), ("b.jpg", b"B")])
+    path = tmp_path / "x.tar"
+    if compression == "xz":
+        path.write_bytes(lzma.compress(plain))
+    elif compression == "bzip2":
+        path.write_bytes(bz2.compress(plain))
+    else:
+        if shutil.which("zstd") is None:
+            pytest.skip("needs the zstd tool")
+        (tmp_path / "plain.tar").write_bytes(plain)
+        subprocess.run(["zstd", "-q", "-o", str(path), str(tmp_path / "plain.tar")], check=True)
+    with pytest.raises(ShardReadError, match=f"its bytes are {compression}-compressed.*{compression} -dc x.tar"):
+        read_shard(str(path))
