@@ -458,6 +458,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"--set {override!r}: expected key.path=value")
     key_path, _, text = override.partition("=")
+    key_path = re.sub(r"\[(\d+)\]", r".\1", key_path)  # readouts[0].rois is readouts.0.rois
     parts = [part for part in key_path.strip().split(".") if part]
     if not parts:
         raise ConfigError(f"--set {override!r}: empty key path")

@@ -117,6 +117,8 @@ def test_overrides_are_yaml_parsed_and_reach_nested_lists():
     assert {s.subject for s in config.readout_specs()} == {3}
     assert "--set" in _error(_base(), overrides=["readouts.5.subjects=[1]"])
     assert "--set" in _error(_base(), overrides=["no-equals-sign"])
+    bracketed = load_config(_base(), overrides=["readouts[0].subjects=[2]"])  # the form people type
+    assert {s.subject for s in bracketed.readout_specs()} == {2}
 
 
 def test_env_var_secrets_are_resolved_and_never_dumped(tmp_path):
