@@ -21,7 +21,8 @@ out-of-fold predictions (chance 50% even for unbalanced labels; plain accuracy w
 labels are balanced).
 
 Both curves are averaged over subjects; each peak latency (the time of the mean curve's
-maximum) gets a bootstrap confidence interval over subjects. Writes decoding.parquet,
+maximum from stimulus onset on, `--peak-from`) gets a bootstrap confidence interval over
+subjects. Writes decoding.parquet,
 summary.json and eeg_decoding.png/.svg under --out.
 """
 
@@ -47,6 +48,7 @@ CHANNEL_SETS = ("occipitoparietal", "all")
 DEFAULT_SHRINKAGE = 0.5
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_LABEL_FOLDS = 5
+DEFAULT_PEAK_FROM_MS = 0.0  # peaks are latencies after stimulus onset, as the paper reports them
 CI_LEVEL = 0.95
 ANALYSES = ("exemplar", "label")
 
@@ -217,21 +219,35 @@ def label_lda_accuracy(
 # ----------------------------------------------------------------------------- statistics
 
 
-def peak_latency(curve: np.ndarray, times_ms: np.ndarray) -> float:
-    """Time of the curve's maximum (the first one on ties), over the whole epoch."""
-    return float(times_ms[int(np.argmax(curve))])
+def peak_latency(curve: np.ndarray, times_ms: np.ndarray, from_ms: float | None = DEFAULT_PEAK_FROM_MS) -> float:
+    """Time of the curve's maximum (the first one on ties) at or after `from_ms` (None: the
+    whole epoch). A latency before stimulus onset would be no response at all."""
+    window = _peak_window(times_ms, from_ms)
+    return float(times_ms[window][int(np.argmax(np.asarray(curve)[window]))])
 
 
-def bootstrap_peak(curves: np.ndarray, times_ms: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict[str, Any]:
+def _peak_window(times_ms: np.ndarray, from_ms: float | None) -> np.ndarray:
+    window = np.ones(len(times_ms), dtype=bool) if from_ms is None else np.asarray(times_ms) >= from_ms
+    if not window.any():
+        raise EegDecodingError(f"--peak-from {from_ms:g} ms is after the epoch's last time point "
+                               f"({float(np.max(times_ms)):g} ms)")
+    return window
+
+
+def bootstrap_peak(curves: np.ndarray, times_ms: np.ndarray, n_boot: int, rng: np.random.Generator,
+                   from_ms: float | None = DEFAULT_PEAK_FROM_MS) -> dict[str, Any]:
     """Peak of the subject-mean curve and its percentile CI over resampled subjects.
 
     Each bootstrap sample draws subjects with replacement and takes the peak of their
-    mean curve; with one subject the interval collapses onto the peak.
+    mean curve; with one subject the interval collapses onto the peak. Peaks are sought
+    from `from_ms` on (stimulus onset by default).
     """
     curves = np.asarray(curves, dtype=np.float64)
-    peak = peak_latency(curves.mean(axis=0), times_ms)
+    window = _peak_window(times_ms, from_ms)
+    times_ms, curves = np.asarray(times_ms)[window], curves[:, window]
+    peak = peak_latency(curves.mean(axis=0), times_ms, None)
     result: dict[str, Any] = {"peak_ms": peak, "peak_accuracy": float(curves.mean(axis=0).max() * 100),
-                              "ci_level": CI_LEVEL, "n_bootstrap": int(n_boot)}
+                              "ci_level": CI_LEVEL, "n_bootstrap": int(n_boot), "peak_from_ms": from_ms}
     if n_boot <= 0:
         result.update(ci_low_ms=None, ci_high_ms=None)
         return result
@@ -321,6 +337,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"bootstrap samples of subjects for the peak CIs (default {DEFAULT_BOOTSTRAP})")
     parser.add_argument("--shrinkage", type=float, default=DEFAULT_SHRINKAGE, metavar="S",
                         help=f"LDA covariance shrinkage in (0, 1] (default {DEFAULT_SHRINKAGE})")
+    parser.add_argument("--peak-from", type=_peak_from, default=DEFAULT_PEAK_FROM_MS, metavar="MS",
+                        help=f"look for each peak at or after MS ms (default {DEFAULT_PEAK_FROM_MS:g}, stimulus "
+                        "onset; 'epoch' for the whole epoch, baseline included)")
     parser.add_argument("--label-folds", type=int, default=DEFAULT_LABEL_FOLDS, metavar="K",
                         help=f"stratified folds over images for the label (default {DEFAULT_LABEL_FOLDS})")
     parser.add_argument("--seed", type=int, default=0)
@@ -337,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
         summary = run_decoding(
             responses=args.responses, labels_path=args.labels, label_column=args.label_column, out=args.out, subjects=args.subjects,
             channels=args.channels, max_pairs=args.max_pairs, n_bootstrap=args.bootstrap,
-            shrinkage=args.shrinkage, label_folds=args.label_folds, seed=args.seed,
+            shrinkage=args.shrinkage, label_folds=args.label_folds, seed=args.seed, peak_from_ms=args.peak_from,
             plots=not args.no_figures, storage=storage,
         )
     print(f"labels: {summary['label_report']['description']}")
@@ -357,6 +376,16 @@ def run(args: argparse.Namespace) -> int:
 def format_ms(value: float) -> str:
     """A latency in ms with a typographic minus, so that a negative bound never reads as a dash."""
     return f"{value:g}".replace("-", "−")
+
+
+def _peak_from(text: str) -> float | None:
+    """`--peak-from`: milliseconds, or `epoch` for no lower bound."""
+    if text.strip().lower() == "epoch":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds or 'epoch', got {text!r}") from None
 
 
 def format_peak_ci(peak: dict[str, Any], n_subjects: int) -> str:
@@ -391,6 +420,7 @@ def run_decoding(
     label_folds: int = DEFAULT_LABEL_FOLDS,
     seed: int = 0,
     plots: bool = True,
+    peak_from_ms: float | None = DEFAULT_PEAK_FROM_MS,
     storage: Any = None,
     label_column: str = "label",
 ) -> dict[str, Any]:
@@ -464,7 +494,7 @@ def run_decoding(
         label_curve, folds_used = label_lda_accuracy(trials.mean(axis=1), labels, shrinkage, label_folds, seed)
         curves["label"].append(label_curve)
     stacked = {name: np.vstack(values) for name, values in curves.items()}
-    peaks = {name: bootstrap_peak(stacked[name], times_ms, n_bootstrap, rng) for name in ANALYSES}
+    peaks = {name: bootstrap_peak(stacked[name], times_ms, n_bootstrap, rng, peak_from_ms) for name in ANALYSES}
     report = match.report()
     report["description"] = match.describe()
     summary: dict[str, Any] = {
@@ -490,7 +520,9 @@ def run_decoding(
             "label_cv": f"StratifiedKFold(n_splits={folds_used}, shuffle=True, random_state={seed}) over images, "
                         "repetitions averaged, balanced accuracy",
             "shrinkage": shrinkage, "max_pairs": max_pairs, "bootstrap": n_bootstrap,
-            "label_folds": label_folds, "seed": seed, "peak": "argmax of the subject-mean curve over the epoch",
+            "label_folds": label_folds, "seed": seed, "peak": ("argmax of the subject-mean curve over the epoch" if peak_from_ms is None else
+                     f"argmax of the subject-mean curve from {peak_from_ms:g} ms on"),
+            "peak_from_ms": peak_from_ms,
         },
     }
     summary["files"] = _write_outputs(out, storage, stacked, list(columns), times_ms, summary, plots)

@@ -295,3 +295,16 @@ def test_one_subject_console_says_there_is_no_ci(planted, capsys):
     assert len(peaks) == 2
     assert all(line.endswith("accuracy, no 95% CI with 1 subject)") for line in peaks), peaks
     assert not (out / "eeg_decoding.png").exists()
+
+
+def test_peaks_are_sought_from_stimulus_onset_unless_asked_otherwise():
+    times = np.array([-100.0, -50.0, 0.0, 50.0, 100.0])
+    curve = np.array([0.9, 0.5, 0.6, 0.8, 0.7])  # the baseline's maximum is no response
+    assert eeg.peak_latency(curve, times) == 50.0
+    assert eeg.peak_latency(curve, times, None) == -100.0
+    peak = eeg.bootstrap_peak(np.vstack([curve, curve]), times, 10, np.random.default_rng(0))
+    assert peak["peak_ms"] == 50.0 and peak["peak_accuracy"] == pytest.approx(80.0)
+    assert peak["ci_low_ms"] == peak["ci_high_ms"] == 50.0
+    with pytest.raises(eeg.EegDecodingError, match="--peak-from 200 ms is after the epoch's last time point"):
+        eeg.peak_latency(curve, times, 200.0)
+    assert eeg._peak_from("epoch") is None and eeg._peak_from("-50") == -50.0
