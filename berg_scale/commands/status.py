@@ -51,7 +51,7 @@ def output_status(output: str, storage=None, check_inputs: bool = False, hash_we
     unbacked = sorted(marked - response_shards(store)) if marked else []
     done = marked - set(unbacked)
     failed = failed_shards(store) - done
-    if manifest is None and not done and not failed:
+    if manifest is None and not done and not failed and read_lease(store) is None:
         raise BergScaleError(
             f"{output} is not a berg-scale output (no run.json, no markers){absence_note(output, storage)}"
         )
@@ -76,6 +76,8 @@ def output_status(output: str, storage=None, check_inputs: bool = False, hash_we
         failures[name] = marker.get("error", "")
     lease = read_lease(store)
     run_status = (manifest or {}).get("status", "unknown")
+    if manifest is None and lease is not None:
+        run_status = "running"  # a first run still starting: it writes run.json once its workers are up
     if run_status == "running" and (lease is None or _lease_is_dead(lease)):
         run_status = "stopped"  # its driver ended without finishing (killed, or its node lost)
     return {
@@ -86,6 +88,7 @@ def output_status(output: str, storage=None, check_inputs: bool = False, hash_we
                    "unbacked": len(unbacked), "failed_not_listed": len(failed - listed_failed)},
         "images": totals,
         "first_note": first_note,
+        "starting": manifest is None and lease is not None,
         "failed": failures,
         "pending": pending[:50],
         "unlisted": unlisted[:50],
@@ -188,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
     if run_status == "nothing-to-do":
         run_status = "complete; the last `generate` found nothing to do"
     new = int(inputs.get("new_shards") or 0)
+    if summary.get("starting") and run_status == "running":
+        run_status = "running, starting up: the shard list comes with run.json, once its workers are ready"
     if run_status == "stopped":
         run_status = "stopped before finishing; run `berg-scale generate` again to resume"
     elif changed:

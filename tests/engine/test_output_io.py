@@ -132,6 +132,27 @@ def test_status_reports_missing_response_files_stale_quarantine_and_a_dead_drive
     assert "that process has exited" in out and "1 quarantine record(s)" in out and "gone: truncated" not in out
 
 
+def test_status_of_a_first_run_still_starting(tmp_path, capsys):
+    import os
+    import socket
+    import time
+
+    from berg_scale.cli import main
+
+    output = tmp_path / "out"
+    output.mkdir()
+    assert main(["status", str(output)]) == 2  # nothing there: not an output
+    assert "is not a berg-scale output" in capsys.readouterr().err
+    lease = {"run_id": "r1", "host": socket.gethostname(), "pid": os.getpid(), "renewed_at": time.time(),
+             "started_at": time.time(), "ttl_s": 120}
+    (output / "_lease.json").write_text(json.dumps(lease))
+    assert main(["status", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith("(last run: running, starting up: the shard list comes with run.json, "
+                                        "once its workers are ready)"), out
+    assert "writer:  run r1" in out
+
+
 def test_status_survives_a_closed_pipe(tmp_path):
     import subprocess
     import sys
