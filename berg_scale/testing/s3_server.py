@@ -65,7 +65,8 @@ class S3Server:
 
     def __init__(self, workdir: str | None = None, port: int | None = None) -> None:
         self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="berg-scale-s3-"))
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="berg-scale-s3-")).absolute()
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or _free_port_pair()
         self.endpoint_url = f"http://{LOOPBACK}:{self.port}"
         self.access_key = TEST_ACCESS_KEY
