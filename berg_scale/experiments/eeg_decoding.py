@@ -577,6 +577,18 @@ def _write_outputs(out: str, storage: Any, curves: dict[str, np.ndarray], subjec
 COLOURS = {"exemplar": "#1f4e9c", "label": "#c2410c"}
 
 
+def _peak_legend(peak: dict[str, Any], n_subjects: int) -> str:
+    """`Peak 105 ms, 95% CI 95 to 115 ms`: short enough for two legend columns under the plot."""
+    text = f"Peak {format_ms(peak['peak_ms'])} ms"
+    low, high = peak.get("ci_low_ms"), peak.get("ci_high_ms")
+    if n_subjects < 2 or low is None or high is None:
+        return text
+    level = f"{int(round(peak.get('ci_level', CI_LEVEL) * 100))}% CI"
+    if low == high:
+        return f"{text}, {level}: every resample peaks there"
+    return f"{text}, {level} {format_ms(low)} to {format_ms(high)} ms"
+
+
 def decoding_figure(curves: dict[str, np.ndarray], times_ms: np.ndarray, summary: dict[str, Any]) -> Any:
     """Both subject-mean curves with a band of +-1 SEM across subjects, chance and peaks."""
     import matplotlib
@@ -596,12 +608,13 @@ def decoding_figure(curves: dict[str, np.ndarray], times_ms: np.ndarray, summary
             sem = block.std(axis=0, ddof=1) / math.sqrt(n_subjects)
             ax.fill_between(times_ms, mean - sem, mean + sem, color=colour, alpha=0.25, lw=0)
         peak = summary["peaks"][analysis]
-        ci = format_peak_ci(peak, n_subjects) if n_subjects > 1 else ""
         ax.axvline(peak["peak_ms"], color=colour, ls="--", lw=1.3,
-                   label=f"Peak {format_ms(peak['peak_ms'])} ms" + (f" ({ci})" if ci else ""))
+                   label=_peak_legend(peak, n_subjects))
     ax.axhline(summary["chance_accuracy"], color="0.35", lw=1, ls=":", label="Chance (50%)")
     ax.axvline(0, color="0.6", lw=0.8)
-    ax.set_xlim(float(times_ms[0]), float(times_ms[-1]))
+    span = float(times_ms[-1] - times_ms[0])
+    # a little room on both sides, so that a peak on the first or last sample stays visible
+    ax.set_xlim(float(times_ms[0]) - 0.015 * span, float(times_ms[-1]) + 0.015 * span)
     ax.set_xlabel("Time from stimulus onset (ms)", fontsize=11)
     ax.set_ylabel("Decoding accuracy (%)", fontsize=11)
     ax.tick_params(labelsize=10)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import posixpath
+import re
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -204,18 +205,38 @@ class GridPanel:
     note: str | None = None  # e.g. why the set is empty
 
 
+_KEY_BREAKS = re.compile(r"(?<=[-_.])|(?=/)|(?<=/)")  # after - _ . and on either side of /
+
+
 def tile_key(key: str, width: int) -> str:
-    """A key in at most two lines of `width` characters, broken after a separator if one is
-    near: its start names the shard and its end the image, so neither may be cut off. A
-    key longer than two lines loses its middle."""
+    """A key in at most three lines of `width` characters, broken only at separators
+    (`small_objects/img12` is `small_` / `objects/` / `img12`, never `small_objec` / `ts/...`)
+    when that fits; else two lines: its start names the shard and its end the image, so
+    neither may be cut off, and a key longer than two lines loses its middle."""
     if len(key) <= width:
         return key
+    wrapped = _wrap_at_separators(key, width)
+    if wrapped is not None:
+        return wrapped
     if len(key) > 2 * width:
         return key[:width - 1] + "…\n" + key[-width:]
     cut = max(key.rfind(sep, 0, width) + 1 for sep in "-_/.")
     if cut < len(key) - width or cut < width // 2:
         cut = width  # no separator leaves both lines short enough
     return key[:cut] + "\n" + key[cut:]
+
+
+def _wrap_at_separators(key: str, width: int, max_lines: int = 3) -> str | None:
+    """Greedy lines of whole separator-delimited pieces, or None when a piece is wider than
+    `width` or more than `max_lines` lines are needed."""
+    lines = [""]
+    for piece in (part for part in _KEY_BREAKS.split(key) if part):
+        if len(piece) > width:
+            return None
+        if len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines) if len(lines) <= max_lines else None
 
 
 def _key_width(tile_in: float, pad_w: float) -> int:

@@ -203,7 +203,10 @@ def test_tile_keys_keep_the_shard_and_the_image_apart():
 
     assert tile_key("short", 12) == "short"
     assert tile_key("shard000005-000007", 12) == "shard000005-\n000007"
+    assert tile_key("small_objects/img12", 11) == "small_\nobjects/\nimg12"  # never "small_objec"
+    assert tile_key("big_objects/img02", 11) == "big_objects\n/img02"
     for key in ("shard000005-000007", "photos_of_cats/cat_000123", "x" * 50):
         lines = tile_key(key, 12).split("\n")
-        assert len(lines) <= 2 and all(len(line) <= 12 for line in lines), lines
+        assert len(lines) <= 3 and all(len(line) <= 12 for line in lines), lines
         assert key.startswith(lines[0].rstrip("…")) and key.endswith(lines[-1])
+        assert len(lines) < 3 or "".join(lines) == key, "three lines only when nothing is cut"
