@@ -33,8 +33,9 @@ the order of the members. The rules (also in docs/engine.md, "How tars are read"
   they give an error row (or note) naming the member. Folders are skipped.
 * **Members of no row.** Hidden members (a basename starting with `.`, such as macOS's
   AppleDouble `._x.jpg`), members without an extension, members of keys that are not
-  rows and members of a key whose row was already given out belong to no sample. They are skipped, but never silently: each
-  kind becomes one shard note (`shard_notes`) with its count and its first member.
+  rows and members of a key whose row was already given out belong to no sample. They
+  are skipped, but never silently: each kind becomes one shard note (`shard_notes`)
+  with its count and its first member.
 
 Two kinds of trouble are kept apart:
 
@@ -499,9 +500,6 @@ class _SampleBuilder:
                 notes.append(note)
         elif json_ext in self.skipped:
             notes.append(self.skipped[json_ext])
-        extra_json = [e for e in self.extensions if e != json_ext and is_json_field(e)]
-        if extra_json:
-            notes.append(f"extra json members ignored: {', '.join(extra_json)}")
         assert self.index is not None, "only a key with a member that claims a row is built"
         return TarSample(
             key=self.key,
@@ -535,7 +533,8 @@ def is_json_field(ext: str) -> bool:
 
 
 def _json_field(extensions: list[str]) -> str | None:
-    """The sidecar of a key: an exact `json` first, then the first dotted one."""
+    """The sidecar of a key: an exact `json` first, then the first dotted one (a key with
+    both, e.g. WebDataset's `x.json` and `x.meta.json`, reads only `x.json`, as before)."""
     if JSON_EXTENSION in extensions:
         return JSON_EXTENSION
     return next((ext for ext in extensions if is_json_field(ext)), None)
