@@ -92,8 +92,8 @@ def make_demo_shards(out: str, n_shards: int, images_per_shard: int, log) -> Non
         made = None
     if made != wanted or not os.path.isdir(shards) or len(os.listdir(shards)) != n_shards:
         log(f"writing {n_shards} synthetic shards x {images_per_shard} images to {shards}")
-        if os.path.isdir(shards):
-            shutil.rmtree(shards)  # the demo's own shards, of other sizes
+        if made is not None and os.path.isdir(shards):
+            shutil.rmtree(shards)  # shards this demo wrote (its stamp says so), of other sizes
         write_synthetic_shards(shards, n_shards, images_per_shard, sizes=((320, 240), (240, 320), (300, 300)),
                                formats=("jpg", "png", "webp"), defects=DEMO_DEFECTS, seed=0)
         with open(sizes_stamp, "w") as handle:
