@@ -128,13 +128,20 @@ class Plan:
         lines = [f"input: {len(self.shards)} shard{'' if len(self.shards) == 1 else 's'}, {self.images:,} images "
                  f"({self.images_source})"]
         lines.append(f"{'column':<56} {'width':>9} {'dtype':>8} {'bytes/image':>12}  width from")
-        for column in self.columns[:max_columns]:
+        # Columns of unknown width are always shown: they are what the totals leave out.
+        unknown = [c for c in self.columns if c.width is None]
+        known = [c for c in self.columns if c.width is not None]
+        shown = unknown[:max_columns] + known[: max(0, max_columns - len(unknown))]
+        for column in [c for c in self.columns if any(c is s for s in shown)]:
             width = f"{column.width:,}" if column.width is not None else "unknown"
             size = f"{column.bytes_per_image:,.0f}" if column.width is not None else "?"
             lines.append(f"{column.name:<56} {width:>9} {column.dtype:>8} {size:>12}  {column.source}")
-        if len(self.columns) > max_columns:
-            rest = self.columns[max_columns:]
-            lines.append(f"... and {len(rest)} more columns ({sum(c.bytes_per_image or 0 for c in rest):,.0f} bytes/image)")
+        if len(self.columns) > len(shown):
+            rest = [c for c in self.columns if not any(c is s for s in shown)]
+            missing = sum(c.width is None for c in rest)
+            more = f", {missing} of unknown width" if missing else ""
+            lines.append(f"... and {len(rest)} more columns ({sum(c.bytes_per_image or 0 for c in rest):,.0f} "
+                         f"bytes/image{more})")
         lines.append(f"{'key, shard, index, status, error':<56} {'':>9} {'':>8} {self.id_bytes_per_image:>12,.0f}")
         bound = " (lower bound: some widths unknown)" if self.unknown_columns else ""
         lines.append(

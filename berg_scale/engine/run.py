@@ -239,7 +239,7 @@ def _run_holding_lease(
     with sigterm_as_interrupt():  # entered after ensure_ray: it replaces Ray's handler
         try:
             with phases.phase("workers", "starting workers and loading the models"):
-                slots = start_workers(config, factory, settings, n_shards=len(todo))
+                slots = start_workers(config, factory, settings, n_shards=len(todo), log=log)
                 first = wait_for_first_worker(slots, config.resources.startup_timeout_s)
             if first.get("model_load_seconds") is not None:
                 phases.record("model_load", float(first["model_load_seconds"]))

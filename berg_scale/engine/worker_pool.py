@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable
 
 from berg_scale.config import RunConfig
 from berg_scale.engine.scheduler import WorkerSlot
@@ -17,22 +17,51 @@ from berg_scale.engine.shard_pipeline import ShardSettings
 from berg_scale.errors import BergScaleError, ConfigError
 
 
-def resolve_worker_count(config: RunConfig, n_shards: int) -> tuple[int, float]:
-    """(number of workers, GPUs per worker) from the config and the cluster's resources."""
+def resolve_worker_count(
+    config: RunConfig, n_shards: int, *, cluster: bool = False, log: Callable[[str], None] | None = None
+) -> tuple[int, float]:
+    """(number of workers, GPUs per worker) from the config and the cluster's resources.
+
+    `cluster`: the driver joined an existing Ray cluster, whose autoscaler may add GPU
+    nodes for workers that wait for a GPU. There, `device: cuda` asks for GPU workers even
+    while no GPU node is up (they wait up to `startup_timeout_s`), and `workers: auto`,
+    which can only count the GPUs present, is refused without them. A private local Ray
+    has this machine's resources and no more, so `device: cuda` without GPUs fails at once.
+    """
     import ray
 
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
     cpus = float(resources.get("CPU", 1))
     per = config.resources
-    use_gpus = per.device != "cpu" and per.gpus_per_worker > 0 and gpus > 0
+    say = log or (lambda message: None)
+    wants_gpus = per.device != "cpu" and per.gpus_per_worker > 0
+    use_gpus = wants_gpus and (gpus > 0 or (per.device == "cuda" and cluster))
     if per.device == "cuda" and not use_gpus:
-        raise ConfigError("resources.device is 'cuda' but the Ray cluster has no GPUs")
+        raise ConfigError(
+            "resources.device is 'cuda' but this machine has no GPU that Ray sees (a local Ray has "
+            "this machine's GPUs only): set device: auto or cpu, or run on a GPU machine or cluster "
+            "(RAY_ADDRESS)"
+        )
     gpus_per_worker = per.gpus_per_worker if use_gpus else 0.0
     if per.workers == "auto":
+        if use_gpus and gpus == 0:
+            raise ConfigError(
+                "resources.workers is 'auto', which counts the cluster's GPUs, and the cluster has none "
+                "up yet (an autoscaler adds GPU nodes only for workers that wait for one): set "
+                "resources.workers to the number of GPU workers to run"
+            )
         count = int(gpus // gpus_per_worker) if use_gpus else int(cpus // per.cpus_per_worker)
+        if cluster and wants_gpus and not use_gpus:
+            say(f"warning: the Ray cluster has no GPUs now, so workers: auto starts {max(1, min(count, n_shards))} "
+                "CPU worker(s); for GPU workers on an autoscaling cluster set resources.device: cuda and "
+                "resources.workers: N, and Ray adds GPU nodes for them")
     else:
         count = int(per.workers)
+        if use_gpus and gpus < count * gpus_per_worker:
+            say(f"{count} GPU worker(s) asked for and {gpus:g} GPU(s) up now: the others wait for GPU nodes "
+                f"(an autoscaler adds them) for up to resources.startup_timeout_s ({per.startup_timeout_s:.0f} s), "
+                "while the ready ones start")
     return max(1, min(count, n_shards)), gpus_per_worker
 
 
@@ -58,10 +87,12 @@ def resolve_decode_workers(config: RunConfig, gpus_per_worker: float) -> int:
                    node_cpus_per_gpu=node_cpus_per_gpu() if gpus_per_worker > 0 else None)
 
 
-def start_workers(config: RunConfig, factory: Any, settings: ShardSettings, n_shards: int) -> list[WorkerSlot]:
+def start_workers(config: RunConfig, factory: Any, settings: ShardSettings, n_shards: int,
+                  log: Callable[[str], None] | None = None) -> list[WorkerSlot]:
+    from berg_scale.engine.ray_connect import joined_cluster
     from berg_scale.engine.worker import remote_worker_class
 
-    count, gpus_per_worker = resolve_worker_count(config, n_shards)
+    count, gpus_per_worker = resolve_worker_count(config, n_shards, cluster=joined_cluster(), log=log)
     if settings.decode_workers == "auto":  # what auto means on a worker that finds a CUDA device
         settings = dataclasses.replace(settings, auto_decode_workers=resolve_decode_workers(config, gpus_per_worker))
     actor = remote_worker_class(config.resources.shards_in_flight)
