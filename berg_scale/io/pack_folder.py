@@ -493,8 +493,9 @@ def _pack(
             raw = os.path.relpath(candidate.abspath, src_dir).replace(os.sep, "/")
             return candidate.relpath in packed or raw in packed
 
-        report.already_packed = sum(map(packed_before, candidates))
-        candidates = [c for c in candidates if not packed_before(c)]
+        seen_before = [packed_before(c) for c in candidates]
+        report.already_packed = sum(seen_before)
+        candidates = [c for c, before in zip(candidates, seen_before) if not before]
         first_index = _next_index(existing, prefix)
         if progress and report.already_packed:
             progress(report.already_packed)  # counted by the caller's total, not read again
